@@ -1,0 +1,60 @@
+"""Analysis of RLHF audit data: annotator agreement, score drift and metric change points.
+
+Every function takes polars DataFrames (or numpy arrays / polars Series for samples) and
+returns plain floats or polars DataFrames, so results can be shown in a notebook, plotted or
+written back to a report unchanged.
+
+- :mod:`~rlhf_audit_kit.analysis.agreement`: Krippendorff's alpha, Fleiss' and Cohen's kappa,
+  percent agreement, per-pair tables and bootstrap intervals over a long label table.
+- :mod:`~rlhf_audit_kit.analysis.drift`: PSI, KS, Jensen-Shannon and Wasserstein drift of
+  scores, and a per-step drift table.
+- :mod:`~rlhf_audit_kit.analysis.changepoint`: Page-Hinkley and CUSUM alerts on training metrics.
+
+Examples
+--------
+>>> import polars as pl
+>>> from rlhf_audit_kit import analysis
+>>> labels = pl.DataFrame({"item": [1, 1, 2, 2], "annotator": ["a", "b", "a", "b"],
+...                        "label": ["x", "x", "y", "y"]})
+>>> analysis.krippendorff_alpha(labels)
+1.0
+"""
+from __future__ import annotations
+
+from rlhf_audit_kit.analysis.agreement import (
+    BootstrapCI,
+    bootstrap_ci,
+    cohen_kappa,
+    fleiss_kappa,
+    krippendorff_alpha,
+    pairwise,
+    percent_agreement,
+)
+from rlhf_audit_kit.analysis.changepoint import changepoints, cusum, page_hinkley
+from rlhf_audit_kit.analysis.drift import (
+    drift_table,
+    js_distance,
+    ks,
+    psi,
+    psi_edges,
+    wasserstein,
+)
+
+__all__ = [
+    "BootstrapCI",
+    "bootstrap_ci",
+    "changepoints",
+    "cohen_kappa",
+    "cusum",
+    "drift_table",
+    "fleiss_kappa",
+    "js_distance",
+    "krippendorff_alpha",
+    "ks",
+    "page_hinkley",
+    "pairwise",
+    "percent_agreement",
+    "psi",
+    "psi_edges",
+    "wasserstein",
+]

@@ -1,0 +1,58 @@
+"""Typed errors of rlhf-audit-kit.
+
+Every error the kit raises on purpose derives from :class:`AuditKitError`, so a caller
+can catch the kit's errors without catching programming mistakes.
+"""
+from __future__ import annotations
+
+
+class AuditKitError(Exception):
+    """Base class of the kit's errors."""
+
+
+class ValidationError(AuditKitError, ValueError):
+    """An event (or a row of a batch) is invalid; nothing of its batch was written.
+
+    Attributes:
+        row: 0-based index of the first bad row in the batch (0 for a single event).
+        field: the field at fault.
+        reason: what is wrong, in words.
+
+    >>> e = ValidationError(3, "choice", "must be one of a, b, tie, skip; got 'c'")
+    >>> str(e)
+    "row 3, field 'choice': must be one of a, b, tie, skip; got 'c'"
+    """
+
+    def __init__(self, row: int, field: str, reason: str):
+        self.row, self.field, self.reason = row, field, reason
+        super().__init__(f"row {row}, field {field!r}: {reason}")
+
+    def __reduce__(self):  # keep the attributes across pickling (multiprocessing, pytest-xdist)
+        return (type(self), (self.row, self.field, self.reason))
+
+
+class IntegrityError(AuditKitError):
+    """The audit record does not match its log, its Merkle tree or its signed checkpoints.
+
+    Attributes:
+        seq: the first bad event sequence number, or None when the damage is not in one event.
+        damage: a short machine-readable kind of damage (e.g. ``"typed-row-mismatch"``).
+        checkpoint: the checkpoint (tree size) at fault, if any.
+    """
+
+    def __init__(self, message: str, *, seq: int | None = None, damage: str = "integrity",
+                 checkpoint: int | None = None):
+        self.seq, self.damage, self.checkpoint = seq, damage, checkpoint
+        super().__init__(message)
+
+
+class SignatureError(AuditKitError):
+    """A signed note or checkpoint does not verify under the given verifier key."""
+
+
+class KeysError(AuditKitError):
+    """A keys folder, key file or passphrase is missing, wrong or unusable."""
+
+
+class BudgetExceededError(AuditKitError):
+    """A differentially private release would exceed a privacy budget; nothing was recorded."""

@@ -1,0 +1,275 @@
+"""Shared plumbing of the format loaders: reading sources, content ids, output shaping.
+
+Every loader turns its source into a polars DataFrame with this module's :func:`to_frame`,
+builds the kind's columns with polars expressions, and hands the result to :func:`finish`,
+which types and orders the columns exactly as :mod:`rlhf_audit_kit.schema` lists them.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from ..errors import ValidationError
+from ..schema import KINDS
+
+if TYPE_CHECKING:
+    import datasets
+    import pandas as pd
+
+    Source = Union[str, os.PathLike[str], pl.DataFrame, pl.LazyFrame, pa.Table, pd.DataFrame,
+                   datasets.Dataset, Sequence[Mapping[str, Any]]]
+
+__all__ = ["ID_HEX_CHARS", "MAP_INT", "content_ids", "finish", "id_prefix", "read_records",
+           "to_frame"]
+
+#: Content ids are the first 16 hex digits (64 bits) of SHA-256 over the UTF-8 text: short enough
+#: to read, and a collision among 10^7 distinct texts has odds of about 3 in a million.
+ID_HEX_CHARS = 16
+#: The store's column form of a ``map_int`` field: a list of key/value structs (no open struct).
+MAP_INT = pl.List(pl.Struct({"key": pl.String, "value": pl.Int64}))
+_DTYPES: dict[str, pl.DataType] = {
+    "id": pl.String(), "text": pl.String(), "json": pl.String(), "int": pl.Int64(),
+    "float": pl.Float64(), "bool": pl.Boolean(), "ts": pl.Datetime("us", "UTC"),
+    "map_int": MAP_INT, "map_float": pl.List(pl.Struct({"key": pl.String, "value": pl.Float64})),
+}
+ROW = "_row"  # 0-based index of the source row (task, instruction) an output row came from
+
+
+# --------------------------------------------------------------------------- reading sources
+def to_frame(source: Source) -> pl.DataFrame:
+    """Read ``source`` into a polars DataFrame, one row per source record.
+
+    ``source`` is a path (``.jsonl``/``.ndjson``, ``.json`` holding an array *or* JSON lines, as
+    SHP's ``*.json`` files do, ``.parquet``; any of them ``.gz``), a polars/pandas DataFrame, a
+    pyarrow Table, a Hugging Face ``datasets.Dataset`` or a list of dicts.
+
+    >>> to_frame([{"chosen": "x", "rejected": "y"}]).columns
+    ['chosen', 'rejected']
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return _read_path(Path(source))
+    if isinstance(source, pl.DataFrame):
+        return source
+    if isinstance(source, pl.LazyFrame):
+        return source.collect()
+    if isinstance(source, (pa.Table, pa.RecordBatch)):
+        return pl.DataFrame(pl.from_arrow(source))
+    root = type(source).__module__.split(".")[0]
+    if root == "pandas":
+        return pl.from_pandas(source)
+    if root == "datasets":  # import datasets only when handed one of its objects
+        return pl.DataFrame(pl.from_arrow(_hf_table(source)))
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        # Full-length inference: later rows may carry keys (e.g. a message 'name') the first lack.
+        return pl.from_dicts(list(source), infer_schema_length=None) if source else pl.DataFrame()
+    raise TypeError(f"cannot read rows from {type(source).__name__}; expected a path, a polars or "
+                    "pandas DataFrame, a pyarrow Table, a datasets.Dataset or a list of dicts")
+
+
+def read_records(source: Source) -> list[dict[str, Any]]:
+    """Read ``source`` as plain Python records, for nested shapes polars cannot type.
+
+    A ``.json`` path is parsed with :mod:`json` (a Label Studio export is one JSON array whose
+    ``result`` items differ in shape per tag); other sources go through :func:`to_frame`.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        raw = _read_bytes(Path(source))
+        text = raw.decode("utf-8").lstrip()
+        if text.startswith("["):
+            records = json.loads(text)
+        else:  # JSON lines
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if not all(isinstance(r, dict) for r in records):
+            bad = next(i for i, r in enumerate(records) if not isinstance(r, dict))
+            raise ValidationError(bad, "<record>", f"expected a JSON object, got {type(records[bad]).__name__}")
+        return records
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)) and all(
+            isinstance(r, Mapping) for r in source):
+        return [dict(r) for r in source]
+    return to_frame(source).to_dicts()
+
+
+def _hf_table(ds: Any) -> pa.Table:
+    import datasets
+
+    if isinstance(ds, datasets.DatasetDict):
+        raise TypeError(f"got a DatasetDict with splits {sorted(ds)}; pass one split, e.g. ds['train']")
+    if not isinstance(ds, datasets.Dataset):
+        raise TypeError(f"cannot read rows from datasets.{type(ds).__name__}; pass a datasets.Dataset "
+                        "(an IterableDataset must be materialised first)")
+    # with_format('arrow')[:] honours an indices mapping left by select/shuffle/filter; ds.data does not.
+    table: pa.Table = ds.with_format("arrow")[:]
+    return table
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == ".gz" else data
+
+
+def _read_path(path: Path) -> pl.DataFrame:
+    suffix = Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+    if suffix == ".parquet":
+        return pl.read_parquet(_read_bytes(path) if path.suffix == ".gz" else path)
+    if suffix not in (".json", ".jsonl", ".ndjson"):
+        raise ValueError(f"unsupported file type {path.name!r}; expected .json, .jsonl, .ndjson or "
+                         ".parquet (optionally .gz)")
+    data = _read_bytes(path)
+    if not data.strip():
+        return pl.DataFrame()
+    if data.lstrip()[:1] == b"[":
+        return pl.read_json(data, infer_schema_length=None)
+    return pl.read_ndjson(data, infer_schema_length=None)
+
+
+# --------------------------------------------------------------------------- checks
+def require_columns(frame: pl.DataFrame, columns: Iterable[str]) -> None:
+    """Raise ValidationError(row 0, column) for the first absent column."""
+    for c in columns:
+        if c not in frame.columns:
+            raise ValidationError(0, c, f"missing column {c!r} (have: {', '.join(frame.columns) or 'none'})")
+
+
+def first_row(frame: pl.DataFrame, bad: pl.Expr) -> int | None:
+    """The source row (``_row``) of the first row where ``bad`` holds, or None."""
+    hit = frame.lazy().filter(bad).select(pl.col(ROW).min()).collect().item()
+    return None if hit is None else int(hit)
+
+
+def with_row(frame: pl.DataFrame) -> pl.DataFrame:
+    """Prepend the 0-based source row index ``_row`` (Int64, whatever polars' index type)."""
+    return frame.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+
+
+def require_strings(frame: pl.DataFrame, columns: Iterable[str]) -> None:
+    """Every value of ``columns`` must be a non-null string."""
+    for c in columns:
+        dtype = frame.schema[c]
+        if dtype != pl.String:
+            row = first_row(frame, pl.col(c).is_not_null()) or 0
+            raise ValidationError(row, c, f"expected a string, got {dtype}")
+        row = first_row(frame, pl.col(c).is_null())
+        if row is not None:
+            raise ValidationError(row, c, "is missing or null")
+
+
+def check_dataset(dataset: str | None) -> None:
+    """``dataset`` must be None or ``name@version`` with both parts non-empty."""
+    if dataset is None:
+        return
+    name, at, version = dataset.rpartition("@") if isinstance(dataset, str) else ("", "", "")
+    if not (at and name and version):
+        raise ValueError(f"dataset must be 'name@version', e.g. 'Anthropic/hh-rlhf@main'; got {dataset!r}")
+
+
+def id_prefix(dataset: str | None, fmt: str) -> str:
+    """The prefix of row ids: the dataset (so two datasets' ids never collide) or the format."""
+    return dataset if dataset is not None else fmt
+
+
+# --------------------------------------------------------------------------- ids and JSON
+def content_ids(frame: pl.DataFrame, ids: Mapping[str, str]) -> pl.DataFrame:
+    """Add content-id columns: ``{id_column: text_column}``, each the short SHA-256 hex of the text.
+
+    The same text always gets the same id, whatever the dataset, so a prompt shared by two
+    datasets joins on ``prompt_id``. Hashing runs in DuckDB over the Arrow buffers (vectorised
+    and multi-threaded), not in a Python loop.
+
+    >>> content_ids(pl.DataFrame({"prompt": ["x"]}), {"prompt_id": "prompt"})["prompt_id"][0]
+    '2d711642b726b044'
+    """
+    if not ids:
+        return frame
+    texts = frame.select([pl.col(src).alias(f"c{i}") for i, src in enumerate(ids.values())])
+    texts = texts.with_row_index("_i")
+    con = duckdb.connect()
+    try:
+        con.register("texts", texts.to_arrow())
+        cols = ", ".join(f"left(sha256(c{i}), {ID_HEX_CHARS}) AS c{i}" for i in range(len(ids)))
+        hashed = con.sql(f"SELECT {cols} FROM texts ORDER BY _i").pl()
+    finally:
+        con.close()
+    return frame.with_columns([hashed[f"c{i}"].alias(dst) for i, dst in enumerate(ids)])
+
+
+def messages_json(expr: pl.Expr) -> pl.Expr:
+    """Encode a ``list[struct{role, content}]`` column as compact JSON text, vectorised.
+
+    The text equals ``json.dumps(msgs, ensure_ascii=False, separators=(",", ":"))`` with each
+    message's keys in the order role, content. Use :func:`messages_json_py` when messages carry
+    other keys.
+    """
+    msg = pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
+    return pl.concat_str(pl.lit("["), expr.list.eval(msg.struct.json_encode()).list.join(","),
+                         pl.lit("]"))
+
+
+def clean_messages(msgs: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """role and content first, other keys sorted; drop keys that are null only because polars
+    gave every message the union of all messages' keys."""
+    if msgs is None:
+        return None
+    out = []
+    for m in msgs:
+        extra = {k: m[k] for k in sorted(m) if k not in ("role", "content") and m[k] is not None}
+        out.append({"role": m.get("role"), "content": m.get("content"), **extra})
+    return out
+
+
+def dumps(msgs: Any) -> str:
+    """Compact JSON text of messages, as stored (documented in the TRL loader)."""
+    return json.dumps(msgs, ensure_ascii=False, separators=(",", ":"))
+
+
+def is_messages(dtype: pl.DataType) -> bool:
+    """Is ``dtype`` a conversational column, ``list[struct{role, content, ...}]``?"""
+    return (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
+            and {"role", "content"} <= {f.name for f in dtype.inner.fields})
+
+
+def is_plain_messages(dtype: pl.DataType) -> bool:
+    """``list[struct{role: str, content: str}]`` and nothing else: JSON-encodable by polars."""
+    return (is_messages(dtype) and {f.name for f in dtype.inner.fields} == {"role", "content"}  # type: ignore[attr-defined]
+            and all(f.dtype == pl.String for f in dtype.inner.fields))  # type: ignore[attr-defined]
+
+
+def common_prefix_len(a: str | list[Any], b: str | list[Any]) -> int:
+    """Length of the common prefix of two strings or lists (binary search on C-level slices)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # invariant: a[:lo] == b[:lo]
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# --------------------------------------------------------------------------- output
+def finish(frame: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """Select the kind's fields in schema order, typed; absent optional fields become typed nulls.
+
+    A null in a required field is a loader bug or bad input; it raises naming the source row.
+    """
+    k = KINDS[kind]
+    for f in k.fields:
+        if f.required and f.name in frame.columns:
+            row = first_row(frame, pl.col(f.name).is_null())
+            if row is not None:
+                raise ValidationError(row, f.name, "is required but missing")
+    for fields in k.unique:
+        key = pl.struct(fields) if len(fields) > 1 else pl.col(fields[0])
+        row = first_row(frame, key.is_first_distinct().not_())
+        if row is not None:
+            raise ValidationError(row, fields[0], f"duplicate {'/'.join(fields)} within this load")
+    cols = [(pl.col(f.name).cast(_DTYPES[f.type]) if f.name in frame.columns
+             else pl.lit(None, dtype=_DTYPES[f.type]).alias(f.name)) for f in k.fields]
+    return frame.select(cols)

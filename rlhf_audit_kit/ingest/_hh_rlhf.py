@@ -1,0 +1,119 @@
+"""Anthropic HH-RLHF: ``{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}`` JSONL."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from ..errors import ValidationError
+from ._common import (ROW, check_dataset, common_prefix_len, content_ids, finish, id_prefix,
+                      require_columns, to_frame, with_row)
+
+if TYPE_CHECKING:
+    from ._common import Source
+
+__all__ = ["load_hh_rlhf"]
+
+MARK = "\n\nAssistant:"
+# Greedy (.*) runs to the *last* marker: group 1 is the conversation so far, group 2 the final turn.
+_SPLIT = r"(?s)^(.*\n\nAssistant:)(.*)$"
+
+
+def load_hh_rlhf(source: Source, *, dataset: str | None = None, annotator: str = "hh-rlhf:crowd",
+                 task_id: str = "hh-rlhf") -> pl.DataFrame:
+    """Load Anthropic HH-RLHF transcripts as ``annotation`` rows.
+
+    Each source row holds two full transcripts that differ only in the final assistant turn.
+    The shared conversation up to and including the last ``"\\n\\nAssistant:"`` becomes
+    ``prompt``; the two final turns (with their leading space, so ``prompt + response_a``
+    is exactly ``chosen``) become ``response_a`` (chosen) and ``response_b`` (rejected), and
+    ``choice`` is ``"a"``.
+
+    HH-RLHF records no display order, so a/b here is *not* what a rater saw: position-bias
+    statistics are meaningless for these rows. They carry ``task_id="hh-rlhf"`` so analyses
+    can exclude them.
+
+    Parameters
+    ----------
+    source
+        Path to the JSONL(.gz) file, or a DataFrame / Arrow table / ``datasets.Dataset``
+        with ``chosen`` and ``rejected`` string columns.
+    dataset
+        ``name@version`` recorded in the ``dataset`` column and used as the id prefix.
+    annotator
+        The rater recorded for every row (the source names none).
+    task_id
+        Recorded in ``task_id``.
+
+    Returns
+    -------
+    polars.DataFrame
+        The ``annotation`` kind's columns. ``annotation_id`` is ``"<dataset or 'hh-rlhf'>:<row>"``
+        (0-based source row): HH-RLHF has duplicate rows, so a content hash would not be unique.
+        ``prompt_id``/``response_*_id`` are content hashes (see :func:`content_ids`).
+
+    Raises
+    ------
+    ValidationError
+        A missing transcript, one without an ``"\\n\\nAssistant:"`` turn, or a rejected
+        transcript that does not share chosen's conversation.
+
+    Examples
+    --------
+    >>> t = "\\n\\nHuman: Hi\\n\\nAssistant:"
+    >>> rows = load_hh_rlhf([{"chosen": t + " Hello!", "rejected": t + " Go away."}])
+    >>> rows.select("prompt", "response_a", "response_b", "choice").row(0)
+    ('\\n\\nHuman: Hi\\n\\nAssistant:', ' Hello!', ' Go away.', 'a')
+    """
+    check_dataset(dataset)
+    df = to_frame(source)
+    require_columns(df, ["chosen", "rejected"])
+    for c in ("chosen", "rejected"):
+        if df.schema[c] not in (pl.String, pl.Null):
+            raise ValidationError(0, c, f"expected a transcript string, got {df.schema[c]}")
+    df = df.select(pl.col("chosen").cast(pl.String), pl.col("rejected").cast(pl.String))
+    df = with_row(df)
+
+    c = pl.col("chosen").str.extract_groups(_SPLIT)
+    r = pl.col("rejected").str.extract_groups(_SPLIT)
+    split = df.with_columns(
+        prompt=c.struct.field("1"), response_a=c.struct.field("2"),
+        _prompt_b=r.struct.field("1"), response_b=r.struct.field("2"))
+    ok = pl.col("prompt").is_not_null() & (pl.col("prompt") == pl.col("_prompt_b"))
+    fast = split.filter(ok).select(ROW, "prompt", "response_a", "response_b")
+    # Rare rows: missing values, no marker, or a final turn that itself contains the marker.
+    rest = split.filter(~ok.fill_null(False))
+    slow = _split_slow(rest[ROW].to_list(), rest["chosen"].to_list(), rest["rejected"].to_list())
+    rows = pl.concat([fast, slow]).sort(ROW) if len(slow) else fast
+
+    prefix = id_prefix(dataset, "hh-rlhf")
+    rows = rows.with_columns(
+        annotation_id=pl.format("{}:{}", pl.lit(prefix), pl.col(ROW)),
+        choice=pl.lit("a"), annotator=pl.lit(annotator), task_id=pl.lit(task_id),
+        dataset=pl.lit(dataset, dtype=pl.String))
+    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
+                              "response_b_id": "response_b"})
+    return finish(rows, "annotation")
+
+
+def _split_slow(rows: list[int], chosen: list[str | None], rejected: list[str | None]) -> pl.DataFrame:
+    """Split rows the regex could not: the prompt ends at the last marker inside the common prefix."""
+    out: dict[str, list] = {ROW: [], "prompt": [], "response_a": [], "response_b": []}
+    for i, a, b in zip(rows, chosen, rejected):
+        for field, text in (("chosen", a), ("rejected", b)):
+            if text is None:
+                raise ValidationError(i, field, "is missing or null")
+            if MARK not in text:
+                raise ValidationError(i, field, "transcript has no '\\n\\nAssistant:' turn")
+        assert a is not None and b is not None
+        k = a.rfind(MARK, 0, common_prefix_len(a, b))
+        if k < 0:
+            raise ValidationError(i, "rejected", "does not share chosen's conversation up to an "
+                                                  "'\\n\\nAssistant:' turn")
+        k += len(MARK)
+        out[ROW].append(i)
+        out["prompt"].append(a[:k])
+        out["response_a"].append(a[k:])
+        out["response_b"].append(b[k:])
+    return pl.DataFrame(out, schema={ROW: pl.Int64, "prompt": pl.String, "response_a": pl.String,
+                                     "response_b": pl.String})

@@ -1,0 +1,137 @@
+"""TRL preference datasets: standard, conversational and implicit-prompt layouts."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from ..errors import ValidationError
+from ._common import (ROW, check_dataset, clean_messages, common_prefix_len, content_ids, dumps,
+                      finish, first_row, id_prefix, is_messages, is_plain_messages, messages_json,
+                      require_columns, to_frame, with_row)
+
+if TYPE_CHECKING:
+    from ._common import Source
+
+__all__ = ["load_trl_preference"]
+
+
+def load_trl_preference(source: Source, *, dataset: str | None = None,
+                        annotator: str = "trl-preference:unknown",
+                        task_id: str = "trl-preference") -> pl.DataFrame:
+    """Load a TRL preference dataset as ``annotation`` rows.
+
+    Accepts the three layouts of TRL's "Dataset formats" guide:
+
+    * standard: ``prompt``, ``chosen``, ``rejected`` strings;
+    * conversational: each a list of ``{"role", "content"}`` messages;
+    * implicit prompt: ``chosen`` and ``rejected`` only, each the full text or conversation.
+      The prompt is their common prefix, split the way TRL's ``extract_prompt`` does it
+      (a string prefix gives its trailing space back to the completions; a conversation
+      splits at the first differing message).
+
+    Message lists are stored as compact JSON text,
+    ``json.dumps(msgs, ensure_ascii=False, separators=(",", ":"))``, each message's keys ordered
+    role, content, then any others sorted (so a file and a ``datasets.Dataset`` of the same data
+    give the same text and the same content ids). Keys that are null only because another
+    message had them are dropped.
+
+    ``chosen`` becomes ``response_a`` and ``choice`` is ``"a"``: TRL datasets keep no display
+    order, so position-bias statistics are meaningless for these rows (``task_id`` marks them).
+    ``score_chosen``/``score_rejected`` columns, when present (UltraFeedback-binarized has them),
+    become ``score_a``/``score_b``.
+
+    Parameters
+    ----------
+    source
+        A JSON/JSONL/Parquet path, DataFrame, Arrow table or ``datasets.Dataset``.
+    dataset
+        ``name@version`` recorded in ``dataset`` and used as the id prefix.
+    annotator
+        The rater recorded for every row (TRL datasets name none).
+    task_id
+        Recorded in ``task_id``.
+
+    Returns
+    -------
+    polars.DataFrame
+        The ``annotation`` kind's columns; ``annotation_id`` is ``"<dataset or format>:<row>"``.
+
+    Examples
+    --------
+    >>> rows = load_trl_preference([{"chosen": "The sky is blue.", "rejected": "The sky is green."}])
+    >>> rows.select("prompt", "response_a", "response_b").row(0)
+    ('The sky is', ' blue.', ' green.')
+    >>> conv = [{"prompt": [{"role": "user", "content": "Sky?"}],
+    ...          "chosen": [{"role": "assistant", "content": "Blue."}],
+    ...          "rejected": [{"role": "assistant", "content": "Green."}]}]
+    >>> load_trl_preference(conv)["prompt"][0]
+    '[{"role":"user","content":"Sky?"}]'
+    """
+    check_dataset(dataset)
+    df = to_frame(source)
+    require_columns(df, ["chosen", "rejected"])
+    cols = [c for c in ("prompt", "chosen", "rejected") if c in df.columns]
+    for c in cols:
+        dtype = df.schema[c]
+        if not (dtype == pl.String or is_messages(dtype)):
+            raise ValidationError(0, c, f"expected a string or a list of {{role, content}} messages, got {dtype}")
+    df = with_row(df)
+    bad = min(((r, c) for c in cols if (r := first_row(df, pl.col(c).is_null())) is not None), default=None)
+    if bad is not None:
+        raise ValidationError(bad[0], bad[1], "is missing or null")
+
+    if "prompt" in df.columns:
+        rows = df.select(ROW, *(_as_text(df, c).alias(n) for c, n in
+                                (("prompt", "prompt"), ("chosen", "response_a"), ("rejected", "response_b"))))
+    else:
+        rows = _split_implicit(df)
+
+    scores = [pl.col(s).cast(pl.Float64).alias(d) for s, d in
+              (("score_chosen", "score_a"), ("score_rejected", "score_b")) if s in df.columns]
+    if scores:
+        rows = rows.with_columns(df.select(scores).get_columns())
+    prefix = id_prefix(dataset, "trl-preference")
+    rows = rows.with_columns(
+        annotation_id=pl.format("{}:{}", pl.lit(prefix), pl.col(ROW)),
+        choice=pl.lit("a"), annotator=pl.lit(annotator), task_id=pl.lit(task_id),
+        dataset=pl.lit(dataset, dtype=pl.String))
+    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
+                              "response_b_id": "response_b"})
+    return finish(rows, "annotation")
+
+
+def _as_text(df: pl.DataFrame, col: str) -> pl.Expr:
+    dtype = df.schema[col]
+    if dtype == pl.String:
+        return pl.col(col)
+    if is_plain_messages(dtype):
+        return messages_json(pl.col(col))
+    # Messages with extra keys (name, tool_calls, content parts): encode per row in Python.
+    texts = [None if m is None else dumps(clean_messages(m)) for m in df[col].to_list()]
+    return pl.lit(pl.Series(col, texts, dtype=pl.String))
+
+
+def _split_implicit(df: pl.DataFrame) -> pl.DataFrame:
+    """Common-prefix split of full chosen/rejected texts or conversations (TRL's semantics)."""
+    conv = is_messages(df.schema["chosen"])
+    if conv != is_messages(df.schema["rejected"]):
+        raise ValidationError(0, "rejected", "chosen and rejected must both be strings or both "
+                                             "message lists")
+    chosen, rejected = df["chosen"].to_list(), df["rejected"].to_list()
+    out: dict[str, list] = {"prompt": [], "response_a": [], "response_b": []}
+    for i, a, b in zip(df[ROW].to_list(), chosen, rejected):
+        if conv:
+            a, b = clean_messages(a), clean_messages(b)
+        n = common_prefix_len(a, b)
+        if not conv and 0 < n < min(len(a), len(b)) and a[n - 1] == " ":
+            n -= 1  # as TRL: the space before the differing word belongs to the completions
+        if n == 0:
+            raise ValidationError(i, "rejected", "shares no prefix with chosen, so there is no "
+                                                 "implicit prompt; add a 'prompt' column")
+        parts = (a[:n], a[n:], b[n:])
+        for key, part in zip(out, parts):
+            out[key].append(dumps(part) if conv else part)
+    return pl.DataFrame({ROW: df[ROW], **out},
+                        schema={ROW: pl.Int64, "prompt": pl.String, "response_a": pl.String,
+                                "response_b": pl.String})

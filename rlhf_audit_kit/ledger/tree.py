@@ -1,0 +1,126 @@
+"""Incremental Merkle tree maintenance over a store of complete nodes.
+
+The store keeps level-0 nodes (leaf hashes) in its log table and every complete node of level >= 1
+(see :mod:`rlhf_audit_kit.ledger.merkle`) in a node table. After an append, only the nodes that
+*became* complete need hashing; with them stored, any root or proof costs O(log n) lookups.
+
+``get_nodes`` is the store's batched lookup: given an iterable of ``(level, index)`` pairs (level 0
+= leaf hashes) it returns a mapping from each pair to its 32-byte hash. Each function here calls
+it at most once.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from ..errors import IntegrityError
+from . import merkle
+
+__all__ = ["GetNodes", "new_complete_nodes", "new_complete_nodes_by_level", "TreeReader"]
+
+GetNodes = Callable[[Iterable[tuple[int, int]]], Mapping[tuple[int, int], bytes]]
+
+
+def _fetch(get_nodes: GetNodes, wanted: set[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
+    """One batched lookup; a node the store cannot produce means the store is damaged."""
+    if not wanted:
+        return {}
+    got = get_nodes(sorted(wanted))
+    missing = [n for n in sorted(wanted) if n not in got]
+    if missing:
+        raise IntegrityError(f"Merkle node store lacks {len(missing)} node(s), first "
+                             f"(level, index) = {missing[0]}", damage="missing-node")
+    return got
+
+
+def new_complete_nodes_by_level(old_size: int, new_leaf_hashes: Sequence[bytes],
+                                get_nodes: GetNodes) -> dict[int, tuple[int, list[bytes]]]:
+    """Nodes of level >= 1 completed by appending ``new_leaf_hashes`` at ``old_size``, columnar.
+
+    Returns ``{level: (first_index, hashes)}``: ``hashes[j]`` is node ``(level, first_index + j)``.
+    This shape suits bulk inserts (no per-node tuple); :func:`new_complete_nodes` flattens it.
+
+    At each level at most one earlier node is needed as a left sibling: node
+    ``(L, (old_size >> L) - 1)`` when bit L of ``old_size`` is set, i.e. the complete parts of the
+    old tree's root. They are fetched in one ``get_nodes`` call (not called if none are needed).
+
+    >>> lh = [merkle.leaf_hash(bytes([i])) for i in range(3)]
+    >>> out = new_complete_nodes_by_level(1, lh[1:], lambda ns: {(0, 0): lh[0]})
+    >>> out == {1: (0, [merkle.node_hash(lh[0], lh[1])])}
+    True
+    """
+    if old_size < 0:
+        raise ValueError(f"old_size must be >= 0, got {old_size}")
+    new_size = old_size + len(new_leaf_hashes)
+    # Left siblings: for each level L whose nodes [old>>L+1, new>>L+1) are not all empty and
+    # whose first child at level L is left of the appended range.
+    wanted = set()
+    level = 0
+    while (new_size >> (level + 1)) > (old_size >> (level + 1)):
+        if (old_size >> level) & 1:
+            wanted.add((level, (old_size >> level) - 1))
+        level += 1
+    have = _fetch(get_nodes, wanted)
+
+    out: dict[int, tuple[int, list[bytes]]] = {}
+    sha = hashlib.sha256
+    cur, first = list(new_leaf_hashes), old_size  # nodes of `level`, starting at index `first`
+    level = 0
+    while True:
+        if first & 1:  # first node is a right child: prepend its stored left sibling
+            if (level, first - 1) not in have:
+                break  # no parent completes at this level or above
+            cur = [have[(level, first - 1)], *cur]  # new list: `out` holds the previous one
+            first -= 1
+        if len(cur) < 2:
+            break
+        it = iter(cur)
+        cur = [sha(b"\x01" + left + right).digest() for left, right in zip(it, it)]
+        first >>= 1
+        level += 1
+        out[level] = (first, cur)
+    return out
+
+
+def new_complete_nodes(old_size: int, new_leaf_hashes: Sequence[bytes], get_nodes: GetNodes
+                       ) -> list[tuple[int, int, bytes]]:
+    """Every ``(level, index, hash)`` of level >= 1 completed by appending at ``old_size``.
+
+    >>> lh = [merkle.leaf_hash(bytes([i])) for i in range(4)]
+    >>> [(lvl, i) for lvl, i, _ in new_complete_nodes(0, lh, lambda ns: {})]
+    [(1, 0), (1, 1), (2, 0)]
+    """
+    return [(level, first + j, h)
+            for level, (first, hashes) in new_complete_nodes_by_level(
+                old_size, new_leaf_hashes, get_nodes).items()
+            for j, h in enumerate(hashes)]
+
+
+class TreeReader:
+    """Roots and proofs of any tree size from stored complete nodes, one batched lookup each.
+
+    >>> lh = [merkle.leaf_hash(bytes([i])) for i in range(3)]
+    >>> store = {(0, i): h for i, h in enumerate(lh)}
+    >>> store.update({(lvl, i): h for lvl, i, h in new_complete_nodes(0, lh, store.__getitem__)})
+    >>> reader = TreeReader(lambda ns: {n: store[n] for n in ns if n in store})
+    >>> reader.root(3) == merkle.root([bytes([i]) for i in range(3)])
+    True
+    """
+
+    def __init__(self, get_nodes: GetNodes):
+        self.get_nodes = get_nodes
+
+    def root(self, size: int) -> bytes:
+        """Root hash of the tree of the first ``size`` leaves (SHA-256(b"") for 0)."""
+        nodes = _fetch(self.get_nodes, merkle.needed_nodes_for_root(size))
+        return merkle.root_from_nodes(size, nodes)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """Inclusion proof of leaf ``index`` in the tree of ``size`` leaves, leaf-to-root."""
+        nodes = _fetch(self.get_nodes, merkle.needed_nodes_for_inclusion(index, size))
+        return merkle.inclusion_proof_from_nodes(index, size, nodes)
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        """Consistency proof from the tree of ``old`` leaves to the tree of ``new`` leaves."""
+        nodes = _fetch(self.get_nodes, merkle.needed_nodes_for_consistency(old, new))
+        return merkle.consistency_proof_from_nodes(old, new, nodes)

@@ -1,0 +1,454 @@
+"""The audit store: one DuckDB file holding the append-only log, typed tables and Merkle nodes.
+
+Events go in through one door, :meth:`AuditStore.extend` (and :meth:`AuditStore.append` for one
+event). A batch is validated as a whole, pseudonymised, encoded to canonical bytes, hashed into
+the RFC 9162 tree and written in one transaction: either every row is written or none is.
+
+Tables (all derived from the log except ``log`` itself):
+
+* ``log(seq, kind, ts, entry, leaf_hash)``: the truth; ``entry`` is the canonical JSON bytes
+  (see :mod:`rlhf_audit_kit.encoding`), ``leaf_hash = SHA-256(0x00 || entry)``, ``seq`` 0-based,
+  gap-free, equal to the leaf index.
+* one typed table per kind (``annotation``, ``rating``, ...): ``seq``, ``ts`` and the kind's fields,
+  for fast queries; verification re-encodes every typed row and compares it with its entry.
+* ``merkle_node(level, idx, hash)``: every complete subtree of level >= 1, so the current root and
+  any proof cost O(log n) lookups.
+* ``meta``: store id, origin, encoding version.
+
+>>> import tempfile, os
+>>> from rlhf_audit_kit import open_store
+>>> path = os.path.join(tempfile.mkdtemp(), "audit.duckdb")
+>>> with open_store(path, pseudonymize=False) as store:
+...     store.append({"kind": "dataset", "name": "hh-rlhf", "version": "1"})
+0
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from . import encoding
+from .errors import AuditKitError, KeysError, ValidationError
+from .schema import KINDS, USER_KINDS, Kind
+from .validate import ROW, normalise
+
+STORE_FORMAT = 1
+_SQL_TYPES = {"id": "VARCHAR", "text": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
+              "bool": "BOOLEAN", "ts": "TIMESTAMP", "json": "JSON",
+              "map_float": "MAP(VARCHAR, DOUBLE)", "map_int": "MAP(VARCHAR, BIGINT)"}
+
+
+def _x(con, sql: str, params: Any = None) -> list[tuple]:
+    """Execute and fetch everything: DuckDB 2 refuses new work while a result is unfinished."""
+    return con.execute(sql, params).fetchall() if params is not None else con.execute(sql).fetchall()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def typed_table_ddl(kind: Kind) -> str:
+    cols = ", ".join(f"{_quote(f.name)} {_SQL_TYPES[f.type]}" for f in kind.fields)
+    return f"CREATE TABLE IF NOT EXISTS {_quote(kind.name)} (seq BIGINT NOT NULL, ts TIMESTAMP NOT NULL, {cols})"
+
+
+def typed_select_list(kind: Kind) -> str:
+    """Columns of a typed table as polars-friendly SQL (maps as lists of key/value structs)."""
+    out = ["seq", "ts"]
+    for f in kind.fields:
+        q = _quote(f.name)
+        if f.type.startswith("map_"):
+            out.append(f"map_entries({q}) AS {q}")
+        elif f.type == "json":
+            out.append(f"{q}::VARCHAR AS {q}")
+        else:
+            out.append(q)
+    return ", ".join(out)
+
+
+def leaf_hashes_of(entries: pa.Array | pa.ChunkedArray) -> list[bytes]:
+    """RFC 9162 leaf hashes of binary entries, hashing straight from the Arrow buffers."""
+    if isinstance(entries, pa.ChunkedArray):
+        entries = entries.combine_chunks()
+    if not pa.types.is_large_binary(entries.type):
+        entries = entries.cast(pa.large_binary())
+    n = len(entries)
+    offs = np.frombuffer(entries.buffers()[1], dtype=np.int64)[entries.offset:entries.offset + n + 1]
+    data = entries.buffers()[2]
+    buf = memoryview(data) if data is not None else memoryview(b"")
+    sha = hashlib.sha256
+    out = []
+    append = out.append
+    o = offs.tolist()
+    for a, b in zip(o, o[1:]):
+        h = sha(b"\x00")
+        h.update(buf[a:b])
+        append(h.digest())
+    return out
+
+
+class AuditStore:
+    """An RLHF audit store in one DuckDB file. Create it with :func:`open_store`.
+
+    >>> import tempfile, os
+    >>> store = open_store(os.path.join(tempfile.mkdtemp(), "a.duckdb"), pseudonymize=False)
+    >>> store.extend([{"kind": "dataset", "name": "shp", "version": "2"}])
+    range(0, 1)
+    >>> store.sql("select name, version from dataset").row(0)
+    ('shp', '2')
+    >>> store.close()
+    """
+
+    def __init__(self, path: str | os.PathLike, *, keys: str | os.PathLike | None = None,
+                 read_only: bool = False, origin: str | None = None, pseudonymize: bool = True):
+        self.path = Path(path)
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        self._con = duckdb.connect(str(self.path), read_only=read_only)
+        _x(self._con, "SET TimeZone = 'UTC'")
+        if not read_only:
+            self._create_schema(origin)
+        meta = dict(_x(self._con, "SELECT key, value FROM meta"))
+        if int(meta.get("format", "0")) != STORE_FORMAT:
+            raise AuditKitError(f"{self.path} is not an rlhf-audit-kit store of format {STORE_FORMAT}")
+        self.store_id: str = meta["store_id"]
+        self.origin: str = meta["origin"]
+        self._size = _x(self._con, "SELECT count(*) FROM log")[0][0]
+        self.keys_folder = Path(keys) if keys else None
+        if self.keys_folder is None:
+            from .keys import keys_folder_from_env
+            env = keys_folder_from_env()
+            self.keys_folder = Path(env) if env else None
+        self._pseudonymize = pseudonymize
+        self._pseudonymizer = None
+        self._privacy = None
+
+    # ------------------------------------------------------------------ schema
+    def _create_schema(self, origin: str | None) -> None:
+        con = self._con
+        _x(con, "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        _x(con, "CREATE TABLE IF NOT EXISTS log (seq BIGINT NOT NULL, kind VARCHAR NOT NULL, "
+                    "ts TIMESTAMP NOT NULL, entry BLOB NOT NULL, leaf_hash BLOB NOT NULL)")
+        _x(con, "CREATE TABLE IF NOT EXISTS merkle_node (level UTINYINT NOT NULL, "
+                    "idx BIGINT NOT NULL, hash BLOB NOT NULL)")
+        for kind in KINDS.values():
+            _x(con, typed_table_ddl(kind))
+        if not _x(con, "SELECT 1 FROM meta WHERE key = 'format'"):
+            sid = str(uuid.uuid4())
+            rows = [("format", str(STORE_FORMAT)), ("store_id", sid),
+                    ("origin", origin or f"rlhf-audit-kit.local/{sid}"),
+                    ("encoding", encoding.ENCODING_NAME),
+                    ("created_at", dt.datetime.now(dt.timezone.utc).isoformat())]
+            for row in rows:
+                _x(con, "INSERT INTO meta VALUES (?, ?)", list(row))
+
+    # ------------------------------------------------------------------ pseudonyms
+    @property
+    def pseudonymizer(self):
+        """The keyed pseudonymiser of person fields (annotator, reviewer), from the keys folder."""
+        if self._pseudonymizer is None and self._pseudonymize:
+            if self.keys_folder is None:
+                raise KeysError(
+                    "no pseudonymisation key: annotator ids must not reach the store in the clear. "
+                    "Pass open_store(path, keys=DIR) (create DIR with `rlhf-audit keys init DIR`), "
+                    "set RLHF_AUDIT_KEYS, or open_store(..., pseudonymize=False) if the ids are "
+                    "already pseudonyms you manage yourself.")
+            from .keys import load_pseudonym_key
+            from .privacy.pseudonym import Pseudonymizer
+            self._pseudonymizer = Pseudonymizer(load_pseudonym_key(self.keys_folder))
+        return self._pseudonymizer
+
+    def _apply_pseudonyms(self, kind: Kind, df: pl.DataFrame) -> pl.DataFrame:
+        if not self._pseudonymize:
+            return df
+        person = [f.name for f in kind.fields if f.person]
+        if not person or all(df[c].null_count() == df.height for c in person):
+            return df
+        p = self.pseudonymizer
+        return df.with_columns([p.apply(df[c]).alias(c) for c in person])
+
+    # ------------------------------------------------------------------ writing
+    def append(self, event: Mapping[str, Any], kind: str | None = None) -> int:
+        """Validate and write one event; return its ``seq``. Durable once this returns."""
+        return self.extend([event], kind=kind)[0]
+
+    def extend(self, rows: Any, kind: str | None = None, *, progress: bool = False) -> range:
+        """Validate and write a batch in one transaction; return the range of ``seq`` written.
+
+        ``rows``: a polars/pandas DataFrame, an Arrow table, a Hugging Face Dataset, an iterable
+        of dicts (each with a ``kind`` unless ``kind=`` is given) or a JSONL path. Columns the store
+        assigns (``seq``, ``ts``, ``kind``, ``leaf_hash``, ``entry``) are ignored, so a typed
+        table of one store can be copied into another. On any invalid row nothing is written and
+        :class:`~rlhf_audit_kit.ValidationError` names the row, the field and the reason.
+        """
+        self._check_writable()
+        frames = normalise(rows, kind)
+        frames = {k: f for k, f in frames.items() if f.height}
+        if not frames:
+            return range(self._size, self._size)
+        for k in frames:
+            if KINDS[k].internal and not getattr(self, "_internal_write", False):
+                raise ValidationError(0, "kind", f"{k!r} events are written by the kit itself")
+        with self._lock:
+            return self._write(frames, progress)
+
+    def _check_writable(self):
+        if self.read_only:
+            raise AuditKitError(f"{self.path} is open read-only")
+
+    def _check_unique(self, kind: Kind, df: pl.DataFrame) -> None:
+        for cols in kind.unique:
+            keys = df.select([ROW, *cols])
+            self._con.register("__keys", keys)
+            try:
+                on = " AND ".join(f"k.{_quote(c)} = t.{_quote(c)}" for c in cols)
+                hit = _x(self._con, f"SELECT min(k.{ROW}) FROM __keys k JOIN {_quote(kind.name)} t ON {on}")[0][0]
+            finally:
+                self._con.unregister("__keys")
+            if hit is not None:
+                raise ValidationError(int(hit), cols[0], f"duplicate {'/'.join(cols)}: already in the store")
+
+    def _write(self, frames: dict[str, pl.DataFrame], progress: bool) -> range:
+        con = self._con
+        start = self._size
+        n_total = sum(f.height for f in frames.values())
+        ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        ts_text = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # seq follows the rows' order in the batch, across kinds
+        order = pl.concat([f.select(ROW) for f in frames.values()]).sort(ROW)[ROW]
+        seq_of_row = pl.DataFrame({ROW: order, "seq": pl.int_range(start, start + n_total, eager=True)})
+        for kind_name, df in frames.items():
+            self._check_unique(KINDS[kind_name], df)
+        prepared = {}
+        for kind_name, df in frames.items():
+            kind = KINDS[kind_name]
+            df = self._apply_pseudonyms(kind, df).join(seq_of_row, on=ROW, how="left")
+            entries = encoding.encode_frame(kind, df, df["seq"], ts_text)
+            prepared[kind_name] = (df, entries)
+        _x(con, "BEGIN TRANSACTION")
+        try:
+            log_parts = []
+            for kind_name, (df, entries) in prepared.items():
+                kind = KINDS[kind_name]
+                typed = df.drop(ROW).with_columns(pl.lit(ts).cast(pl.Datetime("us")).alias("ts"))
+                # DuckDB inserts the typed rows on its own threads while Python hashes the entries.
+                ins = threading.Thread(target=self._insert_typed, args=(kind, typed))
+                err: list[BaseException] = []
+                ins.run = _capture(ins.run, err)
+                ins.start()
+                binary = entries.cast(pl.Binary).to_arrow()
+                hashes = leaf_hashes_of(binary)
+                ins.join()
+                if err:
+                    raise err[0]
+                log_parts.append(pa.table({
+                    "seq": df["seq"].to_arrow(),
+                    "kind": pa.array([kind_name] * df.height, pa.string()),
+                    "leaf_hash": pa.array(hashes, pa.binary()),
+                    "entry": binary,
+                }))
+            log = pa.concat_tables(log_parts).sort_by("seq") if len(log_parts) > 1 else log_parts[0]
+            self._con.register("__log", log)
+            _x(con, "INSERT INTO log SELECT seq, kind, ?::TIMESTAMP, entry, leaf_hash FROM __log", [ts])
+            self._con.unregister("__log")
+            self._add_nodes(start, log.column("leaf_hash").to_pylist())
+            _x(con, "COMMIT")
+        except BaseException:
+            _x(con, "ROLLBACK")
+            raise
+        self._size = start + n_total
+        return range(start, self._size)
+
+    def _insert_typed(self, kind: Kind, typed: pl.DataFrame) -> None:
+        cols = []
+        for f in kind.fields:
+            q = _quote(f.name)
+            cols.append(f"map_from_entries({q})" if f.type.startswith("map_") else q)
+        self._con.register("__typed", typed)
+        try:
+            _x(self._con, f"INSERT INTO {_quote(kind.name)} SELECT seq, ts, {', '.join(cols)} FROM __typed")
+        finally:
+            self._con.unregister("__typed")
+
+    def _add_nodes(self, old_size: int, leaf_hashes: list[bytes]) -> None:
+        from .ledger.tree import new_complete_nodes_by_level
+        by_level = new_complete_nodes_by_level(old_size, leaf_hashes, self._get_nodes)
+        parts = []
+        for level, (first, hashes) in by_level.items():
+            if hashes:
+                parts.append(pa.table({"level": pa.array([level] * len(hashes), pa.uint8()),
+                                       "idx": pa.array(range(first, first + len(hashes)), pa.int64()),
+                                       "hash": pa.array(hashes, pa.binary())}))
+        if parts:
+            nodes = pa.concat_tables(parts)
+            self._con.register("__nodes", nodes)
+            _x(self._con, "INSERT INTO merkle_node SELECT level, idx, hash FROM __nodes")
+            self._con.unregister("__nodes")
+
+    def _get_nodes(self, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        wanted = list(wanted)
+        leaves = [i for lv, i in wanted if lv == 0]
+        inner = [(lv, i) for lv, i in wanted if lv > 0]
+        out: dict[tuple[int, int], bytes] = {}
+        if leaves:
+            rows = _x(self._con, "SELECT seq, leaf_hash FROM log WHERE seq IN (SELECT unnest(?::BIGINT[]))",
+                                     [leaves])
+            out.update({(0, s): bytes(h) for s, h in rows})
+        if inner:
+            keys = [lv * (1 << 56) + i for lv, i in inner]
+            rows = _x(self._con, 
+                "SELECT level, idx, hash FROM merkle_node WHERE level::BIGINT * 72057594037927936 + idx "
+                "IN (SELECT unnest(?::BIGINT[]))", [keys])
+            out.update({(lv, i): bytes(h) for lv, i, h in rows})
+        return out
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def size(self) -> int:
+        """Number of events in the log (= the Merkle tree size)."""
+        return self._size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def sql(self, query: str, params: Any = None) -> pl.DataFrame:
+        """Run a query and return a polars DataFrame. Never changes the store: the query runs in a
+        transaction that is rolled back, so even an UPDATE or DELETE leaves the record untouched.
+        Pass user input through ``params`` (``?`` or ``$name`` placeholders), never by formatting.
+
+        Typed tables are queryable by kind name: annotation, rating, reward_score, train_step,
+        checkpoint, dataset, oversight, custom, snapshot, privacy_budget, privacy_spend; and ``log``.
+        """
+        with self._lock:
+            cur = self._con.cursor()
+            try:
+                if not self.read_only:
+                    cur.execute("BEGIN TRANSACTION")
+                try:
+                    return cur.sql(query, params=params).pl()
+                finally:
+                    if not self.read_only:
+                        cur.execute("ROLLBACK")
+            finally:
+                cur.close()
+
+    def table(self, kind: str, *, lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
+        """The typed table of ``kind`` as polars (maps as lists of ``{key, value}``)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+        df = self.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)} ORDER BY seq")
+        return df.lazy() if lazy else df
+
+    def annotations(self, *, lazy: bool = False):
+        """Pairwise preference annotations (typed table ``annotation``)."""
+        return self.table("annotation", lazy=lazy)
+
+    def ratings(self, *, lazy: bool = False):
+        return self.table("rating", lazy=lazy)
+
+    def reward_scores(self, *, lazy: bool = False):
+        return self.table("reward_score", lazy=lazy)
+
+    def train_steps(self, *, lazy: bool = False):
+        return self.table("train_step", lazy=lazy)
+
+    def checkpoints(self, *, lazy: bool = False):
+        return self.table("checkpoint", lazy=lazy)
+
+    def datasets(self, *, lazy: bool = False):
+        return self.table("dataset", lazy=lazy)
+
+    def oversight(self, *, lazy: bool = False):
+        return self.table("oversight", lazy=lazy)
+
+    def train_metrics(self, run_id: str | None = None) -> pl.DataFrame:
+        """Training metrics in long form: ``seq, run_id, algorithm, step, metric, value``."""
+        where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", None)
+        return self.sql("SELECT seq, run_id, algorithm, step, unnest(map_keys(metrics)) AS metric, "
+                        f"unnest(map_values(metrics)) AS value FROM train_step {where} ORDER BY seq, metric",
+                        params)
+
+    def counts(self) -> dict[str, int]:
+        """Events per kind."""
+        rows = self.sql("SELECT kind, count(*) AS n FROM log GROUP BY kind ORDER BY kind").rows()
+        return dict(rows)
+
+    def time_span(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        return tuple(self.sql("SELECT min(ts), max(ts) FROM log").row(0))
+
+    def entry(self, seq: int) -> bytes:
+        """Canonical bytes of event ``seq``."""
+        row = self.sql("SELECT entry FROM log WHERE seq = ?", [seq])
+        if row.height == 0:
+            raise IndexError(f"no event with seq {seq} (size {self._size})")
+        return bytes(row["entry"][0])
+
+    def event(self, seq: int) -> dict:
+        """The decoded event ``seq``: ``{"data", "kind", "seq", "ts", "v"}``."""
+        return encoding.decode_entry(self.entry(seq))
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def __enter__(self) -> "AuditStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AuditStore({str(self.path)!r}, size={self._size}, origin={self.origin!r})"
+
+    def _repr_html_(self) -> str:
+        counts = self.counts()
+        first, last = self.time_span() if self._size else (None, None)
+        snap = self.sql("SELECT tree_size, root_hash, key_name, ts FROM snapshot ORDER BY seq DESC LIMIT 1")
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{v:,}</td></tr>"
+                       for k, v in counts.items()) or "<tr><td colspan=2><i>empty</i></td></tr>"
+        snap_html = ("<i>no signed snapshot yet</i>" if snap.height == 0 else
+                     f"size {snap['tree_size'][0]:,}, root <code>{snap['root_hash'][0][:16]}…</code>, "
+                     f"key {html.escape(snap['key_name'][0])}, at {snap['ts'][0]:%Y-%m-%d %H:%M:%S} UTC")
+        span = f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC" if first else "–"
+        return (f"<div><b>AuditStore</b> <code>{html.escape(str(self.path))}</code><br>"
+                f"origin <code>{html.escape(self.origin)}</code> · {self._size:,} events · recorded {span}<br>"
+                f"last snapshot: {snap_html}"
+                f"<table><tr><th>kind</th><th>events</th></tr>{rows}</table></div>")
+
+
+def _capture(run, errors: list):
+    def wrapped():
+        try:
+            run()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the writing thread
+            errors.append(e)
+    return wrapped
+
+
+def open_store(path: str | os.PathLike, *, keys: str | os.PathLike | None = None, read_only: bool = False,
+               origin: str | None = None, pseudonymize: bool = True) -> AuditStore:
+    """Open (or create) the audit store at ``path``.
+
+    ``keys``: the keys folder (``rlhf-audit keys init``) holding the pseudonymisation key; by
+    default the folder named by ``RLHF_AUDIT_KEYS``. Person fields (annotator, reviewer) are
+    pseudonymised on ingest; without a key such events are refused unless ``pseudonymize=False``.
+    ``read_only``: for a second process while no writer holds the file. ``origin``: the
+    checkpoint origin line for a new store (default ``rlhf-audit-kit.local/<store id>``).
+    """
+    return AuditStore(path, keys=keys, read_only=read_only, origin=origin, pseudonymize=pseudonymize)
