@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from .encoding import canonical_json
+from .encoding import _parse_int, canonical_json
 from .errors import ValidationError
 from .schema import (KINDS, MAX_ID_CHARS, MAX_MAP_ENTRIES, MAX_SAFE_INT, MAX_TEXT_CHARS,
                      STORE_COLUMNS, Field, Kind)
@@ -291,7 +291,7 @@ def _loads_column(f: Field, s: pl.Series, rows: pl.Series) -> list:
             out.append(None)
             continue
         try:
-            out.append(json.loads(v))
+            out.append(json.loads(v, parse_int=_parse_int))
         except json.JSONDecodeError as e:
             raise ValidationError(int(rows[i]), f.name, f"not JSON: {e.msg}") from None
     return out

@@ -167,7 +167,8 @@ def krippendorff_alpha(labels: pl.DataFrame, level: Level = "nominal",
         frequencies, exactly as the ``krippendorff`` package.
     value_domain
         Ordered possible values (needed for a custom ordinal order such as
-        ``["bad", "ok", "good"]``). Default: the sorted unique labels. Labels outside it raise.
+        ``["bad", "ok", "good"]``). Default: the categories of a ``pl.Enum`` label column in
+        their declared order, else the sorted unique labels. Labels outside it raise.
     item, annotator, label
         Column names.
 
@@ -198,6 +199,10 @@ def krippendorff_alpha(labels: pl.DataFrame, level: Level = "nominal",
     """
     if level not in _LEVELS:
         raise ValueError(f"level must be one of {_LEVELS}, got {level!r}")
+    if value_domain is None and isinstance(labels, pl.DataFrame) and label in labels.columns \
+            and isinstance(labels.schema[label], pl.Enum):
+        # An Enum declares its order: use it as the ordinal domain (labels become strings below).
+        value_domain = labels.schema[label].categories.to_list()
     df = _prepare(labels, item, annotator, label)
     if level in ("interval", "ratio") and not df.schema["label"].is_numeric():
         raise ValueError(f"level={level!r} needs a numeric column {label!r}, got {df.schema['label']}")

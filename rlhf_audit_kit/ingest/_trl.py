@@ -75,7 +75,8 @@ def load_trl_preference(source: Source, *, dataset: str | None = None,
     for c in cols:
         dtype = df.schema[c]
         if not (dtype == pl.String or is_messages(dtype)):
-            raise ValidationError(0, c, f"expected a string or a list of {{role, content}} messages, got {dtype}")
+            raise ValidationError(0, c, "expected a string or a list of {role, content} messages, "
+                                        f"got {dtype}")
     df = with_row(df)
     bad = min(((r, c) for c in cols if (r := first_row(df, pl.col(c).is_null())) is not None), default=None)
     if bad is not None:

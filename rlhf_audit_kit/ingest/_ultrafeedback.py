@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, check_dataset, content_ids, finish, first_row, id_prefix,
-                      require_columns, require_strings, to_frame, with_row)
+from ._common import (ROW, check_dataset, content_ids, finish, id_prefix, require_columns,
+                      require_strings, to_frame, with_row)
 
 if TYPE_CHECKING:
     from ._common import Source
@@ -131,7 +131,8 @@ def load_ultrafeedback(source: Source, *, dataset: str | None = None,
         dataset=pl.lit(dataset, dtype=pl.String), _ci=pl.col("_ci"))
     missing = rows.filter(pl.col("response").is_null()).head(1)
     if len(missing):
-        raise ValidationError(missing[ROW][0], f"completions[{missing['_ci'][0]}].response", "is missing or null")
+        row, ci = missing.select(ROW, "_ci").row(0)
+        raise ValidationError(row, f"completions[{ci}].response", "is missing or null")
     rows = rows.filter(pl.col("aspects").list.len() > 0)
     rows = content_ids(rows, {"sample_id": "response", "prompt_id": "prompt"})
     return finish(rows, "rating")

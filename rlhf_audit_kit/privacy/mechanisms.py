@@ -89,6 +89,8 @@ class _Source:
             return secrets.randbelow(n)
         if isinstance(rng, random.Random):
             return rng.randrange(n)
+        if n <= 1 << 62:  # numpy's bounded integers are exactly uniform (Lemire's method)
+            return int(rng.integers(0, n))
         k = n.bit_length()
         nbytes = (k + 7) // 8
         while True:  # accepted with probability > 1/2 per round
@@ -96,32 +98,37 @@ class _Source:
             if r < n:
                 return r
 
-    def bits53(self, size: int) -> np.ndarray:
-        """``size`` uniform 53-bit integers (the mantissa width of a float64) as uint64."""
+    def bits52(self, size: int) -> np.ndarray:
+        """``size`` uniform 52-bit integers as uint64."""
         rng = self.rng
         if rng is None:
-            return np.frombuffer(os.urandom(8 * size), dtype=np.uint64) >> np.uint64(11)
+            return np.frombuffer(os.urandom(8 * size), dtype=np.uint64) >> np.uint64(12)
         if isinstance(rng, random.Random):
-            return np.array([rng.getrandbits(53) for _ in range(size)], dtype=np.uint64)
-        return rng.integers(0, 1 << 53, size=size, dtype=np.uint64)
+            return np.array([rng.getrandbits(52) for _ in range(size)], dtype=np.uint64)
+        return rng.integers(0, 1 << 52, size=size, dtype=np.uint64)
+
+    @staticmethod
+    def to_open_unit(bits52: np.ndarray) -> np.ndarray:
+        """Map 52-bit integers to midpoints of a 2**-52 grid: strictly inside (0, 1), so log() and
+        log1p(-2|u - 1/2|) stay finite. (With 53 bits, k + 0.5 rounds up to 2**53 and u hits 1.)"""
+        return (bits52.astype(np.float64) + 0.5) * 2.0**-52
 
     def open_uniform(self, size: int) -> np.ndarray:
-        """Uniforms in the open interval (0, 1): midpoints of a 2**-53 grid, so log() is finite."""
-        return (self.bits53(size).astype(np.float64) + 0.5) * 2.0**-53
+        """Uniforms in the open interval (0, 1)."""
+        return self.to_open_unit(self.bits52(size))
 
 
-def _bernoulli(src: _Source, p: Fraction) -> bool:
-    return src.randbelow(p.denominator) < p.numerator
+def _bernoulli_exp(src: _Source, num: int, den: int) -> bool:
+    """Exact Bernoulli(exp(-num/den)) for integers num >= 0, den >= 1 (CKS 2020, Algorithm 1).
 
-
-def _bernoulli_exp(src: _Source, gamma: Fraction) -> bool:
-    """Exact Bernoulli(exp(-gamma)) for rational gamma >= 0 (CKS 2020, Algorithm 1)."""
-    while gamma > 1:  # exp(-gamma) = exp(-1)^floor(gamma) * exp(-frac(gamma))
-        if not _bernoulli_exp(src, Fraction(1)):
+    Integers rather than Fractions: the same exact arithmetic, several times faster.
+    """
+    while num > den:  # exp(-gamma) = exp(-1)^floor(gamma) * exp(-frac(gamma))
+        if not _bernoulli_exp(src, 1, 1):
             return False
-        gamma -= 1
+        num -= den
     k = 1
-    while _bernoulli(src, gamma / k):
+    while src.randbelow(den * k) < num:  # Bernoulli(gamma / k)
         k += 1
     return k % 2 == 1
 
@@ -131,10 +138,10 @@ def _sample_discrete_laplace(src: _Source, scale: Fraction) -> int:
     t, s = scale.numerator, scale.denominator  # scale = t/s
     while True:
         u = src.randbelow(t)
-        if not _bernoulli_exp(src, Fraction(u, t)):
+        if not _bernoulli_exp(src, u, t):
             continue
         v = 0
-        while _bernoulli_exp(src, Fraction(1)):
+        while _bernoulli_exp(src, 1, 1):
             v += 1
         y = (u + t * v) // s
         if src.randbelow(2) == 1:
@@ -146,11 +153,13 @@ def _sample_discrete_laplace(src: _Source, scale: Fraction) -> int:
 
 def _sample_discrete_gaussian(src: _Source, sigma2: Fraction) -> int:
     """Exact sample with P[X=x] proportional to exp(-x^2/(2 sigma2)) (CKS 2020, Algorithm 3)."""
-    t = math.isqrt(sigma2.numerator * sigma2.denominator) // sigma2.denominator + 1  # floor(sigma)+1
+    a, b = sigma2.numerator, sigma2.denominator  # sigma^2 = a/b
+    t = math.isqrt(a * b) // b + 1  # floor(sigma) + 1
+    den = 2 * a * b * t * t
     while True:
         y = _sample_discrete_laplace(src, Fraction(t))
-        gamma = (abs(y) - sigma2 / t) ** 2 / (2 * sigma2)
-        if _bernoulli_exp(src, gamma):
+        # gamma = (|y| - sigma^2/t)^2 / (2 sigma^2), over a common integer denominator
+        if _bernoulli_exp(src, (abs(y) * b * t - a) ** 2, den):
             return y
 
 
@@ -218,6 +227,8 @@ def _clamp(value: Any, lower: Any, upper: Any) -> tuple[np.ndarray, bool]:
         raise _bad("lower", f"lower bound {lower!r} exceeds upper bound {upper!r}")
     if lower is not None or upper is not None:
         arr = np.clip(arr, lower, upper)
+    if not np.all(np.isfinite(arr)):  # a NaN/inf answer would reveal the input; refuse
+        raise _bad("value", "must be finite after clamping (declare bounds or drop NaN/inf)")
     return arr, arr.ndim == 0
 
 
@@ -242,7 +253,9 @@ class Laplace(_Mechanism):
     """Continuous Laplace mechanism: pure ``epsilon = 1/scale``-DP for any L1 sensitivity.
 
     Sensitivity assumption: the query moves by at most ``sensitivity`` (L1) when one privacy unit
-    is added or removed; noise of scale ``scale * sensitivity`` is added.
+    is added or removed; noise of scale ``scale * sensitivity`` is added. Floating-point caveat
+    (Mironov 2012): the output's low-order bits are not exactly Laplace; for integer queries use
+    :class:`DiscreteLaplace`.
 
     >>> m = Laplace(scale=2.0, rng=np.random.default_rng(0))
     >>> round(m.release(10.0, lower=0, upper=5), 3)   # clamped to 5, then noised
