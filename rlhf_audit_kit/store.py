@@ -31,7 +31,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from .schema import KINDS, USER_KINDS, Kind
 from .validate import ROW, normalise
 
 STORE_FORMAT = 1
+_CHUNK_ROWS = 50_000  # rows per pipeline step of extend(): bounds memory, overlaps work
 _SQL_TYPES = {"id": "VARCHAR", "text": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
               "bool": "BOOLEAN", "ts": "TIMESTAMP", "json": "JSON",
               "map_float": "MAP(VARCHAR, DOUBLE)", "map_int": "MAP(VARCHAR, BIGINT)"}
@@ -232,45 +233,61 @@ class AuditStore:
         seq_of_row = pl.DataFrame({ROW: order, "seq": pl.int_range(start, start + n_total, eager=True)})
         for kind_name, df in frames.items():
             self._check_unique(KINDS[kind_name], df)
-        prepared = {}
+        # Pipeline: Python encodes and hashes chunk i+1 while DuckDB (GIL released) inserts chunk i,
+        # all inside one transaction, so a failure anywhere writes nothing.
+        chunks = []
         for kind_name, df in frames.items():
-            kind = KINDS[kind_name]
-            df = self._apply_pseudonyms(kind, df).join(seq_of_row, on=ROW, how="left")
-            entries = encoding.encode_frame(kind, df, df["seq"], ts_text)
-            prepared[kind_name] = (df, entries)
+            for off in range(0, df.height, _CHUNK_ROWS):
+                chunks.append((KINDS[kind_name], df.slice(off, _CHUNK_ROWS)))
+        bar = None
+        if progress and n_total >= 50_000:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_total, unit="event", desc="ingest")
+        seq_parts, hash_parts = [], []
+        db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-db")
+        pending = None
         _x(con, "BEGIN TRANSACTION")
         try:
-            log_parts = []
-            for kind_name, (df, entries) in prepared.items():
-                kind = KINDS[kind_name]
+            for kind, df in chunks:
+                df = self._apply_pseudonyms(kind, df).join(seq_of_row, on=ROW, how="left")
+                entries = encoding.encode_frame(kind, df, df["seq"], ts_text).cast(pl.Binary).to_arrow()
+                hashes = leaf_hashes_of(entries)
                 typed = df.drop(ROW).with_columns(pl.lit(ts).cast(pl.Datetime("us")).alias("ts"))
-                # DuckDB inserts the typed rows on its own threads while Python hashes the entries.
-                ins = threading.Thread(target=self._insert_typed, args=(kind, typed))
-                err: list[BaseException] = []
-                ins.run = _capture(ins.run, err)
-                ins.start()
-                binary = entries.cast(pl.Binary).to_arrow()
-                hashes = leaf_hashes_of(binary)
-                ins.join()
-                if err:
-                    raise err[0]
-                log_parts.append(pa.table({
-                    "seq": df["seq"].to_arrow(),
-                    "kind": pa.array([kind_name] * df.height, pa.string()),
-                    "leaf_hash": pa.array(hashes, pa.binary()),
-                    "entry": binary,
-                }))
-            log = pa.concat_tables(log_parts).sort_by("seq") if len(log_parts) > 1 else log_parts[0]
-            self._con.register("__log", log)
-            _x(con, "INSERT INTO log SELECT seq, kind, ?::TIMESTAMP, entry, leaf_hash FROM __log", [ts])
-            self._con.unregister("__log")
-            self._add_nodes(start, log.column("leaf_hash").to_pylist())
+                log = pa.table({"seq": df["seq"].to_arrow(),
+                                "kind": pa.array([kind.name] * df.height, pa.string()),
+                                "leaf_hash": pa.array(hashes, pa.binary()), "entry": entries})
+                seq_parts.append(df["seq"])
+                hash_parts.extend(hashes)
+                if pending is not None:
+                    pending.result()
+                pending = db.submit(self._insert_chunk, kind, typed, log, ts)
+                if bar is not None:
+                    bar.update(df.height)
+            pending.result()
+            seqs = pl.concat(seq_parts)
+            if len(chunks) > 1 and not seqs.is_sorted():  # mixed kinds: leaves go in seq order
+                hash_parts = [hash_parts[i] for i in seqs.arg_sort().to_list()]
+            self._add_nodes(start, hash_parts)
             _x(con, "COMMIT")
         except BaseException:
+            if pending is not None:
+                pending.exception()  # wait: the connection must be idle before the rollback
             _x(con, "ROLLBACK")
             raise
+        finally:
+            db.shutdown(wait=True)
+            if bar is not None:
+                bar.close()
         self._size = start + n_total
         return range(start, self._size)
+
+    def _insert_chunk(self, kind: Kind, typed: pl.DataFrame, log: pa.Table, ts: dt.datetime) -> None:
+        self._insert_typed(kind, typed)
+        self._con.register("__log", log)
+        try:
+            _x(self._con, "INSERT INTO log SELECT seq, kind, ?::TIMESTAMP, entry, leaf_hash FROM __log", [ts])
+        finally:
+            self._con.unregister("__log")
 
     def _insert_typed(self, kind: Kind, typed: pl.DataFrame) -> None:
         cols = []
@@ -400,6 +417,84 @@ class AuditStore:
         """The decoded event ``seq``: ``{"data", "kind", "seq", "ts", "v"}``."""
         return encoding.decode_entry(self.entry(seq))
 
+    # ------------------------------------------------------------------ privacy
+    @property
+    def privacy(self):
+        """The privacy ledger: budgets and recorded DP releases (:class:`~rlhf_audit_kit.privacy.PrivacyLedger`).
+
+        Built once per store (rebuilt from the log's privacy events), then cached.
+        """
+        with self._lock:
+            if self._privacy is None:
+                from .privacy.budget import PrivacyLedger
+                self._privacy = PrivacyLedger(self)
+            return self._privacy
+
+    # ------------------------------------------------------------------ ledger
+    def root(self, size: int | None = None) -> bytes:
+        """RFC 9162 root hash of the first ``size`` events (default: all), O(log n) from stored nodes."""
+        from .ledger.tree import TreeReader
+        with self._lock:
+            size = self._size if size is None else int(size)
+            if not 0 <= size <= self._size:
+                raise ValueError(f"size {size} outside 0..{self._size}")
+            return TreeReader(self._get_nodes).root(size)
+
+    def snapshot(self, signer: Any = None, *, passphrase: str | None = None):
+        """Sign the current tree (C2SP checkpoint, Ed25519) and record it; return the Snapshot.
+
+        ``signer``: a :class:`~rlhf_audit_kit.ledger.Signer` or a keys folder (default: the store's
+        keys folder; passphrase from ``passphrase`` or ``$RLHF_AUDIT_PASSPHRASE``). The snapshot is
+        itself an internal ``snapshot`` event with ``seq == size``. See
+        :mod:`rlhf_audit_kit.ledger.snapshot`.
+        """
+        from .ledger.snapshot import take_snapshot
+        return take_snapshot(self, signer, passphrase=passphrase)
+
+    def snapshots(self, verifier: Any = None) -> list:
+        """Every recorded snapshot, oldest first (signatures checked when ``verifier`` is given)."""
+        from .ledger.snapshot import list_snapshots
+        return list_snapshots(self, verifier)
+
+    def verify(self, verifier_key: Any, *, checkpoints: Iterable[str] = (), workers: int | None = None):
+        """Verify the whole store against the key you trust; return a VerifyReport (``.ok``,
+        ``.first_bad_seq``, ``.damage``, ``.raise_for_status()``).
+
+        ``verifier_key``: a vkey string, a file or keys folder holding one, or a Verifier.
+        ``checkpoints``: signed notes kept outside the store (they reveal truncation of the log).
+        See :mod:`rlhf_audit_kit.ledger.verify` for the checks.
+        """
+        from .ledger.verify import DuckSource, verify_source
+        with self._lock:
+            cur = self._con.cursor()
+            try:
+                src = DuckSource(cur, origin=self.origin, description=f"store {self.path}")
+                return verify_source(src, verifier_key, extra_notes=list(checkpoints), workers=workers)
+            finally:
+                cur.close()
+
+    def inclusion_proof(self, seq: int, size: int | None = None) -> list[bytes]:
+        """RFC 9162 inclusion proof of event ``seq`` in the tree of ``size`` events (default: all).
+
+        Check it only against the size and root of a verified signed checkpoint
+        (:func:`rlhf_audit_kit.ledger.verify.verify_inclusion_against`).
+        """
+        from .ledger.tree import TreeReader
+        with self._lock:
+            size = self._size if size is None else int(size)
+            if not 0 <= size <= self._size:
+                raise ValueError(f"size {size} outside 0..{self._size}")
+            return TreeReader(self._get_nodes).inclusion_proof(int(seq), size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from the tree of ``old_size`` to ``new_size`` events."""
+        from .ledger.tree import TreeReader
+        with self._lock:
+            new_size = self._size if new_size is None else int(new_size)
+            if not 0 <= int(old_size) <= new_size <= self._size:
+                raise ValueError(f"need 0 <= old_size <= new_size <= {self._size}")
+            return TreeReader(self._get_nodes).consistency_proof(int(old_size), new_size)
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         with self._lock:
@@ -430,15 +525,6 @@ class AuditStore:
                 f"origin <code>{html.escape(self.origin)}</code> · {self._size:,} events · recorded {span}<br>"
                 f"last snapshot: {snap_html}"
                 f"<table><tr><th>kind</th><th>events</th></tr>{rows}</table></div>")
-
-
-def _capture(run, errors: list):
-    def wrapped():
-        try:
-            run()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the writing thread
-            errors.append(e)
-    return wrapped
 
 
 def open_store(path: str | os.PathLike, *, keys: str | os.PathLike | None = None, read_only: bool = False,

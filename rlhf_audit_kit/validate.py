@@ -246,6 +246,9 @@ def _coerce(f: Field, s: pl.Series, rows: pl.Series) -> pl.Series:
             return _column_from_values(f, vals, rows.to_list())
         _err(rows, s.is_not_null(), f.name, lambda p: f"expected a timestamp, got {dtype}")
     if t in MAP_DTYPE:
+        if isinstance(dtype, getattr(pl, "Map", ())):  # polars >= 2 reads DuckDB MAP columns as Map
+            s = s.cast(pl.List(pl.Struct({"key": dtype.key, "value": dtype.value})))
+            dtype = s.dtype
         if isinstance(dtype, pl.Struct):  # dicts with fixed keys: polars infers a struct
             names = [fl.name for fl in dtype.fields]
             if not names:

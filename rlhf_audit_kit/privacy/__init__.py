@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from .accountant import Accountant
+from .budget import QUERIES, WHERE_FILTERS, PrivacyLedger, Release
 from .mechanisms import (DiscreteGaussian, DiscreteLaplace, DPRelease, Gaussian, Laplace,
                          MechanismCost, SubsampledGaussian, analytic_gaussian_delta, dp_count,
                          dp_histogram, dp_mean, dp_sum)
@@ -18,4 +19,5 @@ __all__ = [
     "Accountant", "Laplace", "Gaussian", "SubsampledGaussian", "DiscreteLaplace",
     "DiscreteGaussian", "MechanismCost", "DPRelease", "analytic_gaussian_delta", "dp_count",
     "dp_sum", "dp_mean", "dp_histogram", "Pseudonymizer", "ReidentificationMap",
+    "PrivacyLedger", "Release", "QUERIES", "WHERE_FILTERS",
 ]

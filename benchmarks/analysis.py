@@ -1,0 +1,107 @@
+"""Benchmark of the analysis layer on a campaign with ~1M annotations and a 100k-step run.
+
+Builds (once; cached in ``--workdir``) an audit store holding the demo campaign of size ~1.15M
+(about 1M annotations) plus a separate 100,000-step PPO training run, then times every analysis
+function on it and prints the figures next to their targets.
+
+Usage::
+
+    python benchmarks/analysis.py --workdir /tmp/rak-bench           # build if needed, then time
+    python benchmarks/analysis.py --workdir /tmp/rak-bench --repeat 3  # median of 3 runs
+
+The cache is keyed by the campaign size and seed (``READY.json``); delete the folder to rebuild.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+BIG_RUN = "ppo-bench-100k"
+TARGETS = {"annotator_report": 3.0, "annotator_drift": 2.0}
+
+
+def _long_run(n_steps: int, seed: int = 0) -> pl.DataFrame:
+    """A synthetic 100k-step PPO run (train_step events) with a KL excursion at 70% of the steps."""
+    rng = np.random.default_rng(seed)
+    s = np.arange(1, n_steps + 1, dtype=np.float64)
+    h = 0.7 * n_steps
+    pre, late = np.minimum(s, h) / h, np.clip((s - h) / (n_steps - h), 0, 1)
+
+    def noise(sd: float) -> np.ndarray:
+        return np.convolve(rng.normal(0, sd * 0.6, n_steps), 0.8 ** np.arange(48))[:n_steps]
+
+    metrics = {
+        "objective/kl": np.maximum((0.3 + 3.2 * pre + 20 * late**2) * (1 + noise(0.08)), 0.01),
+        "objective/scores": -0.4 + 2.0 * pre + 2.4 * late + noise(0.12),
+        "objective/entropy": 2.9 - 0.5 * s / n_steps - 1.1 * late**1.5 + noise(0.04),
+        "policy/approxkl_avg": np.abs(0.002 + 0.012 * late**2 + noise(0.0008)),
+        "policy/clipfrac_avg": np.clip(0.04 + 0.16 * late + noise(0.01), 0, 1),
+        "loss/policy_avg": -0.008 + noise(0.006),
+        "loss/value_avg": 0.1 + 0.35 * late + np.abs(noise(0.03)),
+        "lr": 3e-6 * (1 - (s - 1) / n_steps),
+    }
+    metrics["objective/non_score_reward"] = -0.05 * metrics["objective/kl"]
+    metrics["objective/rlhf_reward"] = metrics["objective/scores"] + metrics["objective/non_score_reward"]
+    keys = list(metrics)
+    values = np.stack([metrics[k] for k in keys], axis=1)
+    flat = pl.DataFrame({"key": pl.Series(keys * n_steps), "value": values.ravel()}).to_struct()
+    mp = flat.reshape((n_steps, len(keys))).cast(pl.List(pl.Struct({"key": pl.Utf8, "value": pl.Float64})))
+    return pl.DataFrame({"run_id": BIG_RUN, "algorithm": "ppo", "step": np.arange(1, n_steps + 1),
+                         "metrics": mp, "epoch": s * 64 / 10_000})
+
+
+def build(workdir: Path, size: int, seed: int, steps: int) -> Path:
+    """Create (or reuse) the benchmark store in ``workdir``; return its path."""
+    from rlhf_audit_kit import demo, keys
+    from rlhf_audit_kit.store import open_store
+
+    path, keys_dir, ready = workdir / "audit.duckdb", workdir / "keys", workdir / "READY.json"
+    want = {"size": size, "seed": seed, "steps": steps}
+    if ready.exists() and json.loads(ready.read_text()) == want and path.exists():
+        return path
+    workdir.mkdir(parents=True, exist_ok=True)
+    for p in (path, ready, Path(str(path) + ".wal")):
+        if p.exists():
+            p.unlink()
+    if not keys_dir.exists():
+        keys.init_keys(keys_dir, "bench.rlhf-audit-kit.local/log", no_passphrase=True)
+    t0 = time.perf_counter()
+    with open_store(path, keys=keys_dir) as store:
+        demo.Campaign(size, seed).write_to(store, chunk_rows=250_000, progress=True)
+        run = _long_run(steps)
+        for lo in range(0, run.height, 50_000):
+            store.extend(run.slice(lo, 50_000), kind="train_step")
+        print(f"built {store.size:,} events in {time.perf_counter() - t0:.1f} s: {store.counts()}")
+    ready.write_text(json.dumps(want))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", required=True, help="folder for the cached store (created if missing)")
+    ap.add_argument("--size", type=int, default=1_150_000, help="demo campaign size (events)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=100_000, help="steps of the long training run")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (median shown)")
+    ap.add_argument("--build-only", action="store_true")
+    args = ap.parse_args(argv)
+    path = build(Path(args.workdir), args.size, args.seed, args.steps)
+    if args.build_only:
+        return 0
+    return run_benchmarks(path, args.repeat)
+
+
+def run_benchmarks(path: Path, repeat: int) -> int:  # filled in below
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    sys.exit(main())

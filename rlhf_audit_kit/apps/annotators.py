@@ -1,0 +1,414 @@
+"""AnnotatorBehaviour: agreement, position/length bias, throughput and flagged annotators.
+
+The annotation table is read once per source into a slim frame (one row per judgement: annotator,
+task, time, choice, the two response lengths, seconds spent, an item key) and the annotator pairs
+that judged the same item are joined once; every filter change re-aggregates those in polars, so a
+million annotations stay on the server and only per-annotator / per-day aggregates are plotted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import param
+import polars as pl
+
+from ._common import ACCENT, PLOT_OPTS, card, esc, require_panel, short_labels, wilson
+from ._data import Source, as_source
+
+pn = require_panel()
+import holoviews as hv  # noqa: E402
+
+__all__ = ["AnnotatorBehaviour", "load_annotations", "annotator_pairs", "annotator_table",
+           "agreement_long", "daily_throughput"]
+
+ALL = "(all annotators)"
+
+#: Thresholds of the flags (documented in docs/dashboard.md).
+FLAG_POSITION = 0.65   # lower 95% bound of the share of "a" among a/b choices
+FLAG_LENGTH = 0.70     # lower 95% bound of the share of the longer response among a/b choices
+FLAG_FAST_S = 6.0      # median seconds per item
+FLAG_AGREEMENT = 0.60  # mean agreement with co-annotators of the same items
+FLAG_DRIFT = 0.15      # rise of the share of "a" from the first to the last quarter of an annotator's items
+
+
+# ---------------------------------------------------------------------------- data
+def load_annotations(src: Source) -> pl.DataFrame:
+    """One slim row per annotation: ``seq, annotator, task_id, t, choice, len_a, len_b, secs, item``."""
+    def load() -> pl.DataFrame:
+        if src.count("annotation") == 0:
+            return pl.DataFrame(schema={"seq": pl.Int64, "annotator": pl.Utf8, "task_id": pl.Utf8,
+                                        "t": pl.Datetime("us"), "choice": pl.Utf8, "len_a": pl.Int64,
+                                        "len_b": pl.Int64, "secs": pl.Float64, "item": pl.UInt64})
+        return src.sql(
+            "SELECT seq, annotator, coalesce(task_id, '') AS task_id, "
+            "coalesce(submitted_at, shown_at, ts) AS t, choice, "
+            "strlen(response_a)::BIGINT AS len_a, strlen(response_b)::BIGINT AS len_b, "
+            "date_diff('millisecond', shown_at, submitted_at) / 1000.0 AS secs, "
+            "hash(prompt_id, response_a_id, response_b_id) AS item FROM annotation ORDER BY t, seq")
+    return src.cached("annotations/slim", load)
+
+
+def annotator_pairs(ann: pl.DataFrame) -> pl.DataFrame:
+    """Ordered pairs of distinct annotators who judged the same item (skips and repeats dropped):
+    ``a1, a2, agree (bool), t (the later judgement), task_id``."""
+    d = (ann.filter(pl.col("choice") != "skip")
+            .unique(["item", "annotator"], keep="first", maintain_order=True)
+            .select("item", "annotator", "choice", "t", "task_id"))
+    right = d.select("item", pl.col("annotator").alias("a2"), pl.col("choice").alias("c2"),
+                     pl.col("t").alias("t2"))
+    return (d.join(right, on="item")
+             .filter(pl.col("annotator") != pl.col("a2"))
+             .select(pl.col("annotator").alias("a1"), "a2", (pl.col("choice") == pl.col("c2")).alias("agree"),
+                     pl.max_horizontal("t", "t2").alias("t"), "task_id"))
+
+
+def _filter(df: pl.DataFrame, window: tuple | None, task: str) -> pl.DataFrame:
+    if window is not None and window[0] is not None:
+        lo, hi = window
+        df = df.filter((pl.col("t") >= pl.lit(lo)) & (pl.col("t") <= pl.lit(hi)))
+    if task:
+        df = df.filter(pl.col("task_id").str.starts_with(task))
+    return df
+
+
+def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """One row per annotator: volume, position and length bias with Wilson 95% CIs, speed,
+    agreement with co-annotators, drift of the share of "a", and the reasons it is flagged."""
+    if ann.height == 0:
+        return pl.DataFrame(schema={"annotator": pl.Utf8, "n": pl.UInt32, "flags": pl.Utf8})
+    ab = pl.col("choice").is_in(["a", "b"])
+    longer_known = ab & (pl.col("len_a") != pl.col("len_b"))
+    chose_longer = (pl.col("choice") == "a") == (pl.col("len_a") > pl.col("len_b"))
+    ranked = ann.with_columns((pl.col("t").rank("ordinal").over("annotator")
+                               / pl.len().over("annotator")).alias("_q"))
+    stats = ranked.group_by("annotator").agg(
+        pl.len().alias("n"),
+        ab.sum().alias("n_ab"),
+        (pl.col("choice") == "a").sum().alias("n_a"),
+        longer_known.sum().alias("n_len"),
+        (longer_known & chose_longer).sum().alias("n_longer"),
+        pl.col("secs").median().alias("median_s"),
+        (ab & (pl.col("_q") <= 0.25)).sum().alias("_e_ab"),
+        (ab & (pl.col("_q") <= 0.25) & (pl.col("choice") == "a")).sum().alias("_e_a"),
+        (ab & (pl.col("_q") > 0.75)).sum().alias("_l_ab"),
+        (ab & (pl.col("_q") > 0.75) & (pl.col("choice") == "a")).sum().alias("_l_a"),
+        pl.col("t").min().alias("first"), pl.col("t").max().alias("last"),
+    )
+    peer = pairs.group_by("a1").agg(pl.col("agree").mean().alias("agreement"),
+                                    pl.len().alias("n_pairs")).rename({"a1": "annotator"})
+    pa_lo, pa_hi = wilson(pl.col("n_a"), pl.col("n_ab"))
+    pl_lo, pl_hi = wilson(pl.col("n_longer"), pl.col("n_len"))
+    e_share = pl.col("_e_a") / pl.col("_e_ab")
+    l_share = pl.col("_l_a") / pl.col("_l_ab")
+    pooled = (pl.col("_e_a") + pl.col("_l_a")) / (pl.col("_e_ab") + pl.col("_l_ab"))
+    se = (pooled * (1 - pooled) * (1 / pl.col("_e_ab") + 1 / pl.col("_l_ab"))).sqrt()
+    t = (stats.join(peer, on="annotator", how="left")
+              .with_columns(share_a=pl.col("n_a") / pl.col("n_ab"), share_a_lo=pa_lo, share_a_hi=pa_hi,
+                            share_longer=pl.col("n_longer") / pl.col("n_len"), share_longer_lo=pl_lo,
+                            share_longer_hi=pl_hi, share_a_early=e_share, share_a_late=l_share,
+                            drift_z=(l_share - e_share) / se))
+    reasons = [
+        pl.when(pl.col("share_a_lo") > FLAG_POSITION).then(
+            pl.format("position bias: picks A in {}% (95% CI {}-{}%)", *(
+                (pl.col(c) * 100).round(0).cast(pl.Int64) for c in ("share_a", "share_a_lo", "share_a_hi")))),
+        pl.when(pl.col("share_longer_lo") > FLAG_LENGTH).then(
+            pl.format("length bias: picks the longer response in {}% (95% CI {}-{}%)", *(
+                (pl.col(c) * 100).round(0).cast(pl.Int64)
+                for c in ("share_longer", "share_longer_lo", "share_longer_hi")))),
+        pl.when(pl.col("median_s") < FLAG_FAST_S).then(
+            pl.format("very fast: median {} s per item", pl.col("median_s").round(1))),
+        pl.when(pl.col("agreement") < FLAG_AGREEMENT).then(
+            pl.format("low agreement with co-annotators: {}%", (pl.col("agreement") * 100).round(0)
+                      .cast(pl.Int64))),
+        pl.when(((pl.col("share_a_late") - pl.col("share_a_early")) > FLAG_DRIFT) & (pl.col("drift_z") > 3)).then(
+            pl.format("drift: share of A rose from {}% to {}%", *(
+                (pl.col(c) * 100).round(0).cast(pl.Int64) for c in ("share_a_early", "share_a_late")))),
+    ]
+    t = t.with_columns(pl.concat_str(reasons, separator="; ", ignore_nulls=True).fill_null("").alias("flags"))
+    labels = short_labels(t["annotator"].to_list())
+    t = t.with_columns(pl.col("annotator").replace_strict(labels, return_dtype=pl.Utf8).alias("label"))
+    return t.drop("_e_ab", "_e_a", "_l_ab", "_l_a").sort("annotator")
+
+
+def agreement_long(pairs: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
+    """Pairwise agreement of annotators as a long table ``a1, a2, agreement, n`` (display labels)."""
+    g = pairs.group_by("a1", "a2").agg(pl.col("agree").mean().alias("agreement"), pl.len().alias("n"))
+    return g.with_columns(pl.col("a1").replace_strict(labels, default=pl.col("a1")),
+                          pl.col("a2").replace_strict(labels, default=pl.col("a2"))).sort("a1", "a2")
+
+
+def daily_throughput(ann: pl.DataFrame) -> pl.DataFrame:
+    """Items per day and median seconds per item: ``day, items, median_s``."""
+    return (ann.group_by(pl.col("t").dt.truncate("1d").alias("day"))
+               .agg(pl.len().alias("items"), pl.col("secs").median().alias("median_s"))
+               .sort("day"))
+
+
+# ---------------------------------------------------------------------------- viewer
+class AnnotatorBehaviour(pn.viewable.Viewer):
+    """Annotator behaviour: agreement heatmap, bias with CIs, throughput, flags and drill-down.
+
+    Parameters
+    ----------
+    source
+        An AuditStore, a bundle or a path (see :class:`~rlhf_audit_kit.apps.Source`). Read only.
+
+    Examples
+    --------
+    >>> view = AnnotatorBehaviour(store)          # doctest: +SKIP
+    >>> view.annotator = view.flagged()[0]        # doctest: +SKIP
+    """
+
+    source = param.Parameter(doc="AuditStore, bundle, path or Source to read (never written).")
+    time_window = param.DateRange(default=None, doc="Only judgements submitted in this window (UTC).")
+    annotator = param.Selector(default=ALL, objects=[ALL], doc="Annotator to drill into, or all of them.")
+    task = param.String(default="", doc="Task batch id, or an id prefix; empty for every batch.")
+    item = param.Integer(default=None, allow_None=True,
+                         doc="seq of the annotation whose response pair is shown side by side.")
+
+    def __init__(self, source: Any = None, **params: Any):
+        if source is not None:
+            params["source"] = source
+        super().__init__(**params)
+        self._src = as_source(self.source)
+        self._loaded = False
+        self._memo: dict[str, tuple[Any, Any]] = {}
+        self._layout = None
+
+    # -- data ----------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        ann = load_annotations(self._src)
+        self._ann = ann
+        self._pairs = self._src.cached("annotations/pairs", lambda: annotator_pairs(ann))
+        ids = sorted(ann["annotator"].unique().to_list()) if ann.height else []
+        self._labels = short_labels(ids)
+        self._by_label = {v: k for k, v in self._labels.items()}
+        self.param.annotator.objects = {ALL: ALL, **{self._labels[i]: i for i in ids}}
+        if ann.height:
+            lo = ann["t"].min().replace(hour=0, minute=0, second=0, microsecond=0)
+            hi = ann["t"].max().replace(hour=0, minute=0, second=0, microsecond=0) + dt.timedelta(days=1)
+            self.param.time_window.bounds = (lo, hi)
+            if self.time_window is None:
+                with param.parameterized.discard_events(self):
+                    self.time_window = (lo, hi)
+        self._loaded = True
+
+    def _key(self) -> tuple:
+        return (self.time_window, self.task)
+
+    def _memoised(self, name: str, fn):
+        key = self._key()
+        hit = self._memo.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = fn()
+        self._memo[name] = (key, value)
+        return value
+
+    def filtered(self) -> pl.DataFrame:
+        """The slim annotation rows inside the time window and task filter."""
+        self._load()
+        return self._memoised("ann", lambda: _filter(self._ann, self.time_window, self.task))
+
+    def filtered_pairs(self) -> pl.DataFrame:
+        self._load()
+        return self._memoised("pairs", lambda: _filter(self._pairs, self.time_window, self.task))
+
+    def table(self) -> pl.DataFrame:
+        """Per-annotator statistics and flags under the current filters (see :func:`annotator_table`)."""
+        return self._memoised("table", lambda: annotator_table(self.filtered(), self.filtered_pairs()))
+
+    def flagged(self) -> list[str]:
+        """Annotators flagged under the current filters."""
+        t = self.table()
+        return t.filter(pl.col("flags") != "")["annotator"].to_list() if "flags" in t.columns else []
+
+    # -- charts (hv.DynamicMap over these: a filter change updates the Bokeh data in place) -------
+    @param.depends("time_window", "task")
+    def heatmap(self):
+        """Pairwise agreement of annotators on the items both judged (hv.HeatMap)."""
+        pairs = self.filtered_pairs()
+        df = agreement_long(pairs, self._labels).to_pandas()
+        return hv.HeatMap(df, kdims=["a2", "a1"], vdims=["agreement", "n"]).opts(
+            cmap="viridis", clim=(0.3, 1.0), colorbar=True, tools=["hover"], xrotation=60,
+            title="Pairwise agreement on shared items", xlabel="", ylabel="", width=470,
+            height=PLOT_OPTS["height"] + 60, fontsize={"xticks": 7, "yticks": 7}, framewise=True)
+
+    def _bias(self, col: str, title: str):
+        t = self.table()
+        if "share_a" in t.columns:
+            d = t.select("label", pl.col(col).alias("share"), (pl.col(col) - pl.col(f"{col}_lo")).alias("lo"),
+                         (pl.col(f"{col}_hi") - pl.col(col)).alias("hi"), "n",
+                         (pl.col("flags") != "").alias("flagged"), pl.col("flags").alias("why")
+                         ).drop_nulls("share").to_pandas()
+        else:
+            d = pl.DataFrame(schema={"label": pl.Utf8, "share": pl.Float64, "lo": pl.Float64, "hi": pl.Float64,
+                                     "n": pl.UInt32, "flagged": pl.Boolean, "why": pl.Utf8}).to_pandas()
+        d["colour"] = ["#d62728" if f else ACCENT for f in d["flagged"]]
+        sel = self._labels.get(self.annotator)
+        err = hv.ErrorBars(d, "label", ["share", "lo", "hi"]).opts(color="#777")
+        pts = hv.Scatter(d, "label", ["share", "n", "why", "colour"]).opts(
+            color="colour", size=7, tools=["hover"])
+        mark = hv.Scatter(d[d["label"] == sel], "label", ["share"]).opts(
+            color="#ff7f0e", size=15, fill_alpha=0.2, line_width=2)
+        return (err * pts * mark * hv.HLine(0.5).opts(color="#999", line_dash="dashed")).opts(
+            title=title, width=470, height=PLOT_OPTS["height"], xlabel="", ylabel="share", ylim=(0, 1),
+            xrotation=60, fontsize={"xticks": 7}, framewise=True)
+
+    @param.depends("time_window", "task", "annotator")
+    def position_bias(self):
+        """Share of "a" among a/b choices per annotator, Wilson 95% CI; flagged in red."""
+        return self._bias("share_a", "Position bias: share of A (95% CI)")
+
+    @param.depends("time_window", "task", "annotator")
+    def length_bias(self):
+        """Share of the longer response among a/b choices per annotator, Wilson 95% CI."""
+        return self._bias("share_longer", "Length bias: share of the longer response (95% CI)")
+
+    def _daily(self) -> pl.DataFrame:
+        ann = self.filtered()
+        if self.annotator != ALL:
+            ann = ann.filter(pl.col("annotator") == self.annotator)
+        return daily_throughput(ann)
+
+    def _who(self) -> str:
+        return "all annotators" if self.annotator == ALL else self._labels.get(self.annotator, self.annotator)
+
+    @param.depends("time_window", "task", "annotator")
+    def throughput(self):
+        """Judgements per day (selected annotator, or all)."""
+        d = self._daily().to_pandas()
+        return (hv.Curve(d, "day", "items") * hv.Scatter(d, "day", "items").opts(size=4)).opts(
+            hv.opts.Curve(color=ACCENT, tools=["hover"]), hv.opts.Scatter(color=ACCENT)).opts(
+            title=f"Throughput: items per day ({self._who()})", width=470, height=230, framewise=True)
+
+    @param.depends("time_window", "task", "annotator")
+    def time_per_item(self):
+        """Median seconds per judgement per day (selected annotator, or all)."""
+        d = self._daily().to_pandas()
+        return (hv.Curve(d, "day", "median_s") * hv.Scatter(d, "day", "median_s").opts(size=4)).opts(
+            hv.opts.Curve(color="#9467bd", tools=["hover"]), hv.opts.Scatter(color="#9467bd")).opts(
+            title=f"Time per item: median seconds ({self._who()})", width=470, height=230,
+            ylabel="median s per item", framewise=True)
+
+    # -- tables and drill-down -----------------------------------------------------------------
+    def _flag_frame(self):
+        t = self.table()
+        if t.height == 0 or "share_a" not in t.columns:
+            return pl.DataFrame({"annotator": [], "flags": []}).to_pandas()
+        return (t.select("label", "n", pl.col("share_a").round(3), pl.col("share_longer").round(3),
+                         pl.col("median_s").round(1), pl.col("agreement").round(3), "flags", "annotator")
+                 .sort(pl.col("flags") == "", "label").to_pandas())
+
+    def _items_frame(self):
+        if self.annotator == ALL:
+            return pl.DataFrame(schema={"seq": pl.Int64}).to_pandas()
+        ann = self.filtered().filter(pl.col("annotator") == self.annotator)
+        return ann.select("seq", pl.col("t").alias("submitted_at"), "task_id", "choice", "len_a", "len_b",
+                          pl.col("secs").round(1)).to_pandas()
+
+    def _on_flag_click(self, event) -> None:
+        ann = self._flags.value.iloc[event.row]["annotator"]
+        if ann in self.param.annotator.objects:
+            self.annotator = ann
+
+    def _on_item_select(self, event) -> None:
+        if event.new:
+            self.item = int(self._items.value.iloc[event.new[0]]["seq"])
+
+    def _on_item_click(self, event) -> None:
+        self.item = int(self._items.value.iloc[event.row]["seq"])
+
+    def _refresh_tables(self, *events) -> None:
+        names = {e.name for e in events} if events else {"time_window", "task", "annotator"}
+        if names & {"time_window", "task"}:
+            self._flags.value = self._flag_frame()
+        if names & {"time_window", "task", "annotator"}:
+            self._items.value = self._items_frame()
+            self._items.selection = []
+
+    @param.depends("item")
+    def pair(self):
+        """The response pair of :attr:`item`, side by side, with the choice highlighted."""
+        if self.item is None:
+            return pn.pane.HTML("<i>Pick an annotator, then click one of their items to see the pair.</i>",
+                                sizing_mode="stretch_width")
+        row = self._src.sql("SELECT seq, annotator, task_id, choice, strength, prompt, response_a, response_b, "
+                            "model_a, model_b, rationale, gold_choice, guideline_version, shown_at, submitted_at "
+                            "FROM annotation WHERE seq = ?", [self.item])
+        if row.height == 0:
+            return pn.pane.HTML(f"<i>no annotation with seq {self.item}</i>")
+        r = row.row(0, named=True)
+
+        def side(name: str) -> str:
+            chosen = r["choice"] == name
+            border = "3px solid #2ca02c" if chosen else "1px solid #ccc"
+            model = esc(r[f"model_{name}"] or "")
+            text = esc(r[f"response_{name}"]).replace("\n", "<br>")
+            return (f"<div style='flex:1;border:{border};border-radius:6px;padding:8px;min-width:0'>"
+                    f"<div style='font-weight:600'>Response {name.upper()} {'&#10003; chosen' if chosen else ''}"
+                    f" <span style='color:#888;font-weight:400'>{model} · {len(r[f'response_{name}'] or ''):,} chars"
+                    f"</span></div><div class='pair-text' style='white-space:normal;font-size:13px'>{text}</div></div>")
+        meta = (f"seq {r['seq']} · {esc(self._labels.get(r['annotator'], r['annotator']))} · task {esc(r['task_id'])}"
+                f" · choice <b>{esc(r['choice'])}</b>"
+                + (f" (strength {r['strength']})" if r["strength"] is not None else "")
+                + (f" · gold {esc(r['gold_choice'])}" if r["gold_choice"] else "")
+                + (f" · guideline {esc(r['guideline_version'])}" if r["guideline_version"] else ""))
+        rationale = (f"<div style='margin-top:4px'><i>Rationale:</i> {esc(r['rationale'])}</div>"
+                     if r["rationale"] else "")
+        body = (f"<div class='annotation-pair'><div style='color:#555'>{meta}</div>"
+                f"<div style='margin:6px 0'><b>Prompt:</b> {esc(r['prompt'])}</div>"
+                f"<div style='display:flex;gap:10px'>{side('a')}{side('b')}</div>{rationale}</div>")
+        return pn.pane.HTML(body, sizing_mode="stretch_width")
+
+    @param.depends("time_window", "task", "annotator")
+    def summary(self):
+        ann = self.filtered()
+        flagged = self.flagged()
+        txt = (f"<b>{ann.height:,}</b> judgements by <b>{ann['annotator'].n_unique() if ann.height else 0}</b>"
+               f" annotators in <b>{ann['task_id'].n_unique() if ann.height else 0:,}</b> task batches; "
+               f"<b>{len(flagged)}</b> flagged")
+        return pn.pane.HTML(card("Selection", f"<div class='ann-summary'>{txt}</div>", ACCENT),
+                            sizing_mode="stretch_width")
+
+    # -- layout --------------------------------------------------------------------------------
+    def __panel__(self):
+        if self._layout is not None:
+            return self._layout
+        self._load()
+        w_ann = pn.widgets.Select.from_param(self.param.annotator, name="Annotator", width=220)
+        w_task = pn.widgets.TextInput.from_param(self.param.task, name="Task batch (id or prefix)",
+                                                 placeholder="e.g. task-0001", width=200)
+        widgets = [w_ann, w_task]
+        if self.param.time_window.bounds is not None:
+            w_time = pn.widgets.DatetimeRangeSlider.from_param(
+                self.param.time_window, name="Time window (UTC)", width=420, step=3_600_000)
+            widgets.insert(0, w_time)
+        self._flags = pn.widgets.Tabulator(self._flag_frame(), show_index=False, disabled=True, height=260,
+                                           hidden_columns=["annotator"], sizing_mode="stretch_width",
+                                           layout="fit_data_fill", name="flagged")
+        self._flags.on_click(self._on_flag_click)
+        self._items = pn.widgets.Tabulator(self._items_frame(), show_index=False, disabled=True,
+                                           pagination="remote", page_size=10, selectable=1, height=340,
+                                           sizing_mode="stretch_width", layout="fit_data_fill", name="items")
+        self._items.param.watch(self._on_item_select, "selection")
+        self._items.on_click(self._on_item_click)
+        self.param.watch(self._refresh_tables, ["time_window", "task", "annotator"])
+        self._layout = pn.Column(
+            pn.Row(*widgets, sizing_mode="stretch_width"),
+            self.summary,
+            pn.Row(pn.pane.HoloViews(hv.DynamicMap(self.heatmap), linked_axes=False),
+                   pn.Column(pn.pane.HoloViews(hv.DynamicMap(self.position_bias), linked_axes=False),
+                             pn.pane.HoloViews(hv.DynamicMap(self.length_bias), linked_axes=False))),
+            pn.Row(pn.pane.HoloViews(hv.DynamicMap(self.throughput), linked_axes=False),
+                   pn.pane.HoloViews(hv.DynamicMap(self.time_per_item), linked_axes=False)),
+            pn.pane.Markdown("#### Annotators (flagged first; click a row to drill down)", margin=(5, 10, 0, 10)),
+            self._flags,
+            pn.pane.Markdown("#### Items of the selected annotator (click one to see the pair)",
+                             margin=(5, 10, 0, 10)),
+            pn.Row(pn.Column(self._items, width=520), self.pair, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width", name="Annotators")
+        return self._layout

@@ -1,0 +1,223 @@
+"""Ledger subcommands of ``rlhf-audit``: keys, snapshot, verify, proof.
+
+:func:`register` adds them to the main parser's subparsers (each sets ``func`` to a handler
+``_cmd_x(args) -> int``)::
+
+    rlhf-audit keys init keys/ --name example.com/audit      # passphrase: $RLHF_AUDIT_PASSPHRASE or prompt
+    rlhf-audit snapshot audit.duckdb --keys keys/             # prints the signed checkpoint note
+    rlhf-audit verify audit.duckdb --vkey keys/verifier.vkey  # or a bundle folder; exit 0 "OK ..."
+    rlhf-audit proof inclusion audit.duckdb 42                # JSON: proof against a signed checkpoint
+    rlhf-audit proof consistency audit.duckdb 100 250
+
+``python -m rlhf_audit_kit.cli_ledger ...`` runs the same commands on their own.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import AuditKitError, KeysError
+
+__all__ = ["register", "main"]
+
+
+def _passphrase_new() -> str:
+    env = os.environ.get("RLHF_AUDIT_PASSPHRASE")
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        raise KeysError("no passphrase: set RLHF_AUDIT_PASSPHRASE or run in a terminal (or --no-passphrase)")
+    first = getpass.getpass("passphrase for the signing key: ")
+    if not first:
+        raise KeysError("the passphrase is empty")
+    if getpass.getpass("repeat the passphrase: ") != first:
+        raise KeysError("the passphrases differ")
+    return first
+
+
+def _passphrase_existing(folder: Path) -> str | None:
+    env = os.environ.get("RLHF_AUDIT_PASSPHRASE")
+    if env:
+        return env
+    try:
+        info = json.loads((folder / "keys.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # load_signer reports the problem
+    if not info.get("encrypted", True):
+        return None
+    if not sys.stdin.isatty():
+        raise KeysError("the signing key is encrypted: set RLHF_AUDIT_PASSPHRASE")
+    return getpass.getpass(f"passphrase for {folder}: ")
+
+
+def _cmd_keys_init(args) -> int:
+    from .keys import init_keys
+    passphrase = None if args.no_passphrase else _passphrase_new()
+    info = init_keys(args.dir, args.name, passphrase=passphrase, no_passphrase=args.no_passphrase)
+    print(f"created keys folder {info.folder} (key {info.name}, id {info.key_id}, "
+          f"{'encrypted' if info.encrypted else 'NOT encrypted'})")
+    print(f"verifier key: {info.vkey}")
+    return 0
+
+
+def _cmd_snapshot(args) -> int:
+    from .keys import load_signer
+    from .store import open_store
+    folder = Path(args.keys) if args.keys else None
+    if folder is None:
+        raise KeysError("pass --keys DIR (or set RLHF_AUDIT_KEYS)")
+    signer = load_signer(folder, _passphrase_existing(folder))
+    with open_store(args.store, keys=folder, pseudonymize=False) as store:
+        snap = store.snapshot(signer)
+    sys.stdout.write(snap.note)
+    return 0
+
+
+def _open_target(path: str):
+    from .bundle import is_bundle, open_bundle
+    from .store import open_store
+    if is_bundle(path):
+        return open_bundle(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such store or bundle")
+    return open_store(path, read_only=True, pseudonymize=False)
+
+
+def _cmd_verify(args) -> int:
+    from .ledger.verify import resolve_verifiers
+    verifiers = resolve_verifiers(args.vkey)
+    target = _open_target(args.target)
+    try:
+        kw = {"workers": args.workers} if args.workers is not None else {}
+        report = target.verify(verifiers, **kw)
+    finally:
+        target.close()
+    if report.ok:
+        root = report.signed_root.hex() if report.signed_root else "-"
+        print(f"{report.message}; root {root} ({report.elapsed:.2f} s)")
+        return 0
+    print(report.message, file=sys.stderr)
+    print(f"first bad seq: {report.first_bad_seq if report.first_bad_seq is not None else '-'}; "
+          f"damage: {report.damage}")
+    return 3
+
+
+def _latest_snapshot(store, covering: int | None = None, size: int | None = None):
+    df = store.sql("SELECT seq, tree_size, note FROM snapshot ORDER BY tree_size DESC, seq DESC")
+    for seq, tree_size, note in df.rows():
+        if (size is not None and tree_size == size) or (covering is not None and tree_size > covering):
+            return tree_size, note
+    return None
+
+
+def _cmd_proof_inclusion(args) -> int:
+    from .ledger.merkle import leaf_hash
+    from .store import open_store
+    with open_store(args.store, read_only=True, pseudonymize=False) as store:
+        found = _latest_snapshot(store, covering=args.seq, size=args.size)
+        if found is None:
+            raise AuditKitError(f"no signed snapshot covers seq {args.seq}"
+                                + (f" with size {args.size}" if args.size else "")
+                                + ": run `rlhf-audit snapshot` first")
+        size, note = found
+        entry = store.entry(args.seq)
+        proof = store.inclusion_proof(args.seq, size)
+        root = store.root(size)
+    lh = leaf_hash(entry)
+    _check_note(args, note, size, root)
+    out = {"leaf_index": args.seq, "tree_size": size, "leaf_hash": lh.hex(), "root_hash": root.hex(),
+           "proof": [p.hex() for p in proof], "checkpoint": note, "entry": entry.decode("utf-8")}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _check_note(args, note: str, size: int, root: bytes) -> None:
+    """The note must be for this size and root; with --vkey its signature is checked too."""
+    from .ledger.checkpoint import Checkpoint, verify_checkpoint
+    from .ledger.verify import resolve_verifiers
+    if getattr(args, "vkey", None):
+        cp = verify_checkpoint(note, resolve_verifiers(args.vkey))
+    else:
+        cp = Checkpoint.parse(note[:note.rfind("\n\n") + 1])
+    if cp.size != size or cp.root_hash != root:
+        from .errors import IntegrityError
+        raise IntegrityError(f"the store's root at size {size} differs from its signed checkpoint; "
+                             "run `rlhf-audit verify`", damage="root-mismatch", checkpoint=size)
+
+
+def _cmd_proof_consistency(args) -> int:
+    from .store import open_store
+    with open_store(args.store, read_only=True, pseudonymize=False) as store:
+        old = _latest_snapshot(store, size=args.old)
+        new = _latest_snapshot(store, size=args.new)
+        if old is None or new is None:
+            sizes = store.sql("SELECT tree_size FROM snapshot ORDER BY tree_size")["tree_size"].to_list()
+            raise AuditKitError(f"consistency proofs are served between signed snapshot sizes; "
+                                f"{args.old if old is None else args.new} is not one (signed sizes: {sizes})")
+        proof = store.consistency_proof(args.old, args.new)
+        old_root, new_root = store.root(args.old), store.root(args.new)
+    _check_note(args, old[1], args.old, old_root)
+    _check_note(args, new[1], args.new, new_root)
+    out = {"old_size": args.old, "new_size": args.new, "old_root": old_root.hex(), "new_root": new_root.hex(),
+           "proof": [p.hex() for p in proof], "old_checkpoint": old[1], "new_checkpoint": new[1]}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``keys``, ``snapshot``, ``verify`` and ``proof`` to an argparse subparsers object."""
+    s = subparsers.add_parser("keys", help="manage the keys folder (signing + pseudonym keys)")
+    ks = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = ks.add_parser("init", help="create a keys folder with a new Ed25519 signing key")
+    k.add_argument("dir")
+    k.add_argument("--name", required=True, help="key name, e.g. your log's origin (no spaces or '+')")
+    k.add_argument("--no-passphrase", action="store_true",
+                   help="store the signing key unencrypted (tests, throwaway demos)")
+    k.set_defaults(func=_cmd_keys_init)
+
+    s = subparsers.add_parser("snapshot", help="sign the store's current tree; print the signed note")
+    s.add_argument("store")
+    s.add_argument("--keys", default=os.environ.get("RLHF_AUDIT_KEYS"),
+                   help="keys folder (default $RLHF_AUDIT_KEYS); passphrase from $RLHF_AUDIT_PASSPHRASE")
+    s.set_defaults(func=_cmd_snapshot)
+
+    s = subparsers.add_parser("verify", help="verify a store or a snapshot bundle against a pinned key")
+    s.add_argument("target", metavar="STORE_OR_BUNDLE")
+    s.add_argument("--vkey", required=True, help="verifier key string, or a file / keys folder holding it")
+    s.add_argument("--workers", type=int, default=None, help="hashing processes (default: cores - 1)")
+    s.set_defaults(func=_cmd_verify)
+
+    s = subparsers.add_parser("proof", help="print an RFC 9162 proof with its signed checkpoint (JSON)")
+    ps = s.add_subparsers(dest="proof_command", required=True, metavar="KIND")
+    p = ps.add_parser("inclusion", help="inclusion proof of event SEQ in the latest snapshot covering it")
+    p.add_argument("store")
+    p.add_argument("seq", type=int)
+    p.add_argument("--size", type=int, default=None, help="use the snapshot of exactly this size")
+    p.add_argument("--vkey", default=None, help="also check the note's signature with this key")
+    p.set_defaults(func=_cmd_proof_inclusion)
+    p = ps.add_parser("consistency", help="consistency proof between two signed snapshot sizes")
+    p.add_argument("store")
+    p.add_argument("old", type=int)
+    p.add_argument("new", type=int)
+    p.add_argument("--vkey", default=None, help="also check the notes' signatures with this key")
+    p.set_defaults(func=_cmd_proof_consistency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ledger subcommands alone (``python -m rlhf_audit_kit.cli_ledger``)."""
+    parser = argparse.ArgumentParser(prog="rlhf-audit")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (AuditKitError, FileNotFoundError, PermissionError) as e:
+        print(f"rlhf-audit: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

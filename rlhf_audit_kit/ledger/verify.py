@@ -1,0 +1,767 @@
+"""Full verification of an audit record: store or bundle, one implementation.
+
+Verification re-derives everything from the log and checks every link, naming the first bad ``seq``:
+
+a. ``seq-order``: the log's ``seq`` column is exactly 0..n-1 in stored order (gaps, duplicates,
+   swapped or forged sequence numbers);
+b. ``typed-row-mismatch`` (and ``missing-typed-row``, ``typed-row-without-entry``,
+   ``duplicate-typed-row``, ``log-ts-mismatch``, ``unknown-kind``): every typed row re-encodes
+   (:func:`rlhf_audit_kit.encoding.encode_frame`) to exactly the entry of the same ``seq``, every
+   entry of kind K has exactly one row in K's table, and no typed row lacks its entry;
+c. ``leaf-hash-mismatch``: every entry hashes to its stored ``leaf_hash``;
+d. ``root-mismatch`` / ``truncated``: the RFC 9162 root recomputed from the entries equals the root of
+   every signed checkpoint (``seq`` is then the first event no matching checkpoint vouches for);
+e. ``bad-signature``, ``origin-mismatch``, ``snapshot-mismatch``: every checkpoint note verifies
+   under the pinned key and agrees with its snapshot event; ``inconsistent-checkpoints``: each
+   checkpoint extends the earlier ones (RFC 9162 consistency proofs are generated and checked);
+   ``bad-node``: the stored subtree hashes (``merkle_node``) equal the recomputed ones.
+
+Every check runs; the report names the smallest bad ``seq`` found (ties: the earlier check above).
+The work is columnar: typed rows are re-encoded per kind with polars and compared as Binary columns;
+leaf hashes and all subtree hashes are computed from the Arrow buffer of the entries by forked
+worker processes (``workers``) writing into shared memory while the parent re-encodes.
+
+Sources are anything with ``log()``, ``typed(kind)``, ``nodes()``, ``origin`` and ``description``
+(see :class:`DuckSource`); the store and bundles both use :class:`DuckSource`.
+
+>>> import os, tempfile
+>>> from rlhf_audit_kit.store import open_store
+>>> from rlhf_audit_kit.ledger.checkpoint import Signer
+>>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+>>> signer = Signer("example.com/log", Ed25519PrivateKey.generate())
+>>> store = open_store(os.path.join(tempfile.mkdtemp(), "a.duckdb"), pseudonymize=False)
+>>> _ = store.extend([{"kind": "dataset", "name": "hh", "version": "1"}])
+>>> _ = store.snapshot(signer)
+>>> report = store.verify(signer.verifier)
+>>> report.ok, report.events, report.checkpoints_verified
+(True, 2, 1)
+>>> store.close()
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import mmap
+import os
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from .. import encoding
+from ..errors import IntegrityError, KeysError, SignatureError
+from ..schema import KINDS
+from . import merkle
+from .checkpoint import Checkpoint, Verifier, verify_checkpoint
+
+__all__ = ["Finding", "VerifyReport", "DuckSource", "verify_source", "resolve_verifiers",
+           "compute_tree", "TreeLevels", "DAMAGE_KINDS"]
+
+#: Damage kinds in check order (ties on the same seq are reported in this order).
+DAMAGE_KINDS: tuple[str, ...] = (
+    "seq-order", "unknown-kind", "typed-row-mismatch", "missing-typed-row", "typed-row-without-entry",
+    "duplicate-typed-row", "log-ts-mismatch", "leaf-hash-mismatch", "truncated", "root-mismatch",
+    "bad-signature", "origin-mismatch", "snapshot-mismatch", "inconsistent-checkpoints", "bad-node",
+    "manifest-mismatch", "bundle-metadata-mismatch",
+)
+_ORDER = {d: i for i, d in enumerate(DAMAGE_KINDS)}
+_SIG_DAMAGE = {"bad-signature"}
+_FORK_MIN_LEAVES = 50_000
+
+
+# ------------------------------------------------------------------------------ report
+@dataclass(frozen=True)
+class Finding:
+    """One piece of damage: its kind, the first bad ``seq`` it implies (None if not one event)."""
+
+    damage: str
+    message: str
+    seq: int | None = None
+    checkpoint: int | None = None
+
+    def sort_key(self) -> tuple:
+        return (self.seq is None, self.seq if self.seq is not None else 0, _ORDER.get(self.damage, 99))
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of a verification. ``ok`` is True when nothing is damaged.
+
+    ``first_bad_seq``/``damage``/``message`` describe the first finding (smallest ``seq``);
+    ``findings`` lists every check that failed. ``signed_size`` is the largest tree size vouched for
+    by a verified checkpoint, ``signed_root`` its root; events past it are checked for internal
+    consistency only (nothing signed covers them yet).
+
+    >>> r = VerifyReport(source="x", events=3, checkpoints_verified=1, signed_size=3)
+    >>> r.ok, r.first_bad_seq
+    (True, None)
+    >>> r.raise_for_status() is r
+    True
+    """
+
+    source: str
+    events: int
+    checkpoints_verified: int = 0
+    signed_size: int = 0
+    signed_root: bytes | None = None
+    findings: list[Finding] = field(default_factory=list)
+    elapsed: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    verifier: str | None = None
+
+    @property
+    def first(self) -> Finding | None:
+        return min(self.findings, key=Finding.sort_key) if self.findings else None
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def first_bad_seq(self) -> int | None:
+        f = self.first
+        return f.seq if f else None
+
+    @property
+    def damage(self) -> str | None:
+        f = self.first
+        return f.damage if f else None
+
+    @property
+    def message(self) -> str:
+        f = self.first
+        if f is None:
+            unsigned = self.events - self.signed_size
+            tail = (" (no signed checkpoint: nothing is anchored to a key yet)" if not self.checkpoints_verified
+                    else f"; {unsigned:,} later event(s) not yet covered by a signed checkpoint"
+                    if unsigned else "")
+            return (f"OK: {self.events:,} events, {self.checkpoints_verified} signed checkpoint(s) "
+                    f"verified, signed size {self.signed_size:,}{tail}")
+        where = f"seq {f.seq}" if f.seq is not None else (
+            f"checkpoint size {f.checkpoint}" if f.checkpoint is not None else "record")
+        return f"FAILED at {where} [{f.damage}]: {f.message}"
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.elapsed if self.elapsed > 0 else float("inf")
+
+    def raise_for_status(self) -> VerifyReport:
+        """Raise :class:`SignatureError` (bad signature) or :class:`IntegrityError`; else return self."""
+        f = self.first
+        if f is None:
+            return self
+        if f.damage in _SIG_DAMAGE:
+            raise SignatureError(self.message)
+        raise IntegrityError(self.message, seq=f.seq, damage=f.damage, checkpoint=f.checkpoint)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        return f"<VerifyReport {self.source}: {self.message}>"
+
+    def _repr_html_(self) -> str:
+        color = "#1a7f37" if self.ok else "#cf222e"
+        head = (f"<div style='border-left:4px solid {color};padding-left:8px'>"
+                f"<b style='color:{color}'>{'verified' if self.ok else 'DAMAGED'}</b> "
+                f"<code>{html.escape(self.source)}</code><br>{html.escape(self.message)}<br>"
+                f"<small>{self.events:,} events in {self.elapsed:.2f} s"
+                f"{f' ({self.events_per_second:,.0f}/s)' if self.elapsed else ''}"
+                f"{' · key ' + html.escape(self.verifier) if self.verifier else ''}</small>")
+        if self.findings:
+            rows = "".join(
+                f"<tr><td>{'' if f.seq is None else f.seq}</td><td>{html.escape(f.damage)}</td>"
+                f"<td>{html.escape(f.message)}</td></tr>"
+                for f in sorted(self.findings, key=Finding.sort_key)[:20])
+            head += f"<table><tr><th>seq</th><th>damage</th><th>detail</th></tr>{rows}</table>"
+        return head + "</div>"
+
+
+def resolve_verifiers(key: Any) -> list[Verifier]:
+    """Verifiers from a :class:`Verifier`, a vkey string, a vkey file, a keys folder, or a list.
+
+    >>> resolve_verifiers("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")[0].name
+    'PeterNeumann'
+    """
+    from ..keys import load_verifier
+    if key is None:
+        raise KeysError("verification needs the verifier key you trust (vkey string, file or Verifier)")
+    if isinstance(key, Verifier):
+        return [key]
+    if isinstance(key, (list, tuple, set, frozenset)):
+        return [v for k in key for v in resolve_verifiers(k)]
+    return [load_verifier(key)]
+
+
+# ------------------------------------------------------------------------------ sources
+class Source(Protocol):
+    description: str
+    origin: str
+
+    def log(self) -> pa.Table: ...
+
+    def typed(self, kind: str) -> pl.DataFrame: ...
+
+    def nodes(self) -> pa.Table | None: ...
+
+
+class DuckSource:
+    """A DuckDB connection holding ``log``, one table or view per kind and optionally ``merkle_node``.
+
+    ``kinds``: the kinds whose tables exist (others count as empty).
+    """
+
+    def __init__(self, con, *, origin: str, description: str, kinds: Iterable[str] | None = None,
+                 has_nodes: bool = True):
+        self.con, self.origin, self.description = con, origin, description
+        self.kinds = set(KINDS if kinds is None else kinds)
+        self.has_nodes = has_nodes
+
+    def log(self) -> pa.Table:
+        return self.con.sql("SELECT seq, kind, ts, entry, leaf_hash FROM log").to_arrow_table()
+
+    def typed(self, kind: str) -> pl.DataFrame:
+        from ..store import _quote, typed_select_list
+        if kind not in self.kinds:
+            return pl.DataFrame()
+        return self.con.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)}").pl()
+
+    def nodes(self) -> pa.Table | None:
+        if not self.has_nodes:
+            return None
+        return self.con.sql("SELECT level, idx, hash FROM merkle_node ORDER BY level, idx").to_arrow_table()
+
+    def get_nodes(self, wanted):  # TreeReader oracle over the stored nodes
+        from ..store import AuditStore
+        return AuditStore._get_nodes(self, wanted)  # uses self._con
+
+    @property
+    def _con(self):
+        return self.con
+
+
+# ------------------------------------------------------------------------------ hashing
+def _binary(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if not pa.types.is_large_binary(arr.type):
+        arr = arr.cast(pa.large_binary())
+    return arr
+
+
+class TreeLevels(Mapping):
+    """All complete nodes of a tree of ``n`` leaves, level by level, in one flat buffer.
+
+    ``levels[(level, index)]`` is the 32-byte hash; level 0 are the leaf hashes. Usable as the node
+    oracle of :func:`rlhf_audit_kit.ledger.merkle.root_from_nodes` and friends.
+    """
+
+    def __init__(self, n: int, buf: Any):
+        self.n = n
+        self.buf = buf
+        self.counts = []
+        self.offsets = []
+        off, level = 0, 0
+        while n >> level:
+            self.counts.append(n >> level)
+            self.offsets.append(off)
+            off += 32 * (n >> level)
+            level += 1
+        self.nbytes = off
+
+    @staticmethod
+    def size_for(n: int) -> int:
+        return sum(32 * (n >> lv) for lv in range(n.bit_length()))
+
+    def level(self, level: int) -> memoryview:
+        o = self.offsets[level]
+        return memoryview(self.buf)[o:o + 32 * self.counts[level]]
+
+    def level_array(self, level: int) -> np.ndarray:
+        return np.frombuffer(self.buf, dtype=np.uint8, count=32 * self.counts[level],
+                             offset=self.offsets[level]).reshape(-1, 32)
+
+    def __getitem__(self, node: tuple[int, int]) -> bytes:
+        level, idx = node
+        if not (0 <= level < len(self.counts) and 0 <= idx < self.counts[level]):
+            raise KeyError(node)
+        o = self.offsets[level] + 32 * idx
+        return bytes(self.buf[o:o + 32])
+
+    def __iter__(self):
+        return ((lv, i) for lv, c in enumerate(self.counts) for i in range(c))
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def root(self, size: int) -> bytes:
+        return merkle.root_from_nodes(size, self)
+
+
+def _hash_range(entries: pa.Array, levels: TreeLevels, lo: int, hi: int, top: int,
+                order: np.ndarray | None = None) -> None:
+    """Leaf hashes of leaves [lo, hi) and their complete nodes up to level ``top`` into ``levels``.
+
+    Leaf ``i`` is entry ``order[i]`` (the row holding seq i), or entry ``i`` when ``order`` is None.
+    ``lo`` must be a multiple of 2**top. The only per-event Python loop: hashing from the buffer.
+    """
+    sha = hashlib.sha256
+    n_all = len(entries)
+    offs = np.frombuffer(entries.buffers()[1], dtype=np.int64)[entries.offset:entries.offset + n_all + 1]
+    data = entries.buffers()[2]
+    buf = memoryview(data) if data is not None else memoryview(b"")
+    if order is None:
+        o = offs[lo:hi + 1].tolist()
+        pairs = zip(o, o[1:])
+    else:
+        rows = order[lo:hi]
+        pairs = zip(offs[rows].tolist(), offs[rows + 1].tolist())
+    out = []
+    append = out.append
+    for a, b in pairs:
+        h = sha(b"\x00")
+        h.update(buf[a:b])
+        append(h.digest())
+    dst = levels.buf
+    start = levels.offsets[0] + 32 * lo
+    dst[start:start + 32 * len(out)] = b"".join(out)
+    cur = out
+    for level in range(1, top + 1):
+        it = iter(cur)
+        cur = [sha(b"\x01" + left + right).digest() for left, right in zip(it, it)]
+        if not cur:
+            break
+        start = levels.offsets[level] + 32 * (lo >> level)
+        dst[start:start + 32 * len(cur)] = b"".join(cur)
+
+
+def _finish_levels(levels: TreeLevels, from_level: int) -> None:
+    sha = hashlib.sha256
+    for level in range(from_level + 1, len(levels.counts)):
+        prev = levels.level(level - 1)
+        m = levels.counts[level]
+        cur = [sha(b"\x01" + prev[64 * i:64 * i + 64]).digest() for i in range(m)]
+        o = levels.offsets[level]
+        levels.buf[o:o + 32 * m] = b"".join(cur)
+
+
+def _default_workers() -> int:
+    env = os.environ.get("RLHF_AUDIT_VERIFY_WORKERS")
+    if env:
+        return max(0, int(env))
+    return max(1, (os.cpu_count() or 1) - 1) if hasattr(os, "fork") else 0
+
+
+class _TreeJob:
+    """Leaf hashes and every complete node of the entries, computed by forked workers.
+
+    ``start()`` forks (or, with 0 workers or few leaves, does nothing yet); ``result()`` waits and
+    returns :class:`TreeLevels`, computing in-process whatever a worker failed to deliver.
+    """
+
+    def __init__(self, entries: pa.Array, workers: int | None, order: np.ndarray | None = None):
+        self.entries = entries
+        self.order = order
+        self.n = len(entries)
+        size = max(TreeLevels.size_for(self.n), 1)
+        w = _default_workers() if workers is None else workers
+        self.workers = w if (self.n >= _FORK_MIN_LEAVES and hasattr(os, "fork")) else 0
+        self.buf = mmap.mmap(-1, size) if self.workers else bytearray(size)
+        self.levels = TreeLevels(self.n, self.buf)
+        self.pids: list[tuple[int, int, int]] = []
+        self.top = 0
+
+    def start(self) -> _TreeJob:
+        n, w = self.n, self.workers
+        if not w or not n:
+            return self
+        top = max(0, (n // w).bit_length() - 1)  # blocks of 2**top leaves, about n / w each
+        block = 1 << top
+        nblocks = -(-n // block)
+        w = min(w, nblocks)
+        self.top = top
+        ranges = []
+        for i in range(w):
+            lo = (i * nblocks // w) * block
+            hi = min(n, ((i + 1) * nblocks // w) * block)
+            if lo < hi:
+                ranges.append((lo, hi))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: child only hashes
+            for lo, hi in ranges:
+                pid = os.fork()
+                if pid == 0:  # child: hash, write into shared memory, leave without cleanup
+                    code = 1
+                    try:
+                        _hash_range(self.entries, self.levels, lo, hi, top, self.order)
+                        code = 0
+                    finally:
+                        os._exit(code)
+                self.pids.append((pid, lo, hi))
+        return self
+
+    def result(self) -> TreeLevels:
+        n = self.n
+        if n == 0:
+            return self.levels
+        if not self.pids:
+            top = len(self.levels.counts) - 1
+            _hash_range(self.entries, self.levels, 0, n, top, self.order)
+            return self.levels
+        for pid, lo, hi in self.pids:
+            _, status = os.waitpid(pid, 0)
+            if status != 0:  # a worker died: do its part here
+                _hash_range(self.entries, self.levels, lo, hi, self.top, self.order)
+        self.pids = []
+        _finish_levels(self.levels, self.top)
+        return self.levels
+
+
+def compute_tree(entries: pa.Array | pa.ChunkedArray, workers: int | None = None) -> TreeLevels:
+    """Every complete node (level 0 = leaf hashes) of the RFC 9162 tree over ``entries``.
+
+    >>> t = compute_tree(pa.array([b"a", b"b", b"c"]), workers=0)
+    >>> t.root(3) == merkle.root([b"a", b"b", b"c"]), t[(1, 0)] == merkle.node_hash(t[(0, 0)], t[(0, 1)])
+    (True, True)
+    """
+    return _TreeJob(_binary(entries), workers).start().result()
+
+
+# ------------------------------------------------------------------------------ checks
+def _seq_order(seq: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, int | None]:
+    """(row order by seq or None if already sorted, sorted seq, first bad seq or None).
+
+    The log must hold each of 0..n-1 exactly once; the first bad seq is the smallest one missing,
+    duplicated or out of range. (Physical row order carries no meaning in DuckDB; a swapped seq is
+    caught by the seq embedded in the entry.)
+    """
+    n = len(seq)
+    if n < 2 or bool(np.all(seq[1:] > seq[:-1])):
+        order, s = None, seq
+    else:
+        order = np.argsort(seq, kind="stable")
+        s = seq[order]
+    pos = np.arange(n, dtype=np.int64)
+    bad = np.flatnonzero(s != pos)
+    if not len(bad):
+        return order, s, None
+    cand = np.where(s[bad] >= 0, np.minimum(bad, s[bad]), bad)
+    return order, s, int(cand.min())
+
+
+def _hash_col_array(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 32) uint8 view of a column of 32-byte hashes, and a mask of malformed rows."""
+    arr = _binary(col)
+    n = len(arr)
+    valid = np.ones(n, dtype=bool) if arr.null_count == 0 else \
+        np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))
+    offs = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
+    lengths = np.diff(offs)
+    bad = (lengths != 32) | ~valid
+    if not bad.any():
+        data = arr.buffers()[2]
+        return np.frombuffer(data, dtype=np.uint8, count=32 * n, offset=int(offs[0])).reshape(n, 32), bad
+    out = np.zeros((n, 32), dtype=np.uint8)
+    values = arr.to_pylist()
+    for i in np.flatnonzero(~bad):
+        out[i] = np.frombuffer(values[i], dtype=np.uint8)
+    return out, bad
+
+
+def _check_typed(source: Source, lp: pl.DataFrame, log_ok: bool, findings: list[Finding],
+                 timings: dict[str, float]) -> dict[str, pl.DataFrame]:
+    """Check (b); returns the typed frames read (the snapshot frame is used for checkpoints)."""
+    frames = {}
+    known = list(KINDS)
+    unknown = lp.filter(~pl.col("kind").is_in(known))
+    if unknown.height:
+        s = int(unknown["seq"].min())
+        findings.append(Finding("unknown-kind", f"log entry of unknown kind {unknown['kind'][0]!r}", s))
+    for kind_name in known:
+        kind = KINDS[kind_name]
+        t0 = time.perf_counter()
+        typed = source.typed(kind_name)
+        lk = lp.filter(pl.col("kind") == kind_name).select("seq", "ts", "entry")
+        if typed.height == 0 and lk.height == 0:
+            continue
+        if typed.height:
+            if not typed["seq"].is_sorted():
+                typed = typed.sort("seq", maintain_order=True)
+            frames[kind_name] = typed
+            try:
+                enc = encoding.encode_frame(kind, typed, typed["seq"],
+                                            typed["ts"].dt.strftime(encoding.TS_FORMAT)).cast(pl.Binary)
+            except Exception as e:  # a typed row that cannot even be encoded is a damaged row
+                bad = _unencodable_row(kind, typed)
+                findings.append(Finding("typed-row-mismatch",
+                                        f"{kind_name} row cannot be encoded: {e}", bad))
+                continue
+            t_side = pl.DataFrame({"seq": typed["seq"], "t_ts": typed["ts"], "enc": enc})
+        else:
+            t_side = pl.DataFrame(schema={"seq": pl.Int64, "t_ts": pl.Datetime("us"), "enc": pl.Binary})
+        if (log_ok and lk.height == t_side.height and lk["seq"].equals(t_side["seq"])):
+            mism = (lk["entry"] != t_side["enc"]).fill_null(True)
+            if mism.any():
+                s = int(lk["seq"].filter(mism).min())
+                findings.append(Finding("typed-row-mismatch",
+                                        f"{kind_name} row does not re-encode to its log entry", s))
+            ts_bad = (lk["ts"] != t_side["t_ts"]).fill_null(True)
+            if ts_bad.any():
+                s = int(lk["seq"].filter(ts_bad).min())
+                findings.append(Finding("log-ts-mismatch", "log ts differs from the typed row's ts", s))
+        else:
+            _check_joined(kind_name, lk, t_side, findings)
+        timings[f"typed:{kind_name}"] = time.perf_counter() - t0
+    return frames
+
+
+def _unencodable_row(kind, typed: pl.DataFrame) -> int | None:
+    for i in range(typed.height):  # damaged path only
+        try:
+            encoding.encode_frame(kind, typed[i], typed["seq"][i:i + 1],
+                                  typed["ts"][i:i + 1].dt.strftime(encoding.TS_FORMAT))
+        except Exception:
+            return int(typed["seq"][i])
+    return None
+
+
+def _check_joined(kind_name: str, lk: pl.DataFrame, t_side: pl.DataFrame, findings: list[Finding]) -> None:
+    dup = t_side.filter(pl.col("seq").is_duplicated())
+    if dup.height:
+        findings.append(Finding("duplicate-typed-row", f"two {kind_name} rows have the same seq",
+                                int(dup["seq"].min())))
+    j = lk.with_columns(pl.lit(True).alias("in_log")).join(
+        t_side.with_columns(pl.lit(True).alias("in_typed")), on="seq", how="full", coalesce=True)
+    missing = j.filter(pl.col("in_typed").is_null())
+    if missing.height:
+        findings.append(Finding("missing-typed-row", f"log entry of kind {kind_name} has no {kind_name} row",
+                                int(missing["seq"].min())))
+    orphan = j.filter(pl.col("in_log").is_null())
+    if orphan.height:
+        findings.append(Finding("typed-row-without-entry",
+                                f"{kind_name} row has no log entry of kind {kind_name}",
+                                int(orphan["seq"].min())))
+    both = j.filter(pl.col("in_log") & pl.col("in_typed"))
+    bad = both.filter((pl.col("entry") != pl.col("enc")).fill_null(True))
+    if bad.height:
+        findings.append(Finding("typed-row-mismatch", f"{kind_name} row does not re-encode to its log entry",
+                                int(bad["seq"].min())))
+    bad = both.filter((pl.col("ts") != pl.col("t_ts")).fill_null(True))
+    if bad.height:
+        findings.append(Finding("log-ts-mismatch", "log ts differs from the typed row's ts", int(bad["seq"].min())))
+
+
+def _check_nodes(stored: pa.Table, tree: TreeLevels, findings: list[Finding]) -> None:
+    """Check that ``merkle_node`` holds exactly the recomputed complete nodes of level >= 1."""
+    level = stored.column("level").to_numpy().astype(np.int64)
+    idx = stored.column("idx").to_numpy().astype(np.int64)
+    hashes, malformed = _hash_col_array(stored.column("hash"))
+    bad_seqs: list[int] = []
+    nlev = len(tree.counts)
+    outside = (level < 1) | (level >= nlev)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        bad_seqs.append(max(0, int(idx[i])) << max(0, int(level[i])) if 0 <= level[i] < 63 else 0)
+    bounds = np.searchsorted(level, np.arange(nlev + 1), side="left")
+    for lv in range(1, nlev):
+        a, b = int(bounds[lv]), int(bounds[lv + 1])
+        want = tree.counts[lv]
+        ids = idx[a:b]
+        m = min(len(ids), want)
+        dev = np.flatnonzero(ids[:m] != np.arange(m))
+        if len(dev):
+            p = int(dev[0])
+            bad_seqs.append(min(p, max(0, int(ids[p]))) << lv)
+        elif len(ids) != want:
+            bad_seqs.append(m << lv)
+        good = m if not len(dev) else int(dev[0])
+        if good:
+            diff = np.flatnonzero((hashes[a:a + good] != tree.level_array(lv)[:good]).any(axis=1)
+                                  | malformed[a:a + good])
+            if len(diff):
+                bad_seqs.append(int(diff[0]) << lv)
+    if bad_seqs:
+        s = min(bad_seqs)
+        findings.append(Finding("bad-node", "stored Merkle subtree hashes (merkle_node) differ from the "
+                                            "ones recomputed from the log", s))
+
+
+@dataclass
+class _Cp:
+    seq: int | None
+    note: str
+    row: dict | None
+
+
+def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: Sequence[str],
+                       verifiers: list[Verifier], tree: TreeLevels, n: int,
+                       findings: list[Finding], report: VerifyReport) -> None:
+    cps: list[_Cp] = []
+    if snap is not None and snap.height:
+        for row in snap.iter_rows(named=True):  # one per snapshot, not per event
+            cps.append(_Cp(int(row["seq"]), row["note"], row))
+    cps += [_Cp(None, note, None) for note in extra_notes]
+    good: list[tuple[int, bytes, int | None]] = []
+    for cp in cps:
+        try:
+            checkpoint = verify_checkpoint(cp.note, verifiers)
+        except SignatureError as e:
+            findings.append(Finding("bad-signature", f"checkpoint note does not verify: {e}", cp.seq))
+            continue
+        if checkpoint.origin != source.origin:
+            findings.append(Finding("origin-mismatch", f"checkpoint origin {checkpoint.origin!r} is not "
+                                                       f"this log's origin {source.origin!r}", cp.seq))
+            continue
+        if cp.row is not None:
+            signer = next((v for v in verifiers if cp.note.rstrip("\n").rsplit("\n", 1)[-1]
+                           .startswith(f"\u2014 {v.name} ")), None)
+            row = cp.row
+            wrong = [k for k, ok in (
+                ("tree_size", row["tree_size"] == checkpoint.size),
+                ("root_hash", row["root_hash"] == checkpoint.root_hash.hex()),
+                ("origin", row["origin"] == checkpoint.origin),
+                ("tree_size", checkpoint.size <= cp.seq),
+                ("key_name", signer is None or row["key_name"] == signer.name),
+                ("key_id", signer is None or row["key_id"] == signer.key_id.hex())) if not ok]
+            if wrong:
+                findings.append(Finding("snapshot-mismatch", f"snapshot event fields {sorted(set(wrong))} "
+                                                             "disagree with its signed note", cp.seq))
+                continue
+        if checkpoint.size > n:
+            findings.append(Finding("truncated", f"a signed checkpoint covers {checkpoint.size:,} events but "
+                                                 f"the log has {n:,}", n, checkpoint.size))
+            continue
+        if tree.root(checkpoint.size) != checkpoint.root_hash:
+            lower = max((s for s, _, _ in good if s < checkpoint.size), default=0)
+            findings.append(Finding("root-mismatch", f"the root recomputed from the log at size "
+                                                     f"{checkpoint.size:,} differs from the signed root; "
+                                                     f"events from seq {lower} on are not vouched for",
+                                    lower, checkpoint.size))
+            continue
+        good.append((checkpoint.size, checkpoint.root_hash, cp.seq))
+    # consistency: every verified checkpoint extends the previous ones (proofs made and checked)
+    good.sort(key=lambda g: g[0])
+    stored_reader = None
+    if getattr(source, "has_nodes", False) and hasattr(source, "get_nodes"):
+        from .tree import TreeReader
+        stored_reader = TreeReader(source.get_nodes)
+    for (s0, r0, _), (s1, r1, q1) in zip(good, good[1:]):
+        proof = merkle.consistency_proof_from_nodes(s0, s1, tree)
+        if not merkle.verify_consistency(s0, s1, r0, r1, proof):
+            findings.append(Finding("inconsistent-checkpoints", f"checkpoint {s1:,} does not extend "
+                                                                f"checkpoint {s0:,}", q1, s1))
+        elif stored_reader is not None:
+            try:
+                sp = stored_reader.consistency_proof(s0, s1)
+                ok = merkle.verify_consistency(s0, s1, r0, r1, sp)
+            except IntegrityError:
+                ok = False
+            if not ok:
+                findings.append(Finding("bad-node", f"the store's consistency proof {s0:,} -> {s1:,} does "
+                                                    "not verify", None, s1))
+    report.checkpoints_verified = len(good)
+    if good:
+        report.signed_size, report.signed_root = good[-1][0], good[-1][1]
+
+
+def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] = (),
+                  workers: int | None = None) -> VerifyReport:
+    """Run every check over ``source``; return a :class:`VerifyReport` (never raises for damage).
+
+    ``extra_notes``: signed checkpoint notes held outside the log (a bundle's ``checkpoint.note``,
+    or notes an auditor kept), checked like the log's own snapshots; a note for a size larger than
+    the log reveals a truncated log. ``workers``: hashing processes (default: cores - 1; 0 hashes
+    in this process).
+    """
+    verifiers = resolve_verifiers(verifier)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    findings: list[Finding] = []
+
+    t0 = time.perf_counter()
+    log = source.log()
+    n = log.num_rows
+    entries = _binary(log.column("entry"))
+    timings["read-log"] = time.perf_counter() - t0
+    seq = log.column("seq").to_numpy()
+    order, sorted_seq, bad = _seq_order(seq)
+    job = _TreeJob(entries, workers, order).start()  # hashing runs in workers while we re-encode
+    log_ok = bad is None
+    if not log_ok:
+        findings.append(Finding("seq-order", "the log's seq column is not exactly 0..n-1 "
+                                             "(missing, duplicated or forged rows)", bad))
+    lp = pl.from_arrow(log.select(["seq", "kind", "ts", "entry"]))
+    if order is not None:
+        lp = lp.sort("seq", maintain_order=True)
+    t0 = time.perf_counter()
+    frames = _check_typed(source, lp, log_ok, findings, timings)
+    timings["typed"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    stored_nodes = source.nodes()
+    timings["read-nodes"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tree = job.result()
+    timings["wait-hashing"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if n:
+        stored, malformed = _hash_col_array(log.column("leaf_hash"))
+        if order is not None:
+            stored, malformed = stored[order], malformed[order]
+        diff = np.flatnonzero((stored != tree.level_array(0)).any(axis=1) | malformed)
+        if len(diff):
+            s = int(sorted_seq[diff].min())
+            findings.append(Finding("leaf-hash-mismatch", "entry does not hash to its stored leaf_hash", s))
+    if stored_nodes is not None:
+        _check_nodes(stored_nodes, tree, findings)
+    timings["compare-hashes"] = time.perf_counter() - t0
+
+    report = VerifyReport(source=source.description, events=n, findings=findings, timings=timings,
+                          verifier=", ".join(v.vkey for v in verifiers))
+    t0 = time.perf_counter()
+    _check_checkpoints(source, frames.get("snapshot"), list(extra_notes), verifiers, tree, n,
+                       findings, report)
+    timings["checkpoints"] = time.perf_counter() - t0
+    report.elapsed = time.perf_counter() - t_start
+    return report
+
+
+def verify_inclusion_against(note: str, verifier: Any, leaf_hash: bytes, index: int,
+                             proof: Sequence[bytes], *, origin: str | None = None) -> Checkpoint:
+    """Check an inclusion proof against the size and root of a *verified* signed checkpoint.
+
+    Raises :class:`SignatureError` if the note does not verify, :class:`IntegrityError` if the proof
+    does not lead to its root; returns the checkpoint otherwise.
+
+    >>> from rlhf_audit_kit.ledger.checkpoint import Signer, sign_checkpoint
+    >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    >>> s = Signer("log", Ed25519PrivateKey.generate())
+    >>> entries = [b"a", b"b", b"c"]
+    >>> note = sign_checkpoint(Checkpoint("log", 3, merkle.root(entries)), s)
+    >>> verify_inclusion_against(note, s.verifier, merkle.leaf_hash(b"b"), 1,
+    ...                          merkle.inclusion_proof(entries, 1)).size
+    3
+    """
+    cp = verify_checkpoint(note, resolve_verifiers(verifier), origin=origin)
+    if not merkle.verify_inclusion(leaf_hash, index, cp.size, list(proof), cp.root_hash):
+        raise IntegrityError(f"inclusion proof of leaf {index} does not match the signed root of size "
+                             f"{cp.size}", seq=index, damage="bad-proof", checkpoint=cp.size)
+    return cp
+
+
+def verify_consistency_against(old_note: str, new_note: str, verifier: Any, proof: Sequence[bytes], *,
+                               origin: str | None = None) -> tuple[Checkpoint, Checkpoint]:
+    """Check a consistency proof between two *verified* signed checkpoints; raise on failure."""
+    vs = resolve_verifiers(verifier)
+    old = verify_checkpoint(old_note, vs, origin=origin)
+    new = verify_checkpoint(new_note, vs, origin=origin)
+    if not merkle.verify_consistency(old.size, new.size, old.root_hash, new.root_hash, list(proof)):
+        raise IntegrityError(f"consistency proof {old.size} -> {new.size} does not verify",
+                             damage="bad-proof", checkpoint=new.size)
+    return old, new

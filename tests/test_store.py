@@ -1,0 +1,247 @@
+"""The audit store: ingest of every input type, validation that names row and field, atomic batches,
+queries, copying between stores, pseudonymisation on ingest."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rlhf_audit_kit import KeysError, ValidationError, hash_artifact, open_store
+from rlhf_audit_kit.encoding import decode_entry
+from rlhf_audit_kit.ledger import merkle
+from rlhf_audit_kit.privacy.pseudonym import Pseudonymizer
+from rlhf_audit_kit.schema import MAX_ID_CHARS, MAX_TEXT_CHARS
+
+from factories import annotation
+
+
+def snapshot_state(store):
+    return (store.size, store.sql("select count(*) from annotation").item(),
+            store.sql("select count(*) from merkle_node").item())
+
+
+def test_append_returns_gap_free_seqs_and_entries_hash_to_leaves(store):
+    assert store.append(annotation(0)) == 0
+    assert store.extend([annotation(i) for i in range(1, 6)]) == range(1, 6)
+    assert store.append({"kind": "dataset", "name": "d", "version": "1"}) == 6
+    log = store.sql("select seq, entry, leaf_hash from log order by seq")
+    assert log["seq"].to_list() == list(range(7))
+    for e, h in zip(log["entry"], log["leaf_hash"]):
+        assert merkle.leaf_hash(e) == h
+
+
+@pytest.mark.parametrize("make", ["dicts", "polars", "pandas", "arrow", "jsonl", "hf"])
+def test_every_input_type_gives_the_same_typed_rows(tmp_path, keys_dir, make):
+    rows = [annotation(i) for i in range(5)]
+    for r in rows:
+        r.pop("kind")
+    if make == "dicts":
+        data = rows
+    elif make == "polars":
+        data = pl.DataFrame(rows)
+    elif make == "pandas":
+        data = pd.DataFrame(rows)
+    elif make == "arrow":
+        data = pa.Table.from_pylist(rows)
+    elif make == "jsonl":
+        data = tmp_path / "rows.jsonl"
+        data.write_text("\n".join(json.dumps({**r, "shown_at": r["shown_at"].isoformat(),
+                                              "submitted_at": r["submitted_at"].isoformat()}) for r in rows))
+    else:
+        datasets = pytest.importorskip("datasets")
+        data = datasets.Dataset.from_list(rows)
+    with open_store(tmp_path / f"{make}.duckdb", keys=keys_dir) as s:
+        assert s.extend(data, kind="annotation") == range(0, 5)
+        got = s.annotations().drop("ts")
+    with open_store(tmp_path / "ref.duckdb", keys=keys_dir) as ref:
+        ref.extend(rows, kind="annotation")
+        assert got.equals(ref.annotations().drop("ts"))
+
+
+BAD = [
+    ("choice", "c", "must be one of"),
+    ("choice", None, "missing"),
+    ("prompt", 5, "expected a string"),
+    ("prompt", b"\xff\xfe", "bytes are not text"),
+    ("prompt", "abc\udcff", "not valid Unicode"),
+    ("prompt", "", "must not be empty"),
+    ("prompt", "x" * (MAX_TEXT_CHARS + 1), "exceed the limit"),
+    ("annotation_id", "x" * (MAX_ID_CHARS + 1), "exceed the limit"),
+    ("strength", 1.5, "expected an integer"),
+    ("strength", -1, "must be >= 0"),
+    ("score_a", math.nan, "finite"),
+    ("score_a", math.inf, "finite"),
+    ("score_a", "high", "expected a number"),
+    ("shown_at", "yesterday", "ISO 8601"),
+    ("submitted_at", dt.datetime(2025, 1, 1), "earlier than shown_at"),
+    ("colour", "red", "unknown field"),
+]
+
+
+@pytest.mark.parametrize("field,value,reason", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_row_names_row_and_field_and_writes_nothing(store, field, value, reason):
+    store.extend([annotation(i) for i in range(3)])
+    before = snapshot_state(store)
+    batch = [annotation(i) for i in range(10, 20)]
+    batch[6][field] = value
+    with pytest.raises(ValidationError) as ei:
+        store.extend(batch)
+    assert (ei.value.row, ei.value.field) == (6, field)
+    assert reason in ei.value.reason
+    assert snapshot_state(store) == before
+
+
+def test_bad_row_in_a_dataframe_is_located(store):
+    df = pl.DataFrame([{k: v for k, v in annotation(i).items() if k != "kind"} for i in range(50)])
+    df = df.with_columns(pl.when(pl.int_range(pl.len()) == 41).then(pl.lit("maybe")).otherwise(pl.col("choice"))
+                         .alias("choice"))
+    with pytest.raises(ValidationError) as ei:
+        store.extend(df, kind="annotation")
+    assert (ei.value.row, ei.value.field) == (41, "choice")
+    assert store.size == 0
+
+
+def test_duplicate_ids_within_batch_and_against_store(store):
+    batch = [annotation(i) for i in range(5)] + [annotation(2)]
+    with pytest.raises(ValidationError) as ei:
+        store.extend(batch)
+    assert (ei.value.row, ei.value.field) == (5, "annotation_id")
+    store.extend([annotation(i) for i in range(5)])
+    with pytest.raises(ValidationError) as ei:
+        store.extend([annotation(9), annotation(3)])
+    assert (ei.value.row, ei.value.field) == (1, "annotation_id")
+    assert store.size == 5
+
+
+def test_train_step_metrics_round_trip_trl_names(store):
+    metrics = {"objective/kl": 0.123, "rewards/margins": -1.5e-7, "objective/rlhf_reward": 2.0,
+               "policy/approxkl_avg": 1e21}
+    store.append({"kind": "train_step", "run_id": "r1", "algorithm": "ppo", "step": 10, "metrics": metrics})
+    assert store.event(0)["data"]["metrics"] == metrics
+    long = store.train_metrics()
+    assert dict(zip(long["metric"], long["value"])) == metrics
+    assert store.train_steps()["metrics"][0].to_list() == [{"key": k, "value": v} for k, v in metrics.items()]
+    with open_store(store.path.with_name("copy.duckdb"), pseudonymize=False) as other:
+        other.extend(store.sql("select * from train_step"), kind="train_step")  # MAP column as read by polars
+        assert other.entry(0)[:200] != b"" and other.event(0)["data"]["metrics"] == metrics
+
+
+def test_nonfinite_metric_is_refused(store):
+    with pytest.raises(ValidationError) as ei:
+        store.extend([{"kind": "train_step", "run_id": "r", "algorithm": "dpo", "step": s,
+                       "metrics": {"loss": 1.0 if s != 2 else math.nan}} for s in range(4)])
+    assert (ei.value.row, ei.value.field) == (2, "metrics")
+
+
+def test_copy_annotations_between_stores_keeps_rows_and_pseudonyms(tmp_path, keys_dir, store):
+    store.extend([annotation(i) for i in range(20)])
+    with open_store(tmp_path / "b.duckdb", keys=keys_dir) as b:
+        b.extend(store.sql("select * from annotation"), kind="annotation")
+        a_rows = store.annotations().drop("seq", "ts")
+        assert b.annotations().drop("seq", "ts").equals(a_rows)
+
+
+def test_raw_annotator_ids_never_reach_the_store(tmp_path, keys_dir):
+    path = tmp_path / "p.duckdb"
+    with open_store(path, keys=keys_dir) as s:
+        s.extend([annotation(i, annotator=f"raw.person.{i % 4}@example.org") for i in range(40)])
+        stored = set(s.annotations()["annotator"])
+    p = Pseudonymizer.from_keys_folder(keys_dir)
+    assert stored == {p.pseudonymize(f"raw.person.{i}@example.org") for i in range(4)}
+    blob = path.read_bytes() + (path.with_name(path.name + ".wal").read_bytes()
+                                if path.with_name(path.name + ".wal").exists() else b"")
+    for i in range(4):
+        assert f"raw.person.{i}".encode() not in blob
+
+
+def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("RLHF_AUDIT_KEYS", raising=False)
+    with open_store(tmp_path / "k.duckdb") as s:
+        with pytest.raises(KeysError, match="pseudonymisation key"):
+            s.append(annotation(0))
+        assert s.size == 0
+        s.append({"kind": "dataset", "name": "no-person-fields", "version": "1"})  # needs no key
+
+
+def test_sql_never_mutates_and_takes_parameters(store):
+    store.extend([annotation(i) for i in range(4)])
+    store.sql("delete from annotation")
+    store.sql("update log set kind = 'x'")
+    assert store.sql("select count(*) n from annotation").item() == 4
+    got = store.sql("select annotation_id from annotation where annotation_id = ?", ["ann-2' or '1'='1"])
+    assert got.height == 0
+    assert store.sql("select annotation_id from annotation where annotation_id = $id", {"id": "ann-2"}).height == 1
+
+
+def test_reader_process_sees_committed_data(tmp_path, keys_dir):
+    path = tmp_path / "r.duckdb"
+    with open_store(path, keys=keys_dir) as s:
+        s.extend([annotation(i) for i in range(3)])
+    with open_store(path, read_only=True) as r:
+        assert r.size == 3 and r.counts() == {"annotation": 3}
+        with pytest.raises(Exception):
+            r.append(annotation(9))
+
+
+def test_rich_repr_and_accessors(store):
+    store.extend([annotation(i) for i in range(3)] + [{"kind": "dataset", "name": "d", "version": "1"}])
+    html = store._repr_html_()
+    assert "annotation" in html and "no signed snapshot yet" in html
+    assert store.annotations(lazy=True).collect().height == 3
+    assert store.counts() == {"annotation": 3, "dataset": 1}
+
+
+def test_hash_artifact_file_and_folder_streamed(tmp_path):
+    f = tmp_path / "ckpt" / "model.safetensors"
+    f.parent.mkdir()
+    f.write_bytes(b"\x01" * 10_000_000)
+    (f.parent / "config.json").write_text("{}")
+    h_file, size = hash_artifact(f)
+    assert size == 10_000_000 and h_file.startswith("sha256:")
+    import hashlib
+    manifest = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+                       for p in sorted(f.parent.iterdir(), key=lambda p: p.name))
+    assert hash_artifact(f.parent)[0] == "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
+
+
+# ---- hypothesis: random corruption of one field of one row is always refused, store unchanged
+FIELDS = {"choice": st.text(max_size=3).filter(lambda s: s not in ("a", "b", "tie", "skip")),
+          "prompt": st.integers() | st.binary(min_size=1, max_size=4) | st.just(""),
+          "strength": st.floats(allow_nan=True).filter(lambda x: not (x == x and x.is_integer() and 0 <= x <= 100)),
+          "score_b": st.sampled_from([math.nan, math.inf, -math.inf, "1.0"]),
+          "annotator": st.none() | st.integers(),
+          "submitted_at": st.just("not a time") | st.integers()}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(n=st.integers(1, 30), data=st.data())
+def test_any_single_bad_field_is_named_and_nothing_written(tmp_path_factory, n, data):
+    path = tmp_path_factory.mktemp("h") / "h.duckdb"
+    with open_store(path, pseudonymize=False) as s:
+        s.extend([annotation(i) for i in range(3)])
+        before = snapshot_state(s)
+        row = data.draw(st.integers(0, n - 1))
+        field = data.draw(st.sampled_from(sorted(FIELDS)))
+        value = data.draw(FIELDS[field])
+        batch = [annotation(100 + i) for i in range(n)]
+        batch[row][field] = value
+        with pytest.raises(ValidationError) as ei:
+            s.extend(batch)
+        assert (ei.value.row, ei.value.field) == (row, field)
+        assert snapshot_state(s) == before
+
+
+def test_decoded_entry_matches_typed_row(store):
+    store.append(annotation(1, rationale="because\n\"quoted\""))
+    ev = store.event(0)
+    row = store.annotations().row(0, named=True)
+    assert ev["data"]["rationale"] == row["rationale"] == "because\n\"quoted\""
+    assert ev["data"]["annotator"] == row["annotator"]
+    assert decode_entry(store.entry(0))["kind"] == "annotation"
