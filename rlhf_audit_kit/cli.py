@@ -38,9 +38,12 @@ def _cmd_init(args) -> int:
 def _cmd_ingest(args) -> int:
     from .ingest import load
     from .store import open_store
-    kind, frame = load(args.path, args.format)
+    if args.format == "jsonl":  # our own rows: one JSON object per line, each with its "kind"
+        kind, frame = "event", str(args.path)
+    else:
+        kind, frame = load(args.path, args.format)
     with open_store(args.store, keys=args.keys) as store:
-        seqs = store.extend(frame, kind=kind, progress=True)
+        seqs = store.extend(frame, kind=None if kind == "event" else kind, progress=True)
     print(f"ingested {len(seqs):,} {kind} events from {args.path} into {args.store} "
           f"(seq {seqs.start}..{seqs.stop - 1})" if len(seqs) else f"nothing to ingest in {args.path}")
     return 0

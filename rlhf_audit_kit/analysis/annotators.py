@@ -101,6 +101,7 @@ def annotation_frame(source: Source, *, since: Any = None, until: Any = None,
     pl.DataFrame
         One row per annotation, in log order:
 
+        - ``seq`` (Int64): the log position (the row position for a frame without ``seq``);
         - ``annotator`` (String), ``choice`` (String: a, b, tie, skip, as shown);
         - ``item`` (UInt64): hash of prompt_id and the unordered response pair;
         - ``label`` (String): the choice in the item's canonical order (mirrored when the pair
@@ -137,36 +138,10 @@ def annotation_frame(source: Source, *, since: Any = None, until: Any = None,
     if not hasattr(source, "sql"):
         raise TypeError(f"source must be an AuditStore, a bundle or a polars DataFrame, "
                         f"got {type(source).__name__}")
-    where, params = [], []
-    t_expr = "coalesce(shown_at, submitted_at, ts)"
-    if since_t is not None:
-        where.append(f"{t_expr} >= ?::TIMESTAMP")
-        params.append(since_t)
-    if until_t is not None:
-        where.append(f"{t_expr} < ?::TIMESTAMP")
-        params.append(until_t)
-    if ann_list is not None:
-        where.append("list_contains(?::VARCHAR[], annotator)")
-        params.append(ann_list)
-    if task_list is not None:
-        where.append("list_contains(?::VARCHAR[], task_id)")
-        params.append(task_list)
-    extra = ", model_a, model_b" if models else ""
-    query = f"""
-        SELECT annotator, choice,
-               hash(prompt_id, least(response_a_id, response_b_id),
-                    greatest(response_a_id, response_b_id)) AS item,
-               CASE WHEN response_a_id > response_b_id AND choice IN ('a', 'b')
-                    THEN CASE choice WHEN 'a' THEN 'b' ELSE 'a' END ELSE choice END AS label,
-               {t_expr} AS t,
-               epoch(submitted_at) - epoch(shown_at) AS secs,
-               length(response_a)::BIGINT AS len_a, length(response_b)::BIGINT AS len_b,
-               gold_choice, task_id{extra}
-        FROM annotation {'WHERE ' + ' AND '.join(where) if where else ''}
-        ORDER BY seq"""
-    df = source.sql(query, params or None)
-    return df.with_columns(pl.col("item").cast(pl.UInt64), pl.col("t").cast(pl.Datetime("us")),
-                           pl.col("secs").cast(pl.Float64))
+    query, params = _slim_sql(since, until, ann_list, task_list, models=models)
+    df = source.sql(query + " ORDER BY seq", params or None)
+    return df.with_columns(pl.col("seq").cast(pl.Int64), pl.col("item").cast(pl.UInt64),
+                           pl.col("t").cast(pl.Datetime("us")), pl.col("secs").cast(pl.Float64))
 
 
 def _ts(value: Any) -> dt.datetime | None:
@@ -199,6 +174,7 @@ def _frame_from_polars(frame: pl.DataFrame | pl.LazyFrame, models: bool) -> pl.D
     secs = ((pl.col("submitted_at").cast(pl.Datetime("us")) - pl.col("shown_at").cast(pl.Datetime("us")))
             .dt.total_microseconds() / 1e6) if {"shown_at", "submitted_at"} <= cols else pl.lit(None, pl.Float64)
     exprs = [
+        (pl.col("seq").cast(pl.Int64) if "seq" in cols else pl.int_range(pl.len(), dtype=pl.Int64)).alias("seq"),
         pl.col("annotator").cast(pl.String),
         pl.col("choice").cast(pl.String),
         pl.struct(pl.col("prompt_id").cast(pl.String), lo.cast(pl.String).alias("lo"),
@@ -217,9 +193,8 @@ def _frame_from_polars(frame: pl.DataFrame | pl.LazyFrame, models: bool) -> pl.D
     if models:
         exprs += [opt("model_a", pl.String).cast(pl.String).alias("model_a"),
                   opt("model_b", pl.String).cast(pl.String).alias("model_b")]
-    if "seq" in cols:
-        lf = lf.sort("seq")
-    return lf.select(exprs).collect()
+    out = lf.select(exprs).collect()
+    return out.sort("seq") if "seq" in cols else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +263,618 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-#@@MIDDLE@@
+# --------------------------------------------------------------------------------------------
+# SQL over the annotation rows of any source
+# --------------------------------------------------------------------------------------------
+_SLIM_COLUMNS = ("seq", "annotator", "choice", "item", "label", "t", "secs", "len_a", "len_b",
+                 "gold_choice", "task_id")
+
+
+class _Rows:
+    """Runs DuckDB SQL over the slim annotation rows of a source as the CTE ``base``.
+
+    A store or bundle runs the query itself (only aggregates come back); a polars frame is
+    normalised by :func:`annotation_frame` and queried in a private in-memory DuckDB.
+    """
+
+    def __init__(self, source: Source, *, since: Any = None, until: Any = None,
+                 annotators: Any = None, task_ids: Any = None):
+        self._con = None
+        if _is_frame(source):
+            import duckdb
+
+            slim = annotation_frame(source, since=since, until=until, annotators=annotators,
+                                    task_ids=task_ids)
+            self._con = duckdb.connect()
+            self._con.execute("SET TimeZone = 'UTC'")
+            self._con.register("__slim", slim)
+            self.base, self.params = "SELECT * FROM __slim", []
+        elif hasattr(source, "sql"):
+            self._source = source
+            self.base, self.params = _slim_sql(since, until, _as_list(annotators), _as_list(task_ids))
+        else:
+            raise TypeError(f"source must be an AuditStore, a bundle or a polars DataFrame, "
+                            f"got {type(source).__name__}")
+
+    def run(self, ctes: str, select: str, *, base: str | None = None) -> pl.DataFrame:
+        query = f"WITH base AS MATERIALIZED ({base or self.base}){', ' + ctes if ctes else ''}\n{select}"
+        params = self.params or None
+        if self._con is not None:
+            return self._con.sql(query, params=params).pl()
+        return self._source.sql(query, params)
+
+
+def _slim_sql(since: Any, until: Any, annotators: list[str] | None,
+              task_ids: list[str] | None, models: bool = False) -> tuple[str, list[Any]]:
+    where, params = [], []
+    t_expr = "coalesce(shown_at, submitted_at, ts)"
+    since_t, until_t = _ts(since), _ts(until)
+    if since_t is not None:
+        where.append(f"{t_expr} >= ?::TIMESTAMP")
+        params.append(since_t)
+    if until_t is not None:
+        where.append(f"{t_expr} < ?::TIMESTAMP")
+        params.append(until_t)
+    if annotators is not None:
+        where.append("list_contains(?::VARCHAR[], annotator)")
+        params.append(annotators)
+    if task_ids is not None:
+        where.append("list_contains(?::VARCHAR[], task_id)")
+        params.append(task_ids)
+    extra = ", model_a, model_b" if models else ""
+    sql = f"""
+        SELECT seq, annotator, choice,
+               hash(prompt_id, least(response_a_id, response_b_id),
+                    greatest(response_a_id, response_b_id)) AS item,
+               CASE WHEN response_a_id > response_b_id AND choice IN ('a', 'b')
+                    THEN CASE choice WHEN 'a' THEN 'b' ELSE 'a' END ELSE choice END AS label,
+               {t_expr}::TIMESTAMP AS t,
+               (epoch_us(submitted_at) - epoch_us(shown_at)) / 1e6 AS secs,
+               length(response_a)::BIGINT AS len_a, length(response_b)::BIGINT AS len_b,
+               gold_choice, task_id{extra}
+        FROM annotation {'WHERE ' + ' AND '.join(where) if where else ''}"""
+    return sql, params
+
+
+def _stats_ctes(keys: Sequence[str], *, repeats: bool, time_percentile: bool) -> tuple[str, str]:
+    """CTEs and the final SELECT of the per-``keys`` statistics (keys: annotator[, w])."""
+    k = ", ".join(keys)
+    lab_keys = "".join(f", arg_min({c}, seq) AS {c}" for c in keys if c != "annotator")
+    mx = "greatest(oa, ob, ot)"
+    ctes = [f"""
+    st AS (
+        SELECT {k}, count(*) AS n, count(DISTINCT t::DATE) AS active_days,
+               min(t) AS t_first, max(t) AS t_last,
+               median(secs) AS time_median_s, quantile_cont(secs, 0.25) AS time_q25,
+               quantile_cont(secs, 0.75) AS time_q75,
+               avg((choice = 'a')::INT) AS share_a, avg((choice = 'b')::INT) AS share_b,
+               avg((choice = 'tie')::INT) AS share_tie, avg((choice = 'skip')::INT) AS share_skip,
+               count(*) FILTER (choice IN ('a', 'b')) AS n_ab,
+               count(*) FILTER (choice = 'a') AS k_a,
+               count(*) FILTER (choice IN ('a', 'b') AND len_a <> len_b) AS n_length,
+               count(*) FILTER (choice IN ('a', 'b') AND len_a <> len_b
+                                AND (choice = 'a') = (len_a > len_b)) AS k_longer,
+               count(*) FILTER (gold_choice IS NOT NULL AND choice <> 'skip') AS n_gold,
+               count(*) FILTER (choice = gold_choice AND choice <> 'skip') AS gold_k
+        FROM base GROUP BY {k})""", f"""
+    lab AS (
+        SELECT item, annotator, arg_min(label, seq) AS label{lab_keys}
+        FROM base WHERE choice <> 'skip' GROUP BY item, annotator)""", """
+    cnt AS (
+        SELECT item, count(*) FILTER (label = 'a') AS na, count(*) FILTER (label = 'b') AS nb,
+               count(*) FILTER (label = 'tie') AS nt
+        FROM lab GROUP BY item)""", f"""
+    loo AS (
+        SELECT {k}, label, na - (label = 'a')::INT AS oa, nb - (label = 'b')::INT AS ob,
+               nt - (label = 'tie')::INT AS ot
+        FROM lab JOIN cnt USING (item))""", f"""
+    v AS (
+        SELECT {k}, label,
+               CASE WHEN oa = {mx} THEN 'a' WHEN ob = {mx} THEN 'b' ELSE 'tie' END AS maj
+        FROM loo
+        WHERE oa + ob + ot >= 2
+          AND (oa = {mx})::INT + (ob = {mx})::INT + (ot = {mx})::INT = 1)""", f"""
+    agree AS (
+        SELECT {k}, count(*) AS agreement_n, count(*) FILTER (label = maj) AS agreement_k,
+               (count(*) FILTER (label = 'a') * count(*) FILTER (maj = 'a')
+                + count(*) FILTER (label = 'b') * count(*) FILTER (maj = 'b')
+                + count(*) FILTER (label = 'tie') * count(*) FILTER (maj = 'tie'))::DOUBLE
+               / (count(*)::DOUBLE * count(*)) AS agreement_chance
+        FROM v GROUP BY {k})"""]
+    joins = " LEFT JOIN agree USING ({k})".format(k=k)
+    if repeats:
+        ctes.append(f"""
+    rep AS (
+        SELECT {k}, count(*) AS n_repeated, avg((lo = hi)::INT) AS self_consistency
+        FROM (SELECT annotator, item, min(label) AS lo, max(label) AS hi{lab_keys}
+              FROM base WHERE choice <> 'skip' GROUP BY annotator, item HAVING count(*) >= 2)
+        GROUP BY {k})""")
+        joins += f" LEFT JOIN rep USING ({k})"
+    if time_percentile:
+        ctes.append("""
+    tp AS (
+        SELECT st.annotator, count(*) FILTER (b.secs <= st.time_median_s)::DOUBLE / count(*)
+               AS time_percentile
+        FROM st, base b
+        WHERE b.annotator <> st.annotator AND b.secs IS NOT NULL
+        GROUP BY st.annotator)""")
+        joins += " LEFT JOIN tp USING (annotator)"
+    return ",".join(ctes), f"SELECT * FROM st{joins} ORDER BY {k}"
+
+
+def _finish_common(out: pl.DataFrame, ci_level: float, min_n: int) -> pl.DataFrame:
+    """Derived columns shared by the report and the drift table (tests and intervals)."""
+    int_cols = [c for c in ("n", "n_ab", "k_a", "n_length", "k_longer", "n_gold", "gold_k",
+                            "agreement_n", "agreement_k", "n_repeated", "active_days") if c in out.columns]
+    out = out.with_columns(pl.col(int_cols).fill_null(0).cast(pl.Int64))
+    n_ab, k_a = out["n_ab"].to_numpy(), out["k_a"].to_numpy()
+    n_len, k_len = out["n_length"].to_numpy(), out["k_longer"].to_numpy()
+    pos_p = np.where(n_ab >= min_n, _binom_two_sided(k_a, n_ab), np.nan)
+    len_p = np.where(n_len >= min_n, _binom_two_sided(k_len, n_len), np.nan)
+    pos_lo, pos_hi = _clopper_pearson(k_a, n_ab, ci_level)
+    len_lo, len_hi = _clopper_pearson(k_len, n_len, ci_level)
+    f64 = pl.Float64
+    return out.with_columns(
+        throughput_per_day=pl.col("n") / pl.col("active_days").cast(f64),
+        time_iqr_s=pl.col("time_q75") - pl.col("time_q25"),
+        position_a_share=pl.when(pl.col("n_ab") > 0).then(pl.col("k_a") / pl.col("n_ab")),
+        position_ci_low=pl.Series(pos_lo, dtype=f64),
+        position_ci_high=pl.Series(pos_hi, dtype=f64),
+        position_p=pl.Series(pos_p, dtype=f64),
+        length_longer_share=pl.when(pl.col("n_length") > 0).then(pl.col("k_longer") / pl.col("n_length")),
+        length_ci_low=pl.Series(len_lo, dtype=f64),
+        length_ci_high=pl.Series(len_hi, dtype=f64),
+        length_p=pl.Series(len_p, dtype=f64),
+        agreement=pl.when(pl.col("agreement_n") > 0).then(pl.col("agreement_k") / pl.col("agreement_n")),
+        gold_accuracy=pl.when(pl.col("n_gold") > 0).then(pl.col("gold_k") / pl.col("n_gold")),
+    ).with_columns(
+        agreement_kappa=pl.when(pl.col("agreement_chance") < 1)
+        .then((pl.col("agreement") - pl.col("agreement_chance")) / (1 - pl.col("agreement_chance"))),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# annotator_report
+# --------------------------------------------------------------------------------------------
+_REPORT_COLUMNS = [
+    "annotator", "n", "throughput_per_day", "time_median_s", "time_iqr_s", "time_percentile",
+    "share_a", "share_b", "share_tie", "share_skip",
+    "n_ab", "position_a_share", "position_ci_low", "position_ci_high", "position_p", "position_p_adj",
+    "n_length", "length_longer_share", "length_ci_low", "length_ci_high", "length_p", "length_p_adj",
+    "agreement_n", "agreement", "agreement_chance", "agreement_kappa",
+    "n_repeated", "self_consistency", "n_gold", "gold_accuracy", "flags", "flag_reason",
+]
+
+
+def annotator_report(
+    source: Source,
+    *,
+    since: Any = None,
+    until: Any = None,
+    annotators: Sequence[str] | str | None = None,
+    task_ids: Sequence[str] | str | None = None,
+    alpha: float = 0.01,
+    ci_level: float = 0.95,
+    min_n: int = 30,
+    position_share_min: float = 0.65,
+    length_share_min: float = 0.70,
+    random_kappa_max: float = 0.20,
+    fast_quantile: float = 0.05,
+    min_agreement: float = 0.65,
+    min_self_consistency: float = 0.70,
+    min_repeats: int = 10,
+    min_gold_accuracy: float = 0.80,
+    min_gold: int = 10,
+) -> pl.DataFrame:
+    """One row per annotator: volume, speed, choice shares, biases, agreement and flags.
+
+    Parameters
+    ----------
+    source
+        Store, bundle or annotation DataFrame (see :func:`annotation_frame`).
+    since, until, annotators, task_ids
+        Filters (see the module docstring).
+    alpha
+        Family-wise significance level of each test, after Holm adjustment across annotators.
+    ci_level
+        Confidence level of the Clopper-Pearson intervals.
+    min_n
+        Annotators with fewer a/b choices (or compared labels) than this are reported but not
+        tested or flagged.
+    position_share_min
+        Position bias flag: Holm p < ``alpha`` and share of "a" >= this (or <= 1 - this).
+    length_share_min
+        Length bias flag: Holm p < ``alpha`` and share choosing the longer response >= this.
+        (The null is 0.5; as better answers are often somewhat longer, careful annotators
+        choose the longer response 55-65% of the time, hence the effect-size threshold.)
+    random_kappa_max, fast_quantile
+        Random clicker flag: agreement kappa (agreement beyond the chance level of the
+        annotator's own label mix) <= ``random_kappa_max`` *and* median time per item at or
+        below the ``fast_quantile`` quantile of the other annotators' item times.
+    min_agreement
+        Low agreement flag: agreement with the leave-one-out majority below this (over at least
+        ``min_n`` compared labels; not raised on top of ``random_clicker``).
+    min_self_consistency, min_repeats
+        Inconsistency flag: over at least ``min_repeats`` repeated items, the share labelled
+        identically is *significantly* below ``min_self_consistency`` (the upper end of its
+        Clopper-Pearson interval is below it), so a few unlucky repeats do not flag anyone.
+    min_gold_accuracy, min_gold
+        Gold flag: over at least ``min_gold`` gold labels, accuracy significantly below
+        ``min_gold_accuracy`` (same rule).
+
+    Returns
+    -------
+    pl.DataFrame
+        One row per annotator, flagged annotators first (most flags first), then by id:
+
+        - ``annotator`` (String); ``n`` (Int64): annotations, skips included;
+        - ``throughput_per_day`` (Float64): annotations per active day (UTC days with >= 1);
+        - ``time_median_s``, ``time_iqr_s`` (Float64): median and interquartile range of
+          ``submitted_at - shown_at``; ``time_percentile`` (Float64): share of the *other*
+          annotators' item times at or below this median (0.01 = faster than 99% of items);
+        - ``share_a``, ``share_b``, ``share_tie``, ``share_skip`` (Float64): of all annotations;
+        - ``n_ab`` (Int64), ``position_a_share``, ``position_ci_low``, ``position_ci_high``,
+          ``position_p``, ``position_p_adj`` (Float64): share of "a" among a/b choices, its
+          Clopper-Pearson interval and exact binomial p-value (raw and Holm-adjusted);
+        - ``n_length`` (Int64), ``length_longer_share``, ``length_ci_low``, ``length_ci_high``,
+          ``length_p``, ``length_p_adj`` (Float64): the same for "chose the longer response"
+          (a/b choices whose responses differ in length);
+        - ``agreement_n`` (Int64), ``agreement``, ``agreement_chance``, ``agreement_kappa``
+          (Float64): agreement with the leave-one-out majority, the agreement expected by chance
+          from the annotator's label mix, and ``(agreement - chance) / (1 - chance)``;
+        - ``n_repeated`` (Int64), ``self_consistency`` (Float64): items labelled twice or more
+          (skips excluded) and the share of them labelled identically every time;
+        - ``n_gold`` (Int64), ``gold_accuracy`` (Float64);
+        - ``flags`` (List[String]): any of ``random_clicker``, ``position_bias``,
+          ``length_bias``, ``low_agreement``, ``inconsistent``, ``low_gold_accuracy``;
+        - ``flag_reason`` (String): the evidence in words, "; "-separated ("" when not flagged).
+
+    Examples
+    --------
+    >>> from rlhf_audit_kit import demo
+    >>> camp = demo.Campaign(20_000, seed=3)
+    >>> rep = annotator_report(camp.frames(kinds=["annotation"])["annotation"])
+    >>> flagged = rep.filter(pl.col("flags").list.len() > 0)["annotator"].to_list()
+    >>> set(camp.ground_truth["random"]) <= set(flagged)
+    True
+    >>> set(camp.ground_truth["reliable"]) & set(flagged)
+    set()
+    """
+    rows = _Rows(source, since=since, until=until, annotators=annotators, task_ids=task_ids)
+    ctes, select = _stats_ctes(["annotator"], repeats=True, time_percentile=True)
+    out = rows.run(ctes, select)
+    if out.height == 0:
+        return _empty_report()
+    out = _finish_common(out, ci_level, min_n)
+    out = out.with_columns(
+        position_p_adj=pl.Series(holm(out["position_p"].to_numpy()), dtype=pl.Float64),
+        length_p_adj=pl.Series(holm(out["length_p"].to_numpy()), dtype=pl.Float64),
+    )
+    flags, reasons = _flags(out, alpha=alpha, ci_level=ci_level, min_n=min_n,
+                            position_share_min=position_share_min, length_share_min=length_share_min,
+                            random_kappa_max=random_kappa_max, fast_quantile=fast_quantile,
+                            min_agreement=min_agreement, min_self_consistency=min_self_consistency,
+                            min_repeats=min_repeats, min_gold_accuracy=min_gold_accuracy,
+                            min_gold=min_gold)
+    out = out.with_columns(flags=pl.Series(flags, dtype=pl.List(pl.String)),
+                           flag_reason=pl.Series(reasons, dtype=pl.String))
+    return (out.select(_REPORT_COLUMNS)
+            .with_columns(pl.col(c).cast(pl.Float64) for c in _REPORT_COLUMNS
+                          if c not in ("annotator", "flags", "flag_reason") and not c.startswith("n"))
+            .sort([pl.col("flags").list.len(), pl.col("annotator")], descending=[True, False]))
+
+
+def _empty_report() -> pl.DataFrame:
+    schema: dict[str, Any] = {}
+    for c in _REPORT_COLUMNS:
+        schema[c] = (pl.String if c in ("annotator", "flag_reason") else pl.List(pl.String) if c == "flags"
+                     else pl.Int64 if c.startswith("n") else pl.Float64)
+    return pl.DataFrame(schema=schema)
+
+
+# --------------------------------------------------------------------------------------------
+# annotator_drift
+# --------------------------------------------------------------------------------------------
+_UNITS_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000,
+             "d": _US_PER_DAY, "w": 7 * _US_PER_DAY}
+
+
+def _duration_us(every: str | dt.timedelta) -> int:
+    """'7d', '12h', '1w', '1d12h', '90m' or a timedelta, in microseconds."""
+    if isinstance(every, dt.timedelta):
+        us = int(every / dt.timedelta(microseconds=1))
+    else:
+        import re
+
+        parts = re.findall(r"(\d+)\s*(us|ms|s|m|h|d|w)", str(every).strip())
+        if not parts or "".join(f"{n}{u}" for n, u in parts) != str(every).replace(" ", ""):
+            raise ValueError(f"cannot read the duration {every!r}; use e.g. '7d', '12h', '1w', '90m'")
+        us = sum(int(n) * _UNITS_US[u] for n, u in parts)
+    if us <= 0:
+        raise ValueError(f"the duration must be positive, got {every!r}")
+    return us
+
+
+def annotator_drift(
+    source: Source,
+    window: str | dt.timedelta | int = "7d",
+    *,
+    since: Any = None,
+    until: Any = None,
+    annotators: Sequence[str] | str | None = None,
+    task_ids: Sequence[str] | str | None = None,
+    alpha: float = 0.01,
+    ci_level: float = 0.95,
+    min_window_n: int = 30,
+    min_drop: float = 0.15,
+) -> pl.DataFrame:
+    """Key statistics per annotator per time window, and a per-annotator drift verdict.
+
+    Windows are consecutive intervals of length ``window`` (``"7d"``, ``"1d"``, ``"12h"``, a
+    timedelta) starting at the first annotation in the data, or ``window=k`` equal-width
+    windows spanning it. Agreement always compares with the leave-one-out majority over *all*
+    the data (so an annotator's window is judged against everyone, whenever they labelled).
+
+    The drift test compares each annotator's agreement in their first and last windows that
+    hold at least ``min_window_n`` compared labels (two-proportion z-test, Holm-adjusted
+    across the annotators tested); ``drifting`` needs both ``p_adj < alpha`` and a drop of at
+    least ``min_drop``.
+
+    Parameters
+    ----------
+    source
+        Store, bundle or annotation DataFrame.
+    window
+        Window length or number of windows.
+    since, until, annotators, task_ids
+        Filters (see the module docstring).
+    alpha, ci_level
+        Family-wise level of the drift test; level of the intervals of the position share.
+    min_window_n
+        Compared labels a window needs to be a first/last window of the test.
+    min_drop
+        Smallest agreement drop (first minus last) that counts as drift.
+
+    Returns
+    -------
+    pl.DataFrame
+        One row per annotator and window with at least one annotation, sorted by annotator and
+        window. Per window:
+
+        - ``annotator`` (String), ``window`` (Int64, 0-based), ``window_start``,
+          ``window_end`` (Datetime);
+        - ``n`` (Int64), ``throughput_per_day``, ``time_median_s``, ``share_a``, ``share_skip``,
+          ``position_a_share``, ``length_longer_share`` (Float64), as in
+          :func:`annotator_report`;
+        - ``agreement_n`` (Int64), ``agreement``, ``agreement_kappa``, ``gold_accuracy``
+          (Float64);
+
+        and per annotator (repeated on each of its rows):
+
+        - ``first_window``, ``last_window`` (Int64): the windows compared (null if fewer than
+          two qualify);
+        - ``agreement_first``, ``agreement_last``, ``agreement_change`` (Float64): last minus
+          first;
+        - ``drift_p``, ``drift_p_adj`` (Float64): two-proportion test, raw and Holm-adjusted;
+        - ``drifting`` (Boolean); ``drift_reason`` (String, "" unless drifting).
+
+    Examples
+    --------
+    >>> from rlhf_audit_kit import demo
+    >>> camp = demo.Campaign(20_000, seed=3)
+    >>> d = annotator_drift(camp.frames(kinds=["annotation"])["annotation"], window="7d")
+    >>> d.filter("drifting")["annotator"].unique().to_list() == camp.ground_truth["drifting"]
+    True
+    """
+    rows = _Rows(source, since=since, until=until, annotators=annotators, task_ids=task_ids)
+    span = rows.run("", "SELECT epoch_us(min(t)) AS lo, epoch_us(max(t)) AS hi FROM base")
+    lo, hi = span.row(0) if span.height else (None, None)
+    if lo is None:
+        return _empty_drift()
+    if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
+        if window < 1:
+            raise ValueError(f"window must be a duration or a positive number of windows, got {window}")
+        width = max(1, -(-(hi - lo + 1) // int(window)))  # ceil: the last event falls in window k-1
+    else:
+        width = _duration_us(window)
+    base = (f"SELECT *, ((epoch_us(t) - {int(lo)}) // {int(width)})::BIGINT AS w "
+            f"FROM ({rows.base}) AS b")
+    ctes, select = _stats_ctes(["annotator", "w"], repeats=False, time_percentile=False)
+    out = rows.run(ctes, select, base=base)
+    out = _finish_common(out, ci_level, min_n=1)
+    origin = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(lo))
+    step = dt.timedelta(microseconds=int(width))
+    out = out.with_columns(
+        pl.col("w").cast(pl.Int64).alias("window"),
+        (pl.lit(origin) + pl.col("w") * pl.lit(step)).cast(pl.Datetime("us")).alias("window_start"),
+        (pl.lit(origin) + (pl.col("w") + 1) * pl.lit(step)).cast(pl.Datetime("us")).alias("window_end"),
+    )
+    verdict = _drift_verdict(out, alpha=alpha, min_window_n=min_window_n, min_drop=min_drop)
+    cols = ["annotator", "window", "window_start", "window_end", "n", "throughput_per_day",
+            "time_median_s", "share_a", "share_skip", "position_a_share", "length_longer_share",
+            "agreement_n", "agreement", "agreement_kappa", "gold_accuracy"]
+    return (out.select(cols).join(verdict, on="annotator", how="left")
+            .with_columns(pl.col("drifting").fill_null(False), pl.col("drift_reason").fill_null(""))
+            .sort("annotator", "window"))
+
+
+def _drift_verdict(out: pl.DataFrame, *, alpha: float, min_window_n: int, min_drop: float) -> pl.DataFrame:
+    ok = out.filter(pl.col("agreement_n") >= min_window_n).sort("annotator", "w")
+    ends = ok.group_by("annotator").agg(
+        first_window=pl.col("w").first().cast(pl.Int64), last_window=pl.col("w").last().cast(pl.Int64),
+        n1=pl.col("agreement_n").first(), k1=pl.col("agreement_k").first(),
+        n2=pl.col("agreement_n").last(), k2=pl.col("agreement_k").last(),
+        s1=pl.col("position_a_share").first(), s2=pl.col("position_a_share").last(),
+        m1=pl.col("time_median_s").first(), m2=pl.col("time_median_s").last(),
+        start1=pl.col("window_start").first(), start2=pl.col("window_start").last(),
+    ).sort("annotator")
+    two = (ends["first_window"] != ends["last_window"]).to_numpy()
+    p = np.where(two, _two_proportion(ends["k1"].to_numpy(), ends["n1"].to_numpy(),
+                                      ends["k2"].to_numpy(), ends["n2"].to_numpy()), np.nan)
+    ends = ends.with_columns(
+        first_window=pl.when(pl.Series(two)).then(pl.col("first_window")),
+        last_window=pl.when(pl.Series(two)).then(pl.col("last_window")),
+        agreement_first=pl.col("k1") / pl.col("n1"),
+        agreement_last=pl.col("k2") / pl.col("n2"),
+        drift_p=pl.Series(p, dtype=pl.Float64),
+        drift_p_adj=pl.Series(holm(p), dtype=pl.Float64),
+    ).with_columns(agreement_change=pl.when(pl.Series(two))
+                   .then(pl.col("agreement_last") - pl.col("agreement_first")))
+    drifting, reasons = [], []
+    for r in ends.iter_rows(named=True):
+        change, padj = r["agreement_change"], r["drift_p_adj"]
+        hit = (change is not None and padj is not None and not math.isnan(padj)
+               and padj < alpha and -change >= min_drop)
+        drifting.append(hit)
+        if not hit:
+            reasons.append("")
+            continue
+        extra = []
+        if r["s1"] is not None and r["s2"] is not None and abs(r["s2"] - r["s1"]) >= 0.1:
+            extra.append(f"chose A {_pct(r['s1'])} -> {_pct(r['s2'])}")
+        if r["m1"] and r["m2"] and (r["m2"] < 0.75 * r["m1"] or r["m2"] > 1.33 * r["m1"]):
+            extra.append(f"median time {r['m1']:.0f} s -> {r['m2']:.0f} s")
+        reasons.append(
+            f"agreement fell from {r['agreement_first']:.2f} (window from {r['start1']:%Y-%m-%d}, "
+            f"n={r['n1']}) to {r['agreement_last']:.2f} (from {r['start2']:%Y-%m-%d}, n={r['n2']}), "
+            f"{_fmt_p(padj)} Holm" + ("; " + ", ".join(extra) if extra else ""))
+    return ends.select(
+        "annotator", "first_window", "last_window", "agreement_first", "agreement_last",
+        "agreement_change", "drift_p", "drift_p_adj",
+        drifting=pl.Series(drifting, dtype=pl.Boolean), drift_reason=pl.Series(reasons, dtype=pl.String))
+
+
+def _empty_drift() -> pl.DataFrame:
+    f, i = pl.Float64, pl.Int64
+    schema = {"annotator": pl.String, "window": i, "window_start": pl.Datetime("us"),
+              "window_end": pl.Datetime("us"), "n": i, "throughput_per_day": f, "time_median_s": f,
+              "share_a": f, "share_skip": f, "position_a_share": f, "length_longer_share": f,
+              "agreement_n": i, "agreement": f, "agreement_kappa": f, "gold_accuracy": f,
+              "first_window": i, "last_window": i, "agreement_first": f, "agreement_last": f,
+              "agreement_change": f, "drift_p": f, "drift_p_adj": f, "drifting": pl.Boolean,
+              "drift_reason": pl.String}
+    return pl.DataFrame(schema=schema)
+
+
+# --------------------------------------------------------------------------------------------
+# throughput and pairwise agreement
+# --------------------------------------------------------------------------------------------
+def throughput(
+    source: Source,
+    every: str | dt.timedelta = "1d",
+    *,
+    since: Any = None,
+    until: Any = None,
+    annotators: Sequence[str] | str | None = None,
+    task_ids: Sequence[str] | str | None = None,
+) -> pl.DataFrame:
+    """Annotations per annotator per calendar period (a timeline for plots).
+
+    Periods are DuckDB ``time_bucket`` intervals: days start at midnight UTC and 7-day periods on
+    Mondays. Periods without annotations are absent.
+
+    Parameters
+    ----------
+    source
+        Store, bundle or annotation DataFrame.
+    every
+        Period length: ``"1d"``, ``"1h"``, ``"7d"``, ... or a timedelta.
+    since, until, annotators, task_ids
+        Filters (see the module docstring).
+
+    Returns
+    -------
+    pl.DataFrame
+        Sorted by annotator and period:
+
+        - ``annotator`` (String), ``period_start`` (Datetime);
+        - ``n`` (Int64): annotations in the period, ``n_skip`` (Int64): of which skips;
+        - ``time_median_s`` (Float64): median time per item;
+        - ``cumulative_n`` (Int64): the annotator's running total.
+
+    Examples
+    --------
+    >>> from rlhf_audit_kit import demo
+    >>> ann = demo.Campaign(2_000, seed=0).frames(kinds=["annotation"])["annotation"]
+    >>> tl = throughput(ann, every="1d")
+    >>> int(tl["n"].sum()) == ann.height
+    True
+    """
+    us = _duration_us(every)
+    rows = _Rows(source, since=since, until=until, annotators=annotators, task_ids=task_ids)
+    out = rows.run("", f"""
+        SELECT annotator, time_bucket(to_microseconds({us}::BIGINT), t) AS period_start,
+               count(*) AS n, count(*) FILTER (choice = 'skip') AS n_skip,
+               median(secs) AS time_median_s
+        FROM base WHERE t IS NOT NULL GROUP BY ALL ORDER BY annotator, period_start""")
+    return out.with_columns(
+        pl.col("period_start").cast(pl.Datetime("us")), pl.col("n", "n_skip").cast(pl.Int64),
+        pl.col("time_median_s").cast(pl.Float64),
+        cumulative_n=pl.col("n").cast(pl.Int64).cum_sum().over("annotator"),
+    )
+
+
+def agreement_matrix(
+    source: Source,
+    *,
+    min_overlap: int = 1,
+    wide: bool = False,
+    since: Any = None,
+    until: Any = None,
+    annotators: Sequence[str] | str | None = None,
+    task_ids: Sequence[str] | str | None = None,
+) -> pl.DataFrame:
+    """Pairwise Cohen's kappa between annotators (via :func:`~.agreement.pairwise`).
+
+    Items are prompt + unordered response pair, labels the (mirrored) choice among a, b, tie;
+    skips are dropped and an annotator's repeat of an item counts once (the first label).
+
+    Parameters
+    ----------
+    source
+        Store, bundle or annotation DataFrame.
+    min_overlap
+        Keep pairs with at least this many shared items.
+    wide
+        Return a square matrix instead: column ``annotator`` plus one Float64 column of kappas
+        per annotator (symmetric, 1.0 on the diagonal, null where a pair shares too few items).
+    since, until, annotators, task_ids
+        Filters (see the module docstring).
+
+    Returns
+    -------
+    pl.DataFrame
+        Long (default): ``annotator_a``, ``annotator_b`` (String), ``n`` (Int64),
+        ``kappa``, ``percent_agreement`` (Float64), as :func:`~.agreement.pairwise`.
+
+    Examples
+    --------
+    >>> from rlhf_audit_kit import demo
+    >>> ann = demo.Campaign(2_000, seed=0).frames(kinds=["annotation"])["annotation"]
+    >>> m = agreement_matrix(ann, min_overlap=5)
+    >>> m.columns
+    ['annotator_a', 'annotator_b', 'n', 'kappa', 'percent_agreement']
+    """
+    rows = _Rows(source, since=since, until=until, annotators=annotators, task_ids=task_ids)
+    labels = rows.run("", """
+        SELECT item, annotator, arg_min(label, seq) AS label
+        FROM base WHERE choice <> 'skip' GROUP BY item, annotator""")
+    out = pairwise(labels, min_overlap=min_overlap)
+    if not wide:
+        return out
+    names = sorted(labels["annotator"].unique().to_list())
+    both = pl.concat([
+        out.select("annotator_a", "annotator_b", "kappa"),
+        out.select(pl.col("annotator_b").alias("annotator_a"), pl.col("annotator_a").alias("annotator_b"),
+                   "kappa"),
+        pl.DataFrame({"annotator_a": names, "annotator_b": names, "kappa": [1.0] * len(names)},
+                     schema={"annotator_a": pl.String, "annotator_b": pl.String, "kappa": pl.Float64}),
+    ])
+    wide_df = both.pivot(on="annotator_b", index="annotator_a", values="kappa")
+    missing = [n for n in names if n not in wide_df.columns]
+    wide_df = wide_df.with_columns(pl.lit(None, pl.Float64).alias(n) for n in missing)
+    return (pl.DataFrame({"annotator_a": names}).join(wide_df, on="annotator_a", how="left")
+            .select(pl.col("annotator_a").alias("annotator"), *names))
 
 def _flags(out: pl.DataFrame, *, alpha: float, ci_level: float, min_n: int, position_share_min: float,
            length_share_min: float, random_kappa_max: float, fast_quantile: float,
