@@ -99,8 +99,54 @@ def main(argv: list[str] | None = None) -> int:
     return run_benchmarks(path, args.repeat)
 
 
-def run_benchmarks(path: Path, repeat: int) -> int:  # filled in below
-    raise NotImplementedError
+def _time(fn, repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def run_benchmarks(path: Path, repeat: int) -> int:
+    """Time each analysis on the store at ``path``; print figures next to their targets."""
+    from rlhf_audit_kit import analysis
+    from rlhf_audit_kit.store import open_store
+
+    store = open_store(path, read_only=True, pseudonymize=False)
+    n_ann = store.sql("SELECT count(*) FROM annotation").item()
+    n_steps = store.sql("SELECT count(*) FROM train_step WHERE run_id = ?", [BIG_RUN]).item()
+    print(f"store {path}: {store.size:,} events, {n_ann:,} annotations, {n_steps:,}-step run "
+          f"{BIG_RUN!r}; median of {repeat} runs, {os.cpu_count()} cores")
+    cases = [
+        ("annotator_report", lambda: analysis.annotator_report(store)),
+        ("annotator_drift (7d)", lambda: analysis.annotator_drift(store, window="7d")),
+        ("throughput (1d)", lambda: analysis.throughput(store, every="1d")),
+        ("agreement_matrix", lambda: analysis.agreement_matrix(store, min_overlap=20)),
+        ("reward_drift", lambda: analysis.reward_drift(store)),
+        ("training_trends (100k steps)", lambda: analysis.training_trends(store, run_id=BIG_RUN)),
+        ("metric_changepoints cusum (100k)", lambda: analysis.metric_changepoints(store, run_id=BIG_RUN)),
+        ("metric_changepoints p-h (100k)",
+         lambda: analysis.metric_changepoints(store, method="page_hinkley", run_id=BIG_RUN)),
+        ("reward_hacking", lambda: analysis.reward_hacking(store)),
+        ("summary", lambda: analysis.summary(store)),
+    ]
+    failed = False
+    print(f"{'analysis':<36} {'seconds':>8}  target")
+    for name, fn in cases:
+        secs, out = _time(fn, repeat)
+        target = TARGETS.get(name.split(" ")[0])
+        verdict = ""
+        if target is not None:
+            verdict = f"< {target:.1f} s  {'ok' if secs < target else 'MISSED'}"
+            failed |= secs >= target
+        rows = getattr(out, "height", None)
+        extra = f"  ({rows:,} rows)" if rows is not None else ""
+        if name == "summary":
+            extra = f"  ({out.findings.height} findings)"
+        print(f"{name:<36} {secs:8.3f}  {verdict}{extra}", flush=True)
+    store.close()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ class AuditStore:
         self.path = Path(path)
         self.read_only = read_only
         self._lock = threading.RLock()
+        self._tls = threading.local()
         self._con = duckdb.connect(str(self.path), read_only=read_only)
         _x(self._con, "SET TimeZone = 'UTC'")
         if not read_only:
@@ -155,6 +156,15 @@ class AuditStore:
                     ("created_at", dt.datetime.now(dt.timezone.utc).isoformat())]
             for row in rows:
                 _x(con, "INSERT INTO meta VALUES (?, ?)", list(row))
+
+    @property
+    def _internal_write(self) -> bool:
+        """True while the kit itself writes internal kinds (snapshots, privacy ledger) in this thread."""
+        return getattr(self._tls, "internal", False)
+
+    @_internal_write.setter
+    def _internal_write(self, value: bool) -> None:
+        self._tls.internal = bool(value)
 
     # ------------------------------------------------------------------ pseudonyms
     @property
@@ -201,7 +211,7 @@ class AuditStore:
         if not frames:
             return range(self._size, self._size)
         for k in frames:
-            if KINDS[k].internal and not getattr(self, "_internal_write", False):
+            if KINDS[k].internal and not self._internal_write:
                 raise ValidationError(0, "kind", f"{k!r} events are written by the kit itself")
         with self._lock:
             return self._write(frames, progress)

@@ -224,6 +224,8 @@ def _coerce(f: Field, s: pl.Series, rows: pl.Series) -> pl.Series:
         if dtype.is_float():
             bad = s.is_not_null() & (~s.is_finite() | (s != s.floor()))
             _err(rows, bad.fill_null(False), f.name, lambda p: f"expected an integer, got {s[p]!r}")
+            _err(rows, (s.abs() > MAX_SAFE_INT).fill_null(False), f.name,
+                 lambda p: f"integer {s[p]!r} is outside +-(2**53 - 1)")
             return s.cast(pl.Int64)
         _err(rows, s.is_not_null(), f.name, lambda p: f"expected an integer, got {dtype}")
     if t == "float":

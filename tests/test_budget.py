@@ -337,7 +337,7 @@ def test_invalid_requests(store):
 # ------------------------------------------------------------------------------ noisy answers
 def test_noisy_answers_differ_from_the_truth_but_are_plausible(store):
     p = store.privacy
-    p.set_budget("global", 1e6, 1e-3)
+    p.set_budget("global", 1e6)
     rng = np.random.default_rng(20260101)
     true_n = exact(store, "annotator_count", task_id="main")
     vals = [p.release("annotator_count", epsilon=1.0, task_id="main", rng=rng).value
@@ -363,8 +363,10 @@ def test_noisy_answers_differ_from_the_truth_but_are_plausible(store):
                   rng=rng)
     assert r.value != agr and abs(r.value - agr) < 0.25 and 0 <= r.value <= 1
 
+    # (own scope: the PLD of the large-epsilon Laplace releases above is slow to compose)
+    p.set_budget("pool:gaussian", 10.0, 1e-3)
     g = p.release("annotator_count", epsilon=2.0, delta=1e-5, mechanism="gaussian",
-                  task_id="main", rng=rng)
+                  task_id="main", rng=rng, scopes=["pool:gaussian"])
     assert isinstance(g.value, float) and g.value != true_n and abs(g.value - true_n) < 15
 
     sh = p.release("choice_shares", epsilon=20.0, task_id="main", rng=rng)
@@ -495,7 +497,7 @@ def test_raw_annotator_ids_never_reach_the_duckdb_files(tmp_path):
     assert path in files
     blob = b"".join(f.read_bytes() for f in files)  # audit.duckdb and audit.duckdb.wal if any
     # positive control: the search does see strings the store holds
-    assert pseudo.encode() in blob or b"ann-0000" in blob
+    assert pseudo.encode() in blob
     for rid in raw.values():
         for needle in (rid.encode("utf-8"), rid.encode("utf-16-le"), rid.split("@")[0].encode()):
             assert needle not in blob, needle

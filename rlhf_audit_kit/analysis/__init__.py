@@ -9,6 +9,13 @@ written back to a report unchanged.
 - :mod:`~rlhf_audit_kit.analysis.drift`: PSI, KS, Jensen-Shannon and Wasserstein drift of
   scores, and a per-step drift table.
 - :mod:`~rlhf_audit_kit.analysis.changepoint`: Page-Hinkley and CUSUM alerts on training metrics.
+- :mod:`~rlhf_audit_kit.analysis.annotators`: per-annotator report (speed, biases, agreement,
+  flags), drift over time windows, throughput and pairwise kappa, over a store, a bundle or a
+  DataFrame of annotations.
+- :mod:`~rlhf_audit_kit.analysis.model`: reward drift per step, training trends and change
+  points, and reward hacking (reward up while the human win-rate falls).
+- :mod:`~rlhf_audit_kit.analysis.summary`: :func:`summary`, the handful of findings to look at
+  first.
 
 Examples
 --------
@@ -30,6 +37,13 @@ from rlhf_audit_kit.analysis.agreement import (
     pairwise,
     percent_agreement,
 )
+from rlhf_audit_kit.analysis.annotators import (
+    agreement_matrix,
+    annotation_frame,
+    annotator_drift,
+    annotator_report,
+    throughput,
+)
 from rlhf_audit_kit.analysis.changepoint import changepoints, cusum, page_hinkley
 from rlhf_audit_kit.analysis.drift import (
     drift_table,
@@ -39,9 +53,21 @@ from rlhf_audit_kit.analysis.drift import (
     psi_edges,
     wasserstein,
 )
+from rlhf_audit_kit.analysis.model import (
+    metric_changepoints,
+    reward_drift,
+    reward_hacking,
+    training_trends,
+)
+from rlhf_audit_kit.analysis.summary import Summary, summary
 
 __all__ = [
     "BootstrapCI",
+    "Summary",
+    "agreement_matrix",
+    "annotation_frame",
+    "annotator_drift",
+    "annotator_report",
     "bootstrap_ci",
     "changepoints",
     "cohen_kappa",
@@ -51,10 +77,16 @@ __all__ = [
     "js_distance",
     "krippendorff_alpha",
     "ks",
+    "metric_changepoints",
     "page_hinkley",
     "pairwise",
     "percent_agreement",
     "psi",
     "psi_edges",
+    "reward_drift",
+    "reward_hacking",
+    "summary",
+    "throughput",
+    "training_trends",
     "wasserstein",
 ]

@@ -139,7 +139,7 @@ def annotation_frame(source: Source, *, since: Any = None, until: Any = None,
         raise TypeError(f"source must be an AuditStore, a bundle or a polars DataFrame, "
                         f"got {type(source).__name__}")
     query, params = _slim_sql(since, until, ann_list, task_list, models=models)
-    df = source.sql(query + " ORDER BY seq", params or None)
+    df = source.sql(query + " ORDER BY seq", params or None).drop("ah")
     return df.with_columns(pl.col("seq").cast(pl.Int64), pl.col("item").cast(pl.UInt64),
                            pl.col("t").cast(pl.Datetime("us")), pl.col("secs").cast(pl.Float64))
 
@@ -288,7 +288,7 @@ class _Rows:
             self._con = duckdb.connect()
             self._con.execute("SET TimeZone = 'UTC'")
             self._con.register("__slim", slim)
-            self.base, self.params = "SELECT * FROM __slim", []
+            self.base, self.params = "SELECT *, hash(annotator) AS ah FROM __slim", []
         elif hasattr(source, "sql"):
             self._source = source
             self.base, self.params = _slim_sql(since, until, _as_list(annotators), _as_list(task_ids))
@@ -323,7 +323,7 @@ def _slim_sql(since: Any, until: Any, annotators: list[str] | None,
         params.append(task_ids)
     extra = ", model_a, model_b" if models else ""
     sql = f"""
-        SELECT seq, annotator, choice,
+        SELECT seq, annotator, hash(annotator) AS ah, choice,
                hash(prompt_id, least(response_a_id, response_b_id),
                     greatest(response_a_id, response_b_id)) AS item,
                CASE WHEN response_a_id > response_b_id AND choice IN ('a', 'b')
@@ -337,13 +337,19 @@ def _slim_sql(since: Any, until: Any, annotators: list[str] | None,
 
 
 def _stats_ctes(keys: Sequence[str], *, repeats: bool, time_percentile: bool) -> tuple[str, str]:
-    """CTEs and the final SELECT of the per-``keys`` statistics (keys: annotator[, w])."""
+    """CTEs and the final SELECT of the per-``keys`` statistics (keys: annotator[, w]).
+
+    The item-level work (one label per item and annotator, the leave-one-out majority, repeats)
+    groups by ``hash(annotator)`` (``ah``) rather than the long pseudonym string: 64-bit keys
+    hash and compare several times faster, and the names come back through ``st``.
+    """
     k = ", ".join(keys)
+    hk = ", ".join("ah" if c == "annotator" else c for c in keys)  # the same keys, hashed
     lab_keys = "".join(f", arg_min({c}, seq) AS {c}" for c in keys if c != "annotator")
     mx = "greatest(oa, ob, ot)"
     ctes = [f"""
     st AS (
-        SELECT {k}, count(*) AS n, count(DISTINCT t::DATE) AS active_days,
+        SELECT {k}, min(ah) AS ah, count(*) AS n, count(DISTINCT t::DATE) AS active_days,
                min(t) AS t_first, max(t) AS t_last,
                median(secs) AS time_median_s, quantile_cont(secs, 0.25) AS time_q25,
                quantile_cont(secs, 0.75) AS time_q75,
@@ -358,48 +364,45 @@ def _stats_ctes(keys: Sequence[str], *, repeats: bool, time_percentile: bool) ->
                count(*) FILTER (choice = gold_choice AND choice <> 'skip') AS gold_k
         FROM base GROUP BY {k})""", f"""
     lab AS (
-        SELECT item, annotator, arg_min(label, seq) AS label{lab_keys}
-        FROM base WHERE choice <> 'skip' GROUP BY item, annotator)""", """
+        SELECT item, ah, arg_min(label, seq) AS label, count(*) AS m,
+               min(label) = max(label) AS same{lab_keys}
+        FROM base WHERE choice <> 'skip' GROUP BY item, ah)""", """
     cnt AS (
         SELECT item, count(*) FILTER (label = 'a') AS na, count(*) FILTER (label = 'b') AS nb,
                count(*) FILTER (label = 'tie') AS nt
         FROM lab GROUP BY item)""", f"""
-    loo AS (
-        SELECT {k}, label, na - (label = 'a')::INT AS oa, nb - (label = 'b')::INT AS ob,
-               nt - (label = 'tie')::INT AS ot
-        FROM lab JOIN cnt USING (item))""", f"""
     v AS (
-        SELECT {k}, label,
+        SELECT {hk}, label,
                CASE WHEN oa = {mx} THEN 'a' WHEN ob = {mx} THEN 'b' ELSE 'tie' END AS maj
-        FROM loo
+        FROM (SELECT {hk}, label, na - (label = 'a')::INT AS oa, nb - (label = 'b')::INT AS ob,
+                     nt - (label = 'tie')::INT AS ot
+              FROM lab JOIN cnt USING (item))
         WHERE oa + ob + ot >= 2
           AND (oa = {mx})::INT + (ob = {mx})::INT + (ot = {mx})::INT = 1)""", f"""
     agree AS (
-        SELECT {k}, count(*) AS agreement_n, count(*) FILTER (label = maj) AS agreement_k,
+        SELECT {hk}, count(*) AS agreement_n, count(*) FILTER (label = maj) AS agreement_k,
                (count(*) FILTER (label = 'a') * count(*) FILTER (maj = 'a')
                 + count(*) FILTER (label = 'b') * count(*) FILTER (maj = 'b')
                 + count(*) FILTER (label = 'tie') * count(*) FILTER (maj = 'tie'))::DOUBLE
                / (count(*)::DOUBLE * count(*)) AS agreement_chance
-        FROM v GROUP BY {k})"""]
-    joins = " LEFT JOIN agree USING ({k})".format(k=k)
+        FROM v GROUP BY {hk})"""]
+    joins = f" LEFT JOIN agree USING ({hk})"
     if repeats:
         ctes.append(f"""
     rep AS (
-        SELECT {k}, count(*) AS n_repeated, avg((lo = hi)::INT) AS self_consistency
-        FROM (SELECT annotator, item, min(label) AS lo, max(label) AS hi{lab_keys}
-              FROM base WHERE choice <> 'skip' GROUP BY annotator, item HAVING count(*) >= 2)
-        GROUP BY {k})""")
-        joins += f" LEFT JOIN rep USING ({k})"
+        SELECT {hk}, count(*) AS n_repeated, avg(same::INT) AS self_consistency
+        FROM lab WHERE m >= 2 GROUP BY {hk})""")
+        joins += f" LEFT JOIN rep USING ({hk})"
     if time_percentile:
         ctes.append("""
     tp AS (
         SELECT st.annotator, count(*) FILTER (b.secs <= st.time_median_s)::DOUBLE / count(*)
                AS time_percentile
         FROM st, base b
-        WHERE b.annotator <> st.annotator AND b.secs IS NOT NULL
+        WHERE b.ah <> st.ah AND b.secs IS NOT NULL
         GROUP BY st.annotator)""")
         joins += " LEFT JOIN tp USING (annotator)"
-    return ",".join(ctes), f"SELECT * FROM st{joins} ORDER BY {k}"
+    return ",".join(ctes), f"SELECT * EXCLUDE (ah) FROM st{joins} ORDER BY {k}"
 
 
 def _finish_common(out: pl.DataFrame, ci_level: float, min_n: int) -> pl.DataFrame:
@@ -611,14 +614,18 @@ def annotator_drift(
     """Key statistics per annotator per time window, and a per-annotator drift verdict.
 
     Windows are consecutive intervals of length ``window`` (``"7d"``, ``"1d"``, ``"12h"``, a
-    timedelta) starting at the first annotation in the data, or ``window=k`` equal-width
-    windows spanning it. Agreement always compares with the leave-one-out majority over *all*
+    timedelta) starting at the first annotation in the data (a trailing window shorter than
+    half a window is merged into the one before it, so the last window is not a thin sliver),
+    or ``window=k`` equal-width windows spanning it. Agreement always compares with the leave-one-out majority over *all*
     the data (so an annotator's window is judged against everyone, whenever they labelled).
 
-    The drift test compares each annotator's agreement in their first and last windows that
-    hold at least ``min_window_n`` compared labels (two-proportion z-test, Holm-adjusted
-    across the annotators tested); ``drifting`` needs both ``p_adj < alpha`` and a drop of at
-    least ``min_drop``.
+    Drift verdict per annotator: their agreement in the first and the last window holding at
+    least ``min_window_n`` compared labels is compared (``agreement_change``, with a
+    two-proportion z-test, ``first_last_p``), and a Cochran-Armitage test for a linear trend of
+    agreement over *all* their windows gives ``drift_p`` (it uses every label, so it detects a
+    gradual decline sooner than the two end windows alone), Holm-adjusted across the
+    annotators tested. ``drifting`` needs a downward trend with ``drift_p_adj < alpha`` *and*
+    a drop of at least ``min_drop`` between the first and the last window.
 
     Parameters
     ----------
@@ -642,7 +649,8 @@ def annotator_drift(
         window. Per window:
 
         - ``annotator`` (String), ``window`` (Int64, 0-based), ``window_start``,
-          ``window_end`` (Datetime);
+          ``window_end`` (Datetime, exclusive; a merged last window ends after the last
+          annotation);
         - ``n`` (Int64), ``throughput_per_day``, ``time_median_s``, ``share_a``, ``share_skip``,
           ``position_a_share``, ``length_longer_share`` (Float64), as in
           :func:`annotator_report`;
@@ -655,7 +663,8 @@ def annotator_drift(
           two qualify);
         - ``agreement_first``, ``agreement_last``, ``agreement_change`` (Float64): last minus
           first;
-        - ``drift_p``, ``drift_p_adj`` (Float64): two-proportion test, raw and Holm-adjusted;
+        - ``first_last_p`` (Float64): two-proportion z-test of first vs last window;
+        - ``drift_p``, ``drift_p_adj`` (Float64): trend test, raw and Holm-adjusted;
         - ``drifting`` (Boolean); ``drift_reason`` (String, "" unless drifting).
 
     Examples
@@ -675,19 +684,27 @@ def annotator_drift(
         if window < 1:
             raise ValueError(f"window must be a duration or a positive number of windows, got {window}")
         width = max(1, -(-(hi - lo + 1) // int(window)))  # ceil: the last event falls in window k-1
+        last = int(window) - 1
     else:
         width = _duration_us(window)
-    base = (f"SELECT *, ((epoch_us(t) - {int(lo)}) // {int(width)})::BIGINT AS w "
+        last = (hi - lo) // width
+        if last >= 1 and (hi - lo) - last * width < width // 2:
+            last -= 1  # merge a short trailing window into the one before it
+    base = (f"SELECT *, least((epoch_us(t) - {int(lo)}) // {int(width)}, {int(last)})::BIGINT AS w "
             f"FROM ({rows.base}) AS b")
     ctes, select = _stats_ctes(["annotator", "w"], repeats=False, time_percentile=False)
     out = rows.run(ctes, select, base=base)
     out = _finish_common(out, ci_level, min_n=1)
     origin = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(lo))
     step = dt.timedelta(microseconds=int(width))
+    end = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(hi) + 1)
     out = out.with_columns(
         pl.col("w").cast(pl.Int64).alias("window"),
         (pl.lit(origin) + pl.col("w") * pl.lit(step)).cast(pl.Datetime("us")).alias("window_start"),
-        (pl.lit(origin) + (pl.col("w") + 1) * pl.lit(step)).cast(pl.Datetime("us")).alias("window_end"),
+        pl.when(pl.col("w") == last)
+        .then(pl.lit(max(origin + (last + 1) * step, end)))
+        .otherwise(pl.lit(origin) + (pl.col("w") + 1) * pl.lit(step)).cast(pl.Datetime("us"))
+        .alias("window_end"),
     )
     verdict = _drift_verdict(out, alpha=alpha, min_window_n=min_window_n, min_drop=min_drop)
     cols = ["annotator", "window", "window_start", "window_end", "n", "throughput_per_day",
@@ -696,6 +713,23 @@ def annotator_drift(
     return (out.select(cols).join(verdict, on="annotator", how="left")
             .with_columns(pl.col("drifting").fill_null(False), pl.col("drift_reason").fill_null(""))
             .sort("annotator", "window"))
+
+
+def _trend_p(out: pl.DataFrame) -> pl.DataFrame:
+    """Cochran-Armitage test for a linear trend of agreement over window index, per annotator."""
+    g = out.filter(pl.col("agreement_n") > 0).with_columns(
+        x=pl.col("w").cast(pl.Float64), n_=pl.col("agreement_n").cast(pl.Float64),
+        k_=pl.col("agreement_k").cast(pl.Float64))
+    s = g.group_by("annotator").agg(
+        N=pl.col("n_").sum(), K=pl.col("k_").sum(), Sx=(pl.col("n_") * pl.col("x")).sum(),
+        Sxx=(pl.col("n_") * pl.col("x") ** 2).sum(), Skx=(pl.col("k_") * pl.col("x")).sum())
+    pbar = pl.col("K") / pl.col("N")
+    t = pl.col("Skx") - pbar * pl.col("Sx")
+    var = pbar * (1 - pbar) * (pl.col("Sxx") - pl.col("Sx") ** 2 / pl.col("N"))
+    s = s.with_columns(z=pl.when(var > 0).then(t / var.sqrt()))
+    z = s["z"].to_numpy().astype(np.float64)
+    return s.select("annotator", trend_z=pl.Series(z, dtype=pl.Float64),
+                    drift_p=pl.Series(2 * stats.norm.sf(np.abs(z)), dtype=pl.Float64))
 
 
 def _drift_verdict(out: pl.DataFrame, *, alpha: float, min_window_n: int, min_drop: float) -> pl.DataFrame:
@@ -707,15 +741,17 @@ def _drift_verdict(out: pl.DataFrame, *, alpha: float, min_window_n: int, min_dr
         s1=pl.col("position_a_share").first(), s2=pl.col("position_a_share").last(),
         m1=pl.col("time_median_s").first(), m2=pl.col("time_median_s").last(),
         start1=pl.col("window_start").first(), start2=pl.col("window_start").last(),
-    ).sort("annotator")
+    ).sort("annotator").join(_trend_p(out), on="annotator", how="left")
     two = (ends["first_window"] != ends["last_window"]).to_numpy()
-    p = np.where(two, _two_proportion(ends["k1"].to_numpy(), ends["n1"].to_numpy(),
-                                      ends["k2"].to_numpy(), ends["n2"].to_numpy()), np.nan)
+    p2 = np.where(two, _two_proportion(ends["k1"].to_numpy(), ends["n1"].to_numpy(),
+                                       ends["k2"].to_numpy(), ends["n2"].to_numpy()), np.nan)
+    p = np.where(two, ends["drift_p"].to_numpy().astype(np.float64), np.nan)
     ends = ends.with_columns(
         first_window=pl.when(pl.Series(two)).then(pl.col("first_window")),
         last_window=pl.when(pl.Series(two)).then(pl.col("last_window")),
         agreement_first=pl.col("k1") / pl.col("n1"),
         agreement_last=pl.col("k2") / pl.col("n2"),
+        first_last_p=pl.Series(p2, dtype=pl.Float64),
         drift_p=pl.Series(p, dtype=pl.Float64),
         drift_p_adj=pl.Series(holm(p), dtype=pl.Float64),
     ).with_columns(agreement_change=pl.when(pl.Series(two))
@@ -724,7 +760,7 @@ def _drift_verdict(out: pl.DataFrame, *, alpha: float, min_window_n: int, min_dr
     for r in ends.iter_rows(named=True):
         change, padj = r["agreement_change"], r["drift_p_adj"]
         hit = (change is not None and padj is not None and not math.isnan(padj)
-               and padj < alpha and -change >= min_drop)
+               and padj < alpha and -change >= min_drop and (r["trend_z"] or 0) < 0)
         drifting.append(hit)
         if not hit:
             reasons.append("")
@@ -736,11 +772,11 @@ def _drift_verdict(out: pl.DataFrame, *, alpha: float, min_window_n: int, min_dr
             extra.append(f"median time {r['m1']:.0f} s -> {r['m2']:.0f} s")
         reasons.append(
             f"agreement fell from {r['agreement_first']:.2f} (window from {r['start1']:%Y-%m-%d}, "
-            f"n={r['n1']}) to {r['agreement_last']:.2f} (from {r['start2']:%Y-%m-%d}, n={r['n2']}), "
-            f"{_fmt_p(padj)} Holm" + ("; " + ", ".join(extra) if extra else ""))
+            f"n={r['n1']}) to {r['agreement_last']:.2f} (from {r['start2']:%Y-%m-%d}, n={r['n2']}); "
+            f"downward trend {_fmt_p(padj)} (Holm)" + ("; " + ", ".join(extra) if extra else ""))
     return ends.select(
         "annotator", "first_window", "last_window", "agreement_first", "agreement_last",
-        "agreement_change", "drift_p", "drift_p_adj",
+        "agreement_change", "first_last_p", "drift_p", "drift_p_adj",
         drifting=pl.Series(drifting, dtype=pl.Boolean), drift_reason=pl.Series(reasons, dtype=pl.String))
 
 
@@ -751,7 +787,7 @@ def _empty_drift() -> pl.DataFrame:
               "share_a": f, "share_skip": f, "position_a_share": f, "length_longer_share": f,
               "agreement_n": i, "agreement": f, "agreement_kappa": f, "gold_accuracy": f,
               "first_window": i, "last_window": i, "agreement_first": f, "agreement_last": f,
-              "agreement_change": f, "drift_p": f, "drift_p_adj": f, "drifting": pl.Boolean,
+              "agreement_change": f, "first_last_p": f, "drift_p": f, "drift_p_adj": f, "drifting": pl.Boolean,
               "drift_reason": pl.String}
     return pl.DataFrame(schema=schema)
 
@@ -901,16 +937,18 @@ def _flags(out: pl.DataFrame, *, alpha: float, ci_level: float, min_n: int, posi
             f.append("position_bias")
             side = "A" if share >= 0.5 else "B"
             s = share if side == "A" else 1 - share
+            lo, hi = ((r["position_ci_low"], r["position_ci_high"]) if side == "A"
+                      else (1 - r["position_ci_high"], 1 - r["position_ci_low"]))
             why.append(f"position bias: chose {side} {_pct(s)} of {r['n_ab']:,} a/b choices "
-                       f"({_fmt_p(p)}, Holm; {100 * ci_level:g}% CI "
-                       f"{r['position_ci_low']:.2f}-{r['position_ci_high']:.2f})")
+                       f"({_fmt_p(p)} Holm-adjusted, {100 * ci_level:g}% CI {lo:.2f}-{hi:.2f})")
         p = r["length_p_adj"]
         share = r["length_longer_share"]
         if (r["n_length"] >= min_n and p is not None and not math.isnan(p) and p < alpha
                 and share >= length_share_min):
             f.append("length_bias")
             why.append(f"length bias: chose the longer response {_pct(share)} of {r['n_length']:,} "
-                       f"times ({_fmt_p(p)}, Holm; CI {r['length_ci_low']:.2f}-{r['length_ci_high']:.2f})")
+                       f"times ({_fmt_p(p)} Holm-adjusted, {100 * ci_level:g}% CI "
+                       f"{r['length_ci_low']:.2f}-{r['length_ci_high']:.2f})")
         if enough_agree and agr < min_agreement and "random_clicker" not in f:
             f.append("low_agreement")
             why.append(f"low agreement: {agr:.2f} with the other annotators' majority over "

@@ -106,6 +106,7 @@ class ModelDrift(pn.viewable.Viewer):
         if source is not None:
             params["source"] = source
         super().__init__(**params)
+        self._given = set(params)
         self._src = as_source(self.source)
         self._loaded = False
         self._layout = None
@@ -143,10 +144,12 @@ class ModelDrift(pn.viewable.Viewer):
         steps = sorted(self.scores()["step"].unique().to_list()) or [0]
         self.param.checkpoint.objects = steps
         self.param.reference.objects = steps
+        first = not getattr(self, "_steps_set", False)
+        self._steps_set = True
         with param.parameterized.batch_call_watchers(self):
-            if self.reference not in steps:
+            if self.reference not in steps or (first and "reference" not in self._given):
                 self.reference = steps[0]
-            if self.checkpoint not in steps:
+            if self.checkpoint not in steps or (first and "checkpoint" not in self._given):
                 self.checkpoint = steps[-1]
 
     def scores(self) -> pl.DataFrame:

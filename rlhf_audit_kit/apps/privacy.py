@@ -134,6 +134,7 @@ class PrivacySpend(pn.viewable.Viewer):
     plan_count = param.Integer(default=1, bounds=(1, 100_000), doc="How many times the planned release is run.")
     plan_sample_rate = param.Number(default=0.01, bounds=(1e-6, 1.0),
                                     doc="Poisson sampling rate (subsampled Gaussian only).")
+    estimate = param.Boolean(default=False, doc="Show the what-if (set by the Estimate button).")
 
     def __init__(self, source: Any = None, **params: Any):
         if source is not None:
@@ -221,8 +222,12 @@ class PrivacySpend(pn.viewable.Viewer):
             stacked=True, cmap={"spent": "#d62728", "remaining": "#2ca02c"}, tools=["hover"],
             title="Remaining budget", width=420, height=300, xrotation=20, framewise=True)
 
-    @param.depends("scope", "plan_mechanism", "plan_epsilon", "plan_delta", "plan_count", "plan_sample_rate")
+    @param.depends("scope", "plan_mechanism", "plan_epsilon", "plan_delta", "plan_count", "plan_sample_rate",
+                   "estimate")
     def plan_summary(self):
+        if not self.estimate:  # the accountant (dp-accounting) is only loaded when asked for
+            return pn.pane.HTML(card("What-if", "<i>set a planned release and press <b>Estimate</b></i>"),
+                                sizing_mode="stretch_width")
         try:
             p = self.plan()
         except Exception as e:  # noqa: BLE001 - e.g. Gaussian with delta 0: show why
@@ -254,6 +259,8 @@ class PrivacySpend(pn.viewable.Viewer):
                                                pagination="remote", page_size=10, sizing_mode="stretch_width",
                                                layout="fit_data_fill", name="releases")
         self.param.watch(self._refresh, ["scope"])
+        estimate_btn = pn.widgets.Button(name="Estimate", button_type="primary", width=200)
+        estimate_btn.on_click(lambda e: setattr(self, "estimate", True))
         planner = pn.Column(
             pn.pane.Markdown("#### What-if: cost of a planned release"),
             pn.widgets.Select.from_param(self.param.plan_mechanism, name="Mechanism", width=200),
@@ -263,6 +270,7 @@ class PrivacySpend(pn.viewable.Viewer):
             pn.widgets.IntInput.from_param(self.param.plan_count, name="applications", width=200),
             pn.widgets.FloatInput.from_param(self.param.plan_sample_rate, name="sampling rate (subsampled)",
                                              width=200, step=0.01),
+            estimate_btn,
             width=240)
         empty = self._budgets.height == 0 and self._charges.height == 0
         note = pn.pane.HTML(card("No privacy ledger", "<i>this record has no privacy budgets or releases yet "

@@ -60,18 +60,20 @@ from . import merkle
 from .checkpoint import Checkpoint, Verifier, verify_checkpoint
 
 __all__ = ["Finding", "VerifyReport", "DuckSource", "verify_source", "resolve_verifiers",
-           "compute_tree", "TreeLevels", "DAMAGE_KINDS"]
+           "compute_tree", "TreeLevels", "DAMAGE_KINDS", "verify_inclusion_against",
+           "verify_consistency_against"]
 
 #: Damage kinds in check order (ties on the same seq are reported in this order).
 DAMAGE_KINDS: tuple[str, ...] = (
     "seq-order", "unknown-kind", "typed-row-mismatch", "missing-typed-row", "typed-row-without-entry",
-    "duplicate-typed-row", "log-ts-mismatch", "leaf-hash-mismatch", "truncated", "root-mismatch",
-    "bad-signature", "origin-mismatch", "snapshot-mismatch", "inconsistent-checkpoints", "bad-node",
+    "duplicate-typed-row", "log-ts-mismatch", "leaf-hash-mismatch", "bad-signature", "origin-mismatch",
+    "snapshot-mismatch", "truncated", "root-mismatch", "inconsistent-checkpoints", "bad-node",
     "manifest-mismatch", "bundle-metadata-mismatch",
 )
 _ORDER = {d: i for i, d in enumerate(DAMAGE_KINDS)}
 _SIG_DAMAGE = {"bad-signature"}
 _FORK_MIN_LEAVES = 50_000
+_TREE_DAMAGE = ("root-mismatch", "bad-node")
 
 
 # ------------------------------------------------------------------------------ report
@@ -556,8 +558,12 @@ def _check_joined(kind_name: str, lk: pl.DataFrame, t_side: pl.DataFrame, findin
         findings.append(Finding("log-ts-mismatch", "log ts differs from the typed row's ts", int(bad["seq"].min())))
 
 
-def _check_nodes(stored: pa.Table, tree: TreeLevels, findings: list[Finding]) -> None:
-    """Check that ``merkle_node`` holds exactly the recomputed complete nodes of level >= 1."""
+def _check_nodes(stored: pa.Table, tree: TreeLevels, leaf_bad: np.ndarray, findings: list[Finding]) -> None:
+    """Check that ``merkle_node`` holds exactly the recomputed complete nodes of level >= 1.
+
+    A differing node whose differing child explains it is not itself the damage; the first bad seq
+    is the first leaf of the lowest unexplained differing node (or of a missing/extra node).
+    """
     level = stored.column("level").to_numpy().astype(np.int64)
     idx = stored.column("idx").to_numpy().astype(np.int64)
     hashes, malformed = _hash_col_array(stored.column("hash"))
@@ -568,6 +574,7 @@ def _check_nodes(stored: pa.Table, tree: TreeLevels, findings: list[Finding]) ->
         i = int(np.flatnonzero(outside)[0])
         bad_seqs.append(max(0, int(idx[i])) << max(0, int(level[i])) if 0 <= level[i] < 63 else 0)
     bounds = np.searchsorted(level, np.arange(nlev + 1), side="left")
+    below = np.flatnonzero(leaf_bad)  # differing nodes of the level below
     for lv in range(1, nlev):
         a, b = int(bounds[lv]), int(bounds[lv + 1])
         want = tree.counts[lv]
@@ -580,15 +587,70 @@ def _check_nodes(stored: pa.Table, tree: TreeLevels, findings: list[Finding]) ->
         elif len(ids) != want:
             bad_seqs.append(m << lv)
         good = m if not len(dev) else int(dev[0])
-        if good:
-            diff = np.flatnonzero((hashes[a:a + good] != tree.level_array(lv)[:good]).any(axis=1)
-                                  | malformed[a:a + good])
-            if len(diff):
-                bad_seqs.append(int(diff[0]) << lv)
+        diff = np.flatnonzero((hashes[a:a + good] != tree.level_array(lv)[:good]).any(axis=1)
+                              | malformed[a:a + good]) if good else np.zeros(0, dtype=np.int64)
+        if len(diff):
+            explained = np.isin(diff, below >> 1)
+            if (~explained).any():
+                bad_seqs.append(int(diff[~explained][0]) << lv)
+        below = diff
     if bad_seqs:
         s = min(bad_seqs)
         findings.append(Finding("bad-node", "stored Merkle subtree hashes (merkle_node) differ from the "
                                             "ones recomputed from the log", s))
+
+
+class _StoredNodes:
+    """Lookup of stored complete nodes (level >= 1) from the merkle_node table; damaged path only."""
+
+    def __init__(self, table: pa.Table, leaves: np.ndarray | None = None):
+        self.leaves = leaves  # stored leaf hashes in seq order, (n, 32)
+        level = table.column("level").to_numpy().astype(np.int64)
+        self.idx = table.column("idx").to_numpy().astype(np.int64)
+        self.hashes = table.column("hash").to_pylist()
+        self.level = level
+
+    def get(self, node: tuple[int, int]) -> bytes | None:
+        lv, i = node
+        if lv == 0:
+            ok = self.leaves is not None and 0 <= i < len(self.leaves)
+            return self.leaves[i].tobytes() if ok else None
+        lo = np.searchsorted(self.level, lv, side="left")
+        hi = np.searchsorted(self.level, lv, side="right")
+        p = lo + np.searchsorted(self.idx[lo:hi], i)
+        if p < hi and self.idx[p] == i and self.hashes[p] is not None:
+            return bytes(self.hashes[p])
+        return None
+
+
+def _localize(size: int, signed_root: bytes, tree: TreeLevels, stored: _StoredNodes | None) -> int | None:
+    """First leaf (to within a pair) where the log departs from a signed root, or None.
+
+    Walks down from the signed root through *stored* subtree hashes (and stored leaf hashes),
+    trusting each only if it hashes up to an already trusted one (so damaged stored nodes cannot
+    mislead), and follows the leftmost child whose recomputed hash differs. When the stored leaf
+    hashes were rewritten too, the damage is located to within a leaf pair.
+    """
+    if stored is None or size < 2:
+        return None
+    parts = merkle._decompose(0, size)
+    got = {p: (tree[p] if p[0] == 0 else stored.get(p)) for p in parts}
+    if any(v is None for v in got.values()) or merkle._fold(parts, got) != signed_root:
+        return None
+    for part in parts:
+        if tree[part] == got[part]:
+            continue
+        lv, i, trusted = part[0], part[1], got[part]
+        while lv > 0:
+            c0, c1 = stored.get((lv - 1, 2 * i)), stored.get((lv - 1, 2 * i + 1))
+            if c0 is None or c1 is None or merkle.node_hash(c0, c1) != trusted:
+                break  # at level 1 (rewritten leaf hashes) this leaves a pair: 2i or 2i + 1
+            if tree[(lv - 1, 2 * i)] != c0:
+                lv, i, trusted = lv - 1, 2 * i, c0
+            else:
+                lv, i, trusted = lv - 1, 2 * i + 1, c1
+        return i << lv
+    return None
 
 
 @dataclass
@@ -600,7 +662,8 @@ class _Cp:
 
 def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: Sequence[str],
                        verifiers: list[Verifier], tree: TreeLevels, n: int,
-                       findings: list[Finding], report: VerifyReport) -> None:
+                       findings: list[Finding], report: VerifyReport,
+                       stored_nodes: pa.Table | None = None, stored_leaves: np.ndarray | None = None) -> None:
     cps: list[_Cp] = []
     if snap is not None and snap.height:
         for row in snap.iter_rows(named=True):  # one per snapshot, not per event
@@ -638,6 +701,9 @@ def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: S
             continue
         if tree.root(checkpoint.size) != checkpoint.root_hash:
             lower = max((s for s, _, _ in good if s < checkpoint.size), default=0)
+            where = _localize(checkpoint.size, checkpoint.root_hash, tree,
+                              _StoredNodes(stored_nodes, stored_leaves) if stored_nodes is not None else None)
+            lower = max(lower, where) if where is not None else lower
             findings.append(Finding("root-mismatch", f"the root recomputed from the log at size "
                                                      f"{checkpoint.size:,} differs from the signed root; "
                                                      f"events from seq {lower} on are not vouched for",
@@ -710,24 +776,40 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
     tree = job.result()
     timings["wait-hashing"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    leaf_bad = np.zeros(n, dtype=bool)
+    stored = None
     if n:
         stored, malformed = _hash_col_array(log.column("leaf_hash"))
         if order is not None:
             stored, malformed = stored[order], malformed[order]
-        diff = np.flatnonzero((stored != tree.level_array(0)).any(axis=1) | malformed)
+        leaf_bad = (stored != tree.level_array(0)).any(axis=1) | malformed
+        diff = np.flatnonzero(leaf_bad)
         if len(diff):
             s = int(sorted_seq[diff].min())
             findings.append(Finding("leaf-hash-mismatch", "entry does not hash to its stored leaf_hash", s))
     if stored_nodes is not None:
-        _check_nodes(stored_nodes, tree, findings)
+        _check_nodes(stored_nodes, tree, leaf_bad, findings)
     timings["compare-hashes"] = time.perf_counter() - t0
 
     report = VerifyReport(source=source.description, events=n, findings=findings, timings=timings,
                           verifier=", ".join(v.vkey for v in verifiers))
     t0 = time.perf_counter()
     _check_checkpoints(source, frames.get("snapshot"), list(extra_notes), verifiers, tree, n,
-                       findings, report)
+                       findings, report, stored_nodes, stored)
     timings["checkpoints"] = time.perf_counter() - t0
+    # a root mismatch located to a leaf pair (2i, 2i+1): if an event check names 2i+1 but not 2i,
+    # the pair's damage is 2i+1
+    event_seqs = {f.seq for f in findings if f.seq is not None and f.damage not in _TREE_DAMAGE}
+    findings[:] = [Finding(f.damage, f.message, f.seq + 1, f.checkpoint)
+                   if f.damage in _TREE_DAMAGE and f.seq is not None and f.seq % 2 == 0
+                   and f.seq not in event_seqs and f.seq + 1 in event_seqs else f for f in findings]
+    if bad is not None:  # the tree is over sorted rows: from the first bad seq on, it is not the log's
+        cut = bad & ~1
+        findings[:] = [Finding(f.damage, f.message + " (after the seq damage: located by seq-order)", None,
+                               f.checkpoint) if f.seq is not None and (
+                           (f.damage == "bad-node" and f.seq >= cut)
+                           or (f.damage == "root-mismatch" and (f.checkpoint or 0) > cut)) else f
+                       for f in findings]
     report.elapsed = time.perf_counter() - t_start
     return report
 

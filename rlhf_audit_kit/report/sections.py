@@ -49,8 +49,13 @@ class Evidence:
     def __repr__(self) -> str:  # text/plain: the same words, deterministic
         return self.markdown
 
-    def _repr_svg_(self) -> str | None:
-        return self.svg
+    def _ipython_display_(self) -> None:
+        # two outputs, so that HTML renderers show both the text and the chart (one output shows
+        # only its highest-priority representation)
+        from IPython.display import SVG, Markdown, display
+        display(Markdown(self.markdown))
+        if self.svg:
+            display(SVG(self.svg))
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -76,8 +81,14 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _cell(v: Any, digits: int) -> str:
-    return fmt(v, digits).replace("|", "\\|").replace("\n", " ")
+def _cell(v: Any, digits: int, plain_int: bool = False) -> str:
+    text = str(v) if plain_int and isinstance(v, int) and not isinstance(v, bool) else fmt(v, digits)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _is_id_column(name: str) -> bool:
+    """Sequence numbers and steps are identifiers: printed without thousands separators."""
+    return "seq" in name or "step" in name
 
 
 def md_table(df: pl.DataFrame, *, digits: int = 3, max_rows: int | None = None) -> str:
@@ -87,7 +98,8 @@ def md_table(df: pl.DataFrame, *, digits: int = 3, max_rows: int | None = None) 
     head = "| " + " | ".join(df.columns) + " |"
     sep = "|" + "|".join("---:" if df[c].dtype.is_numeric() else "---" for c in df.columns) + "|"
     rows = df.rows() if max_rows is None else df.head(max_rows).rows()
-    body = ["| " + " | ".join(_cell(v, digits) for v in r) + " |" for r in rows]
+    plain = [_is_id_column(c) for c in df.columns]
+    body = ["| " + " | ".join(_cell(v, digits, p) for v, p in zip(r, plain)) + " |" for r in rows]
     more = [] if max_rows is None or df.height <= max_rows else [
         f"\n*… {df.height - max_rows:,} more rows not shown.*"]
     return "\n".join([head, sep, *body, *more])
@@ -306,7 +318,10 @@ def _release_value(result_json: str) -> str:
     except (ValueError, AttributeError):
         return "?"
     if isinstance(value, dict):
-        return "; ".join(f"{k}: {fmt(v, 3)}" for k, v in value.items())
+        def order(k: str) -> tuple:  # histogram bins such as "2-4", "1000+" in numeric order
+            lead = k.split("-")[0].rstrip("+")
+            return (0, int(lead), k) if lead.isdigit() else (1, 0, k)
+        return "; ".join(f"{k}: {fmt(value[k], 3)}" for k in sorted(value, key=order))
     return fmt(value, 3)
 
 

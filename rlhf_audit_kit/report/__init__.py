@@ -1,0 +1,16 @@
+"""Reports: compliance notebooks bound to signed snapshot bundles.
+
+>>> from rlhf_audit_kit.report import export_compliance_notebook   # doctest: +SKIP
+>>> export_compliance_notebook("bundle/", "evidence.ipynb", verifier="keys/verifier.vkey")  # doctest: +SKIP
+PosixPath('evidence.ipynb')
+
+The notebook opens with a notice (evidence support, not legal advice), verifies its bundle in the
+first code cell and stops if anything does not match; see :mod:`rlhf_audit_kit.report.compliance`.
+"""
+from __future__ import annotations
+
+from .compliance import (NOTICE, TEMPLATES, build_compliance_notebook, execute_notebook,
+                         export_compliance_notebook, render_html)
+
+__all__ = ["NOTICE", "TEMPLATES", "build_compliance_notebook", "execute_notebook",
+           "export_compliance_notebook", "render_html"]

@@ -1,0 +1,231 @@
+"""Compliance notebooks: bound to a bundle, executed offline, nbval-stable, tamper-stopping, secret-free."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import polars as pl
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, load_pem_private_key
+
+from rlhf_audit_kit import demo
+from rlhf_audit_kit.errors import SignatureError
+from rlhf_audit_kit.keys import init_keys, load_signer
+from rlhf_audit_kit.report import NOTICE, execute_notebook, export_compliance_notebook
+from rlhf_audit_kit.store import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+SANITIZE = ROOT / "nbval_sanitize.cfg"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def campaign():
+    return demo.campaign("small", seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, campaign):
+    """A demo store with DP releases, snapshotted, bundled, and its compliance notebook exported."""
+    tmp = tmp_path_factory.mktemp("compliance")
+    keys = init_keys(tmp / "keys", "audit.example/test", no_passphrase=True)
+    store = open_store(tmp / "audit.duckdb", keys=tmp / "keys", origin="audit.example/demo")
+    campaign.write_to(store, progress=False)
+    if hasattr(store, "privacy"):
+        store.privacy.set_budget("global", 3.0, description="annotator pool statistics")
+        store.privacy.release("annotator_count", epsilon=0.5)
+        store.privacy.release("items_per_annotator", epsilon=0.5)
+        store.privacy.release("choice_shares", epsilon=0.5)
+    snap = store.snapshot(tmp / "keys")
+    bundle = snap.export(tmp / "bundle")
+    store.close()
+    nb_path = export_compliance_notebook(bundle, tmp / "report" / "evidence.ipynb", verifier=keys.vkey)
+    bundle.close()
+    return {"tmp": tmp, "keys": keys, "bundle": tmp / "bundle", "notebook": nb_path,
+            "html": nb_path.with_suffix(".html"), "snapshot": snap}
+
+
+def _outputs_text(nb) -> str:
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            out.append(o.get("text", ""))
+            out.extend(str(v) for v in o.get("data", {}).values())
+    return "\n".join(out)
+
+
+def test_notebook_is_bound_to_the_bundle_and_opens_with_the_notice(exported):
+    nb = nbformat.read(exported["notebook"], as_version=4)
+    first_md, first_code = nb.cells[0], next(c for c in nb.cells if c.cell_type == "code")
+    assert "not legal advice" in first_md.source and "not a finding that any system or model complies" in first_md.source
+    assert NOTICE in first_md.source
+    meta = nb.metadata["rlhf_audit_kit"]
+    assert meta["vkey"] == exported["keys"].vkey
+    for value in (exported["keys"].vkey, meta["origin"], meta["root_hash"], str(meta["tree_size"])):
+        assert value in first_code.source
+    assert "BUNDLE = '../bundle'" in first_code.source  # relative to the notebook
+    text = _outputs_text(nb)
+    assert "Verified: OK" in first_code.outputs[0]["text"]
+    for heading in ("1. Snapshot binding", "4. Training methodology", "5. Data provenance",
+                    "6. Annotators and privacy", "7. Data quality and bias", "8. Reward model",
+                    "10. Human oversight", "11. Checkpoint lineage", "12. Record-keeping", "14. Crosswalk"):
+        assert heading in text, heading
+    assert "rollback" in text and "policy-step-" in text  # oversight decisions and checkpoints
+    if (exported["bundle"] / "privacy_spend.parquet").exists():
+        assert "annotator_count" in text and "discrete_laplace" in text
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    assert exported["html"].is_file() and b"<table" in exported["html"].read_bytes()
+
+
+def test_executed_notebook_passes_strict_nbval(exported):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--nbval",
+         "--nbval-sanitize-with", str(SANITIZE), "--rootdir", str(exported["notebook"].parent),
+         "-o", "addopts=", str(exported["notebook"])],
+        cwd=exported["notebook"].parent, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def _tampered_copy(exported, tmp_path) -> tuple[Path, Path]:
+    """Copy bundle and notebook side by side (the notebook names ../bundle), return both paths."""
+    shutil.copytree(exported["bundle"], tmp_path / "bundle")
+    (tmp_path / "report").mkdir()
+    nb_copy = tmp_path / "report" / "evidence.ipynb"
+    shutil.copy(exported["notebook"], nb_copy)
+    return tmp_path / "bundle", nb_copy
+
+
+def _rerun_fails_in_first_code_cell(nb_path: Path) -> str:
+    from nbclient.exceptions import CellExecutionError
+    nb = nbformat.read(nb_path, as_version=4)
+    with pytest.raises(CellExecutionError) as info:
+        execute_notebook(nb, nb_path.parent, timeout=300)
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    errors = [i for i, c in enumerate(nb.cells) for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == [first_code], "the notebook must stop in its first code cell"
+    assert all(not c.get("outputs") for c in nb.cells[first_code + 1:] if c.cell_type == "code")
+    return str(info.value)
+
+
+@pytest.mark.parametrize("fix_manifest", [False, True], ids=["plain", "manifest-rehashed"])
+def test_one_changed_annotation_row_stops_the_notebook(exported, tmp_path, fix_manifest):
+    bundle, nb_path = _tampered_copy(exported, tmp_path)
+    f = bundle / "annotation.parquet"
+    df = pl.read_parquet(f)
+    flipped = {"a": "b", "b": "a", "tie": "a", "skip": "a"}
+    df = df.with_columns(pl.when(pl.int_range(pl.len()) == 17)
+                         .then(pl.col("choice").replace_strict(flipped)).otherwise(pl.col("choice")).alias("choice"))
+    df.write_parquet(f)
+    if fix_manifest:  # a forger who also updates the manifest is still caught (typed row != entry)
+        import hashlib
+        m = json.loads((bundle / "manifest.json").read_text())
+        m["files"]["annotation.parquet"]["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+        m["files"]["annotation.parquet"]["bytes"] = f.stat().st_size
+        (bundle / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+    msg = _rerun_fails_in_first_code_cell(nb_path)
+    assert "IntegrityError" in msg and "INTEGRITY CHECK FAILED" in msg
+    if fix_manifest:
+        assert "typed-row-mismatch" in msg
+
+
+def test_one_changed_log_entry_stops_the_notebook(exported, tmp_path):
+    bundle, nb_path = _tampered_copy(exported, tmp_path)
+    f = bundle / "log.parquet"
+    df = pl.read_parquet(f)
+    i = int(df.filter(pl.col("kind") == "oversight")["seq"][0])
+    entry = bytes(df["entry"][i]).replace(b'"decision":"approve"', b'"decision":"reject"')
+    assert entry != bytes(df["entry"][i])
+    df = df.with_columns(pl.when(pl.col("seq") == i).then(pl.lit(entry)).otherwise(pl.col("entry")).alias("entry"))
+    df.write_parquet(f)
+    msg = _rerun_fails_in_first_code_cell(nb_path)
+    assert "INTEGRITY CHECK FAILED" in msg
+
+
+def test_no_raw_annotator_id_and_no_secret_in_notebook_or_html(exported, campaign):
+    blobs = {p.name: p.read_bytes() for p in (exported["notebook"], exported["html"])}
+    gt = campaign.ground_truth
+    raw_ids = set(campaign.annotator_ids) | {a for r in demo.ROLES for a in gt[r]}
+    raw_ids |= set(campaign.frames(kinds=["oversight"])["oversight"]["reviewer"].to_list())
+    assert len(raw_ids) >= 24
+    keys = exported["keys"].folder
+    pem = (keys / "signing_key.pem").read_bytes()
+    private = load_pem_private_key(pem, password=None)
+    raw_private = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    pseudo_hex = (keys / "pseudonym.key").read_text().strip()
+    pseudo_raw = bytes.fromhex(pseudo_hex)
+    pem_body = b"".join(ln for ln in pem.splitlines() if not ln.startswith(b"-----"))
+    secrets = {
+        "signing key PEM": pem, "signing key PEM body": pem_body,
+        "raw private key": raw_private, "raw private key hex": raw_private.hex().encode(),
+        "raw private key b64": base64.b64encode(raw_private),
+        "pseudonym key hex": pseudo_hex.encode(), "pseudonym key raw": pseudo_raw,
+        "pseudonym key b64": base64.b64encode(pseudo_raw),
+    }
+    assert load_signer(keys).vkey == exported["keys"].vkey  # the secrets are the ones that signed
+    for name, blob in blobs.items():
+        for rid in raw_ids:
+            assert rid.encode() not in blob, f"raw annotator id {rid} in {name}"
+            assert rid.split("@")[0].encode() not in blob, f"raw annotator id {rid} in {name}"
+        for what, secret in secrets.items():
+            assert secret not in blob, f"{what} in {name}"
+
+
+def test_texts_only_on_request(exported, tmp_path):
+    bundle = open_bundle_(exported["bundle"])
+    prompt = bundle.sql("SELECT prompt FROM annotation ORDER BY seq LIMIT 1")["prompt"][0]
+    bundle.close()
+    assert prompt.encode() not in exported["notebook"].read_bytes()
+    shutil.copytree(exported["bundle"], tmp_path / "bundle")
+    p = export_compliance_notebook(tmp_path / "bundle", tmp_path / "texts.ipynb", verifier=exported["keys"].vkey,
+                                   include_texts=True, html=False)
+    nb = nbformat.read(p, as_version=4)
+    assert "Appendix: sample of annotated texts" in _outputs_text(nb)
+    assert nb.metadata["rlhf_audit_kit"]["bundle"] == "bundle"
+
+
+def open_bundle_(path):
+    from rlhf_audit_kit.bundle import open_bundle
+    return open_bundle(path)
+
+
+def test_wrong_pinned_key_writes_nothing(exported, tmp_path):
+    other = init_keys(tmp_path / "other-keys", "someone.else/log", no_passphrase=True)
+    out = tmp_path / "x.ipynb"
+    with pytest.raises(SignatureError):
+        export_compliance_notebook(exported["bundle"], out, verifier=other.vkey, execute=False, html=False)
+    assert not out.exists()
+
+
+def test_export_from_a_snapshot_exports_its_bundle_next_to_the_notebook(tmp_path):
+    keys = init_keys(tmp_path / "keys", "audit.example/small", no_passphrase=True)
+    with open_store(tmp_path / "a.duckdb", keys=tmp_path / "keys") as store:
+        demo.campaign(600, seed=1).write_to(store, progress=False)
+        snap = store.snapshot(tmp_path / "keys")
+        p = export_compliance_notebook(snap, tmp_path / "nb" / "ev.ipynb", execute=False, html=False)
+        again = export_compliance_notebook(snap, tmp_path / "nb" / "ev.ipynb", execute=False, html=False)
+    assert p == again and (tmp_path / "nb" / "ev.bundle" / "manifest.json").is_file()
+    nb = nbformat.read(p, as_version=4)
+    assert nb.metadata["rlhf_audit_kit"]["bundle"] == "ev.bundle"
+    assert nb.metadata["rlhf_audit_kit"]["vkey"] == keys.vkey
+
+
+def test_cli_export_notebook(exported, tmp_path, capsys):
+    from rlhf_audit_kit.cli import main
+    shutil.copytree(exported["bundle"], tmp_path / "bundle")
+    out = tmp_path / "cli" / "evidence.ipynb"
+    rc = main(["export-notebook", str(tmp_path / "bundle"), "--out", str(out),
+               "--vkey", str(exported["keys"].folder / "verifier.vkey"), "--html"])
+    assert rc == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out), str(out.with_suffix(".html"))]
+    assert out.is_file() and out.with_suffix(".html").is_file()
+    rc = main(["export-notebook", str(tmp_path / "bundle"), "--out", str(tmp_path / "bad.ipynb"),
+               "--vkey", "someone+00000000+AAAA", "--no-execute"])
+    assert rc != 0
