@@ -113,6 +113,8 @@ def _py_value_error(f: Field, v: Any) -> str | None:
     elif t == "int":
         if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
             return f"expected an integer, got {v!r}"
+        if abs(v) > MAX_SAFE_INT:
+            return f"integer {v!r} is outside +-(2**53 - 1)"
     elif t == "float":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"expected a number, got {type(v).__name__}"

@@ -296,8 +296,12 @@ class _Rows:
             raise TypeError(f"source must be an AuditStore, a bundle or a polars DataFrame, "
                             f"got {type(source).__name__}")
 
-    def run(self, ctes: str, select: str, *, base: str | None = None) -> pl.DataFrame:
-        query = f"WITH base AS MATERIALIZED ({base or self.base}){', ' + ctes if ctes else ''}\n{select}"
+    def run(self, ctes: str, select: str, *, base: str | None = None,
+            materialize: bool = True) -> pl.DataFrame:
+        # MATERIALIZED: computed once however often the CTEs read it; a single read is better
+        # inlined, so DuckDB only computes the columns it needs.
+        how = "AS MATERIALIZED" if materialize else "AS"
+        query = f"WITH base {how} ({base or self.base}){', ' + ctes if ctes else ''}\n{select}"
         params = self.params or None
         if self._con is not None:
             return self._con.sql(query, params=params).pl()
@@ -676,7 +680,8 @@ def annotator_drift(
     True
     """
     rows = _Rows(source, since=since, until=until, annotators=annotators, task_ids=task_ids)
-    span = rows.run("", "SELECT epoch_us(min(t)) AS lo, epoch_us(max(t)) AS hi FROM base")
+    span = rows.run("", "SELECT epoch_us(min(t)) AS lo, epoch_us(max(t)) AS hi FROM base",
+                    materialize=False)
     lo, hi = span.row(0) if span.height else (None, None)
     if lo is None:
         return _empty_drift()
@@ -842,7 +847,8 @@ def throughput(
         SELECT annotator, time_bucket(to_microseconds({us}::BIGINT), t) AS period_start,
                count(*) AS n, count(*) FILTER (choice = 'skip') AS n_skip,
                median(secs) AS time_median_s
-        FROM base WHERE t IS NOT NULL GROUP BY ALL ORDER BY annotator, period_start""")
+        FROM base WHERE t IS NOT NULL GROUP BY ALL ORDER BY annotator, period_start""",
+                   materialize=False)
     return out.with_columns(
         pl.col("period_start").cast(pl.Datetime("us")), pl.col("n", "n_skip").cast(pl.Int64),
         pl.col("time_median_s").cast(pl.Float64),
@@ -894,7 +900,7 @@ def agreement_matrix(
     rows = _Rows(source, since=since, until=until, annotators=annotators, task_ids=task_ids)
     labels = rows.run("", """
         SELECT item, annotator, arg_min(label, seq) AS label
-        FROM base WHERE choice <> 'skip' GROUP BY item, annotator""")
+        FROM base WHERE choice <> 'skip' GROUP BY item, annotator""", materialize=False)
     out = pairwise(labels, min_overlap=min_overlap)
     if not wide:
         return out

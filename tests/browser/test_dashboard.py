@@ -101,15 +101,15 @@ def test_drift_tab_checkpoint_changes_histogram(dashboard_page, shots):
     page, dash, logs = dashboard_page
     open_tab(page, "Model drift")
     view = dash.drift
-    wait_until(lambda: view._layout is not None and len(arrays(page, "density")) >= 2, page, 30_000)
+    wait_until(lambda: view._layout is not None and len(arrays(page, "top")) >= 2, page, 30_000)
     page.wait_for_timeout(500)
     page.screenshot(path=str(shots / "drift.png"), full_page=True)
-    before = json.dumps(sorted(arrays(page, "density")))
+    before = json.dumps(sorted(arrays(page, "top")))
     steps = view.param.checkpoint.objects
     target = steps[len(steps) // 2]
     select_in(page, "Checkpoint step").select_option(str(target))
     wait_until(lambda: view.checkpoint == target, page)
-    wait_until(lambda: json.dumps(sorted(arrays(page, "density"))) != before, page)
+    wait_until(lambda: json.dumps(sorted(arrays(page, "top"))) != before, page)
 
 
 def test_integrity_tab_inclusion_proof_and_verify(dashboard_page, shots, demo):
