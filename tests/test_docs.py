@@ -82,6 +82,25 @@ def test_mkdocs_build_strict(tmp_path):
     assert (out / "reference" / "store" / "index.html").is_file()
 
 
+
+def test_cli_page_documents_every_command():
+    import argparse
+
+    from rlhf_audit_kit.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = [name for name in sub.choices if f"## `{name}`" not in text]
+    assert not missing, f"docs/cli.md lacks the commands {missing}"
+
+
+def test_every_notebook_is_in_the_nav_and_the_notebooks_page():
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "notebooks.md").read_text(encoding="utf-8")
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert f"notebooks/{nb.name}" in nav, nb.name
+        assert f"notebooks/{nb.name}" in page, nb.name
+
+
 def _rewrite() -> None:
     text = EVENTS_MD.read_text(encoding="utf-8")
     new = text[:text.index(BEGIN)] + events_markdown() + text[text.index(END) + len(END):]

@@ -436,8 +436,9 @@ def reward_hacking(
         Significance level of the tests, smallest win-rate drop that counts, and comparisons a
         checkpoint needs for its win-rate to be used.
     kl_accel
-        ``kl_accelerating``: KL's rise per step over the trailing window exceeds ``kl_accel``
-        times its median rise per step over the first half of the checkpoints.
+        ``kl_accelerating``: the rise per step of KL (averaged over the train steps since the
+        previous checkpoint) over the trailing window exceeds ``kl_accel`` times its median rise
+        per step over the first half of the checkpoints.
 
     Returns
     -------
@@ -458,7 +459,8 @@ def reward_hacking(
         - ``reward_length_spearman`` (Float64): Spearman correlation of score and response
           length over the samples of the window; ``reward_tracks_length`` (Boolean): it is
           positive with p < ``alpha``;
-        - ``kl_accelerating`` (Boolean);
+        - ``kl_accelerating`` (Boolean): the trailing rise per step of the mean KL over each
+          checkpoint's interval of train steps exceeds ``kl_accel`` times its median early rise;
         - ``hacking`` (Boolean): the step is after ``hacking_start_step``;
         - ``hacking_start_step`` (Int64, the same on every row; null when not found) and
           ``hacking_evidence`` (String, same on every row): the finding in words.
@@ -490,8 +492,14 @@ def reward_hacking(
         kl_step=pl.col("step"), kl=pl.col("value")).drop_nulls().sort("kl_step") if run is not None else None
     if kl is not None and kl.height:
         per = per.join_asof(kl.with_columns(step=pl.col("kl_step")), on="step", strategy="nearest")
+        # mean KL over the train steps since the previous checkpoint (less noisy than one step)
+        ck = per.select(pl.col("step").alias("ck")).sort("ck")
+        spans = (kl.join_asof(ck, left_on="kl_step", right_on="ck", strategy="forward")
+                 .group_by("ck").agg(kl_interval=pl.col("kl").mean()))
+        per = per.join(spans, left_on="step", right_on="ck", how="left")
     else:
-        per = per.with_columns(kl_step=pl.lit(None, pl.Int64), kl=pl.lit(None, pl.Float64))
+        per = per.with_columns(kl_step=pl.lit(None, pl.Int64), kl=pl.lit(None, pl.Float64),
+                               kl_interval=pl.lit(None, pl.Float64))
 
     # win-rate against the baseline
     base = _pick_baseline(src, run, baseline)
@@ -535,13 +543,14 @@ def reward_hacking(
     win = per["winrate"].fill_null(np.nan).to_numpy().astype(np.float64)
     length = per["length_mean"].fill_null(np.nan).to_numpy().astype(np.float64)
     klv = per["kl"].fill_null(np.nan).to_numpy().astype(np.float64)
+    kli = per["kl_interval"].fill_null(np.nan).to_numpy().astype(np.float64)
     d_rew, d_win = _window_change(rew, window), _window_change(win, window)
     d_len, d_kl = _window_change(length, window), _window_change(klv, window)
     d_steps = _window_change(steps.astype(np.float64), window)
     with np.errstate(invalid="ignore", divide="ignore"):
-        kl_rate = d_kl / d_steps
+        kl_rate = _window_change(kli, window) / d_steps
         half = max(2, steps.size // 2)
-        inc = np.diff(klv[:half]) / np.diff(steps[:half].astype(np.float64))
+        inc = np.diff(kli[:half]) / np.diff(steps[:half].astype(np.float64))
         ref_rate = float(np.nanmedian(inc)) if inc.size and np.isfinite(inc).any() else np.nan
     kl_acc = (kl_rate > 0) & (kl_rate > kl_accel * max(ref_rate, 0.0)) if np.isfinite(ref_rate) \
         else np.zeros(steps.size, dtype=bool)
@@ -614,7 +623,11 @@ def _hacking_start(per: pl.DataFrame, samples: pl.DataFrame, *, alpha: float,
     r_k, r_last = float(a.mean()), float(b.mean())
     if p1 - p2 >= min_winrate_drop and p_win < alpha and p_rew < alpha:
         return s_k, (f"after step {s_k} the reward kept rising ({r_k:.2f} -> {r_last:.2f} at step "
-                     f"{s_last}, Welch p={p_rew:.1e}) while the win-rate against the baseline fell "
-                     f"({p1:.2f} -> {p2:.2f}, p={p_win:.1e})")
-    return None, (f"no significant divergence: win-rate {p1:.2f} -> {p2:.2f} (p={p_win:.1e}), "
-                  f"reward {r_k:.2f} -> {r_last:.2f} (p={p_rew:.1e}) after step {s_k}")
+                     f"{s_last}, Welch {_p(p_rew)}) while the win-rate against the baseline fell "
+                     f"({p1:.2f} -> {p2:.2f}, {_p(p_win)})")
+    return None, (f"no significant divergence: win-rate {p1:.2f} -> {p2:.2f} ({_p(p_win)}), "
+                  f"reward {r_k:.2f} -> {r_last:.2f} ({_p(p_rew)}) after step {s_k}")
+
+
+def _p(p: float) -> str:
+    return "p<1e-6" if p < 1e-6 else f"p={p:.2g}"

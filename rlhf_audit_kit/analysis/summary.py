@@ -24,7 +24,7 @@ import polars as pl
 from scipy import stats
 
 from .annotators import annotator_drift, annotator_report
-from .model import _sql_source, _try_sql, reward_hacking
+from .model import _p, _sql_source, _try_sql, reward_hacking
 
 __all__ = ["Summary", "summary"]
 
@@ -57,6 +57,8 @@ class Summary:
         ``area`` ("model", "annotators", "annotator drift", "reward model"), ``subject`` (an
         annotator pseudonym or ``"<run> step <n>"``), ``finding`` (short title), ``statistic``
         (the column it rests on), ``value``, ``threshold`` (Float64), ``evidence`` (words).
+        An annotator with several flags gets one row, for the most serious one; the others
+        follow in its evidence after "| also".
     annotators, drift, hacking
         The full :func:`~.annotators.annotator_report`, :func:`~.annotators.annotator_drift` and
         :func:`~.model.reward_hacking` tables (None when that part could not run).
@@ -175,13 +177,18 @@ def summary(
         notes["annotators"] = _why(exc)
     if report is not None and report.height:
         thresholds = {**_REPORT_DEFAULTS, **opts}
+        order = list(_FLAG_INFO)
         for r in report.filter(pl.col("flags").list.len() > 0).iter_rows(named=True):
             flagged.append(r["annotator"])
-            for flag, why in zip(r["flags"], r["flag_reason"].split("; ")):
-                severity, title, stat, thr = _FLAG_INFO[flag]
-                rows.append(dict(severity=severity, area="annotators", subject=r["annotator"],
-                                 finding=title, statistic=stat, value=_f(r[stat]),
-                                 threshold=_f(thresholds[thr]), evidence=why))
+            # one row per annotator: the most serious flag, the others as supporting evidence
+            found = sorted(zip(r["flags"], r["flag_reason"].split("; ")), key=lambda fw: order.index(fw[0]))
+            flag, why = found[0]
+            severity, title, stat, thr = _FLAG_INFO[flag]
+            also = "; ".join(w for _, w in found[1:])
+            rows.append(dict(severity=severity, area="annotators", subject=r["annotator"],
+                             finding=title, statistic=stat, value=_f(r[stat]),
+                             threshold=_f(thresholds[thr]),
+                             evidence=why + (f" | also {also}" if also else "")))
     elif report is not None:
         notes["annotators"] = "no annotations"
 
@@ -242,7 +249,10 @@ def _model_findings(h: pl.DataFrame) -> list[dict[str, Any]]:
                         finding="reward hacking", statistic="winrate drop", value=float(drop),
                         threshold=0.05,
                         evidence=h["hacking_evidence"][0] + ("; " + ", ".join(extra) if extra else "")))
-    acc = h.filter(pl.col("kl_accelerating"))
+    # the first checkpoint from which KL accelerates at every later checkpoint (a sustained rise)
+    flags = h["kl_accelerating"].to_list()
+    tail = next((i for i in range(len(flags)) if all(flags[i:])), None) if any(flags) else None
+    acc = h.slice(tail) if tail is not None and len(flags) - tail >= 2 else h.clear()
     if acc.height:
         first = acc.row(0, named=True)
         out.append(dict(severity="medium", area="model", subject=f"{run} step {first['step']}",
@@ -250,7 +260,7 @@ def _model_findings(h: pl.DataFrame) -> list[dict[str, Any]]:
                         threshold=None,
                         evidence=f"KL rose {first['kl_change']:.2f} over the last checkpoints to "
                                  f"{first['kl']:.2f} at step {first['step']}, more than twice its "
-                                 f"early rate; {acc.height} checkpoint(s) accelerating"))
+                                 f"early rate, and at each of the {acc.height} checkpoints from there on"))
     return out
 
 
@@ -282,6 +292,6 @@ def _reward_length_finding(src: Any, run: str | None, alpha: float) -> list[dict
                      finding="reward favours length", statistic="spearman(score, length)", value=rho,
                      threshold=0.2,
                      evidence=f"within a policy step, longer responses get higher rewards (Spearman "
-                              f"{rho:.2f} over {z.height:,} scored samples, p={p:.1e}): a loophole "
+                              f"{rho:.2f} over {z.height:,} scored samples, {_p(p)}): a loophole "
                               f"the policy can exploit")]
     return []

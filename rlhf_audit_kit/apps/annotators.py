@@ -379,21 +379,21 @@ class AnnotatorBehaviour(pn.viewable.Viewer):
         if self._layout is not None:
             return self._layout
         self._load()
-        w_ann = pn.widgets.Select.from_param(self.param.annotator, name="Annotator", width=220)
-        w_task = pn.widgets.TextInput.from_param(self.param.task, name="Task batch (id or prefix)",
+        w_ann = pn.widgets.Select.from_param(self.param.annotator, label="Annotator", width=220)
+        w_task = pn.widgets.TextInput.from_param(self.param.task, label="Task batch (id or prefix)",
                                                  placeholder="e.g. task-0001", width=200)
         widgets = [w_ann, w_task]
         if self.param.time_window.bounds is not None:
             w_time = pn.widgets.DatetimeRangeSlider.from_param(
-                self.param.time_window, name="Time window (UTC)", width=420, step=3_600_000)
+                self.param.time_window, label="Time window (UTC)", width=420, step=3_600_000)
             widgets.insert(0, w_time)
         self._flags = pn.widgets.Tabulator(self._flag_frame(), show_index=False, disabled=True, height=260,
                                            hidden_columns=["annotator"], sizing_mode="stretch_width",
-                                           layout="fit_data_fill", name="flagged")
+                                           layout="fit_data_fill")
         self._flags.on_click(self._on_flag_click)
         self._items = pn.widgets.Tabulator(self._items_frame(), show_index=False, disabled=True,
                                            pagination="remote", page_size=10, selectable=1, height=340,
-                                           sizing_mode="stretch_width", layout="fit_data_fill", name="items")
+                                           sizing_mode="stretch_width", layout="fit_data_fill")
         self._items.param.watch(self._on_item_select, "selection")
         self._items.on_click(self._on_item_click)
         self.param.watch(self._refresh_tables, ["time_window", "task", "annotator"])

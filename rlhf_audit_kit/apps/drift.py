@@ -261,18 +261,18 @@ class ModelDrift(pn.viewable.Viewer):
             return self._layout
         self._load()
         table = pn.widgets.Tabulator(self._drift_frame(), show_index=False, disabled=True, height=260,
-                                     sizing_mode="stretch_width", layout="fit_data_fill", name="drift")
+                                     sizing_mode="stretch_width", layout="fit_data_fill")
         self.param.watch(lambda e: setattr(table, "value", self._drift_frame()),
                          ["run_id", "reward_model", "reference"])
         self._table = table
         widgets = pn.Row(
-            pn.widgets.Select.from_param(self.param.run_id, name="Run", width=170),
-            pn.widgets.Select.from_param(self.param.reward_model, name="Reward model", width=170),
-            pn.widgets.Select.from_param(self.param.reference, name="Reference step", width=130),
-            pn.widgets.Select.from_param(self.param.checkpoint, name="Checkpoint step", width=130),
-            pn.widgets.Select.from_param(self.param.kl_metric, name="KL metric", width=180),
-            pn.widgets.Select.from_param(self.param.reward_metric, name="Reward metric", width=180),
-            pn.widgets.RadioButtonGroup.from_param(self.param.detector, name="Detector"),
+            pn.widgets.Select.from_param(self.param.run_id, label="Run", width=170),
+            pn.widgets.Select.from_param(self.param.reward_model, label="Reward model", width=170),
+            pn.widgets.Select.from_param(self.param.reference, label="Reference step", width=130),
+            pn.widgets.Select.from_param(self.param.checkpoint, label="Checkpoint step", width=130),
+            pn.widgets.Select.from_param(self.param.kl_metric, label="KL metric", width=180),
+            pn.widgets.Select.from_param(self.param.reward_metric, label="Reward metric", width=180),
+            pn.widgets.RadioButtonGroup.from_param(self.param.detector, label="Detector"),
             sizing_mode="stretch_width")
         dm = lambda f: pn.pane.HoloViews(hv.DynamicMap(f), linked_axes=False)  # noqa: E731
         self._layout = pn.Column(

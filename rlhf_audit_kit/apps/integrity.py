@@ -139,14 +139,14 @@ class Integrity(pn.viewable.Viewer):
         if self._layout is not None:
             return self._layout
         vkey = self._src.vkey() or ""
-        verify_btn = pn.widgets.Button(name="Verify now", button_type="primary", width=140)
+        verify_btn = pn.widgets.Button(label="Verify now", color="primary", width=140)
         verify_btn.on_click(lambda e: self.verify())
-        seq_in = pn.widgets.IntInput.from_param(self.param.seq, name="seq", width=160)
-        prove_btn = pn.widgets.Button(name="Prove inclusion", button_type="primary", width=160)
+        seq_in = pn.widgets.IntInput.from_param(self.param.seq, label="seq", width=160)
+        prove_btn = pn.widgets.Button(label="Prove inclusion", color="primary", width=160)
         prove_btn.on_click(lambda e: self.prove())
-        key_box = pn.widgets.TextInput(value=vkey, name="Verifier key (pin this; give it to auditors)",
+        key_box = pn.widgets.TextInput(value=vkey, label="Verifier key (pin this; give it to auditors)",
                                        disabled=False, sizing_mode="stretch_width", css_classes=["vkey"])
-        copy_btn = pn.widgets.Button(name="Copy key", width=100)
+        copy_btn = pn.widgets.Button(label="Copy key", width=100)
         copy_btn.js_on_click(args={"k": key_box}, code="navigator.clipboard && navigator.clipboard.writeText(k.value)")
         if not vkey:
             key_box.placeholder = "no verifier key known: pass verifier=... (or --verifier) to check signatures"
@@ -165,6 +165,6 @@ class Integrity(pn.viewable.Viewer):
                              sizing_mode="stretch_width"), sizing_mode="stretch_width"),
             pn.pane.Markdown("#### Snapshots"),
             pn.widgets.Tabulator(self.snapshots().to_pandas(), show_index=False, disabled=True, height=200,
-                                 sizing_mode="stretch_width", layout="fit_data_fill", name="snapshots"),
+                                 sizing_mode="stretch_width", layout="fit_data_fill"),
             sizing_mode="stretch_width", name="Integrity")
         return self._layout

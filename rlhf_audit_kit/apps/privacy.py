@@ -254,21 +254,21 @@ class PrivacySpend(pn.viewable.Viewer):
             return self._layout
         self._load()
         self._rem_table = pn.widgets.Tabulator(self.remaining().to_pandas(), show_index=False, disabled=True,
-                                               sizing_mode="stretch_width", layout="fit_data_fill", name="budgets")
+                                               sizing_mode="stretch_width", layout="fit_data_fill")
         self._rel_table = pn.widgets.Tabulator(self.releases().to_pandas(), show_index=False, disabled=True,
                                                pagination="remote", page_size=10, sizing_mode="stretch_width",
-                                               layout="fit_data_fill", name="releases")
+                                               layout="fit_data_fill")
         self.param.watch(self._refresh, ["scope"])
-        estimate_btn = pn.widgets.Button(name="Estimate", button_type="primary", width=200)
+        estimate_btn = pn.widgets.Button(label="Estimate", color="primary", width=200)
         estimate_btn.on_click(lambda e: setattr(self, "estimate", True))
         planner = pn.Column(
             pn.pane.Markdown("#### What-if: cost of a planned release"),
-            pn.widgets.Select.from_param(self.param.plan_mechanism, name="Mechanism", width=200),
-            pn.widgets.FloatInput.from_param(self.param.plan_epsilon, name="epsilon (per application)", width=200,
+            pn.widgets.Select.from_param(self.param.plan_mechanism, label="Mechanism", width=200),
+            pn.widgets.FloatInput.from_param(self.param.plan_epsilon, label="epsilon (per application)", width=200,
                                              step=0.05),
-            pn.widgets.FloatInput.from_param(self.param.plan_delta, name="delta (Gaussian)", width=200, step=1e-6),
-            pn.widgets.IntInput.from_param(self.param.plan_count, name="applications", width=200),
-            pn.widgets.FloatInput.from_param(self.param.plan_sample_rate, name="sampling rate (subsampled)",
+            pn.widgets.FloatInput.from_param(self.param.plan_delta, label="delta (Gaussian)", width=200, step=1e-6),
+            pn.widgets.IntInput.from_param(self.param.plan_count, label="applications", width=200),
+            pn.widgets.FloatInput.from_param(self.param.plan_sample_rate, label="sampling rate (subsampled)",
                                              width=200, step=0.01),
             estimate_btn,
             width=240)
@@ -277,7 +277,7 @@ class PrivacySpend(pn.viewable.Viewer):
                                  "(see <code>store.privacy</code>)</i>")) if empty else None
         self._layout = pn.Column(
             *([note] if note else []),
-            pn.Row(pn.widgets.Select.from_param(self.param.scope, name="Scope", width=260)),
+            pn.Row(pn.widgets.Select.from_param(self.param.scope, label="Scope", width=260)),
             # small data: plain re-render on a scope change (the number of curves changes with it)
             pn.Row(self.burn_down, self.remaining_bars),
             pn.Row(self.timeline,

@@ -1,0 +1,185 @@
+"""The Panel viewers, the dashboard, the serve command and the ipywidgets, without a browser."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+pn = pytest.importorskip("panel")
+
+from rlhf_audit_kit.apps import (AnnotatorBehaviour, AuditDashboard, Integrity, ModelDrift,  # noqa: E402
+                                 PrivacySpend, as_source)
+from rlhf_audit_kit.apps._demo import build_demo  # noqa: E402
+from rlhf_audit_kit.errors import AuditKitError  # noqa: E402
+
+NOTEBOOK = Path(__file__).parent / "notebooks" / "viewers.ipynb"
+VIEWERS = [AnnotatorBehaviour, PrivacySpend, ModelDrift, Integrity]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return build_demo(tmp_path_factory.mktemp("apps"), size=4_000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def store(demo):
+    from rlhf_audit_kit.store import open_store
+    s = open_store(demo.store, read_only=True, pseudonymize=False)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("cls", VIEWERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("kind", ["bundle", "store"])
+def test_viewer_renders(cls, kind, demo, store):
+    source = demo.bundle if kind == "bundle" else store
+    view = cls(source, verifier=demo.vkey) if cls is Integrity else cls(source)
+    layout = view.__panel__()
+    assert isinstance(layout, pn.layout.Panel)
+    root = pn.panel(view).get_root()
+    assert root is not None and root.ref["id"]
+
+
+def test_every_viewer_param_has_a_doc():
+    for cls in [*VIEWERS, AuditDashboard]:
+        for name, p in cls.param.objects("existing").items():
+            if name != "name":
+                assert p.doc, f"{cls.__name__}.{name} has no doc"
+
+
+def test_viewers_never_write(demo, store):
+    size = store.size
+    d = AuditDashboard(store, verifier=demo.vkey)
+    d.build_all()
+    d.integrity.verify()
+    d.privacy.estimate = True
+    d.privacy.plan()
+    assert store.size == size
+
+
+def test_annotator_filters_and_flags(demo):
+    v = AnnotatorBehaviour(demo.bundle)
+    v.__panel__()
+    flagged = v.table().filter(pl.col("flags") != "")
+    reasons = " ".join(flagged["flags"].to_list())
+    assert "position bias" in reasons and "length bias" in reasons
+    n_all = v.filtered().height
+    v.task = "task-00000"
+    assert 0 < v.filtered().height < n_all
+    v.task = ""
+    who = v.flagged()[0]
+    v.annotator = who
+    assert set(v._items.value["seq"]) <= set(v.filtered().filter(pl.col("annotator") == who)["seq"])
+    v.item = int(v._items.value["seq"].iloc[0])
+    html = v.pair().object
+    assert "Response A" in html and "Response B" in html and "&lt;" not in html[:0]
+    lo, hi = v.param.time_window.bounds
+    v.time_window = (lo, lo + (hi - lo) / 2)
+    assert v.filtered()["t"].max() <= lo + (hi - lo) / 2
+
+
+def test_privacy_matches_the_ledger(demo, store):
+    v = PrivacySpend(demo.bundle)
+    ours = v.remaining().select("scope", "epsilon_spent", "remaining").sort("scope")
+    ledger = store.privacy.budgets().select("scope", "epsilon_spent", "remaining").sort("scope")
+    assert ours["scope"].to_list() == ledger["scope"].to_list()
+    for a, b in zip(ours.rows(), ledger.rows()):
+        assert a[1] == pytest.approx(b[1]) and a[2] == pytest.approx(b[2])
+    v.scope = "pool:vendor-a"
+    assert set(v.releases()["scope"]) == {"pool:vendor-a"}
+    v.plan_epsilon = 0.1
+    ours_plan = v.plan().row(0, named=True)
+    theirs = store.privacy.what_if(0.1, ["pool:vendor-a"]).row(0, named=True)
+    assert ours_plan["spent_after"] == pytest.approx(theirs["epsilon_after"], rel=1e-6)
+    v.plan_epsilon = 50.0
+    assert not v.plan()["fits"][0]
+
+
+def test_drift_and_changepoints(demo):
+    v = ModelDrift(demo.bundle)
+    v.__panel__()
+    t = v.drift()
+    assert t["psi"][0] == 0 and t["psi"][-1] > t["psi"][1]
+    assert v.checkpoint == max(v.param.checkpoint.objects)
+    assert v.changes("kl_metric").height >= 1
+    v.detector = "page_hinkley"
+    assert v.changes("kl_metric").height >= 1
+
+
+def test_integrity_proof_and_verify(demo, store):
+    for src in (demo.bundle, store):
+        v = Integrity(src, verifier=demo.vkey)
+        assert v.verify().ok
+        p = v.prove(5)
+        assert p.ok and p.signed and p.tree_size == as_source(src).latest_snapshot()["tree_size"]
+        assert not v.prove(10**9).ok
+    assert Integrity(demo.bundle).snapshots().height == 2
+
+
+def test_integrity_names_first_bad_seq(demo, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+    bad = tmp_path / "bundle"
+    shutil.copytree(demo.bundle, bad)
+    t = pq.read_table(bad / "log.parquet")
+    entries = t.column("entry").to_pylist()
+    entries[7] = entries[7].replace(b'"', b"'", 1)
+    pq.write_table(t.set_column(t.schema.get_field_index("entry"), "entry",
+                                [entries]).cast(t.schema), bad / "log.parquet")
+    v = Integrity(bad, verifier=demo.vkey)
+    st = v.verify()
+    # the verifier names the smallest bad seq over all checks (a root mismatch may name an earlier one)
+    assert not st.ok and st.first_bad_seq is not None and st.first_bad_seq <= 7
+    from rlhf_audit_kit.apps.integrity import status_html
+    assert f"first bad seq: <b>{st.first_bad_seq}</b>" in status_html(st)
+
+
+def test_dashboard_header_and_lazy_tabs(demo):
+    d = AuditDashboard(demo.bundle)
+    assert "demo.rlhf-audit-kit.example/log" in d.header_html()
+    pn.panel(d).get_root()
+    assert d.drift._layout is None  # built when its tab is shown
+    d.active = 2
+    assert d.drift._layout is not None
+    assert isinstance(d.template(), pn.template.FastListTemplate)
+
+
+def test_serve_cli_guards(demo, tmp_path, capsys):
+    from rlhf_audit_kit.apps.serve import is_loopback, read_basic_auth
+    from rlhf_audit_kit.cli import main
+    assert main(["serve", str(demo.bundle), "--address", "0.0.0.0"]) == 1
+    assert "refusing" in capsys.readouterr().err
+    f = tmp_path / "users"
+    f.write_text("# users\nalice:pw1\nbob:pw:2\n")
+    assert read_basic_auth(f) == {"alice": "pw1", "bob": "pw:2"}
+    f.write_text("nopassword\n")
+    with pytest.raises(AuditKitError):
+        read_basic_auth(f)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
+
+
+def test_widgets(demo):
+    from rlhf_audit_kit.widgets import AnnotationBrowser, VerifyButton
+    b = AnnotationBrowser(demo.bundle, page_size=3)
+    assert len(b.rows()) == 3 and "page 1 of" in b.status.value
+    b.choice.value = "tie"
+    assert all(r["choice"] == "tie" for r in b.rows())
+    b.next.click()
+    assert b.page == 1
+    b.task.value = "no-such-task"
+    assert b.total == 0 and "no annotations match" in b.body.value
+    v = VerifyButton(demo.bundle, verifier=demo.vkey)
+    v.button.click()
+    assert v.result.ok and "Verified" in v.output.value
+
+
+def test_viewers_notebook_runs():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3").execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
