@@ -161,20 +161,63 @@ def _json_str_expr(col: str) -> pl.Expr:
     return pl.concat_str([pl.lit('"'), escaped, pl.lit('"')])
 
 
+_POSITIONAL = r"^-?[0-9]+\.[0-9]+$"
+
+
 def _number_series(s: pl.Series) -> pl.Series:
-    # ECMAScript number formatting has no polars kernel; format the non-null values in Python.
-    vals = s.to_list()
-    return pl.Series(s.name, [None if v is None else es_number(v) for v in vals], dtype=pl.Utf8)
+    """ECMAScript text of a float column, vectorised for the common case.
+
+    polars prints the shortest round-trip digits, as Python's repr does. Where it prints a
+    positional decimal (1e-4 <= |x| < 1e16) ECMAScript prints the same digits, except that an
+    integral value loses its ".0" and zero has no sign. Other values (exponent form) are rare and
+    are formatted one by one by :func:`es_number`.
+    """
+    text = s.cast(pl.Utf8)
+    frame = pl.DataFrame({"x": s, "t": text})
+    out = frame.select(
+        pl.when(pl.col("x") == 0).then(pl.lit("0"))
+        .when(pl.col("t").str.contains(_POSITIONAL)).then(pl.col("t").str.strip_suffix(".0"))
+        .otherwise(None).alias(s.name)).to_series()
+    todo = (out.is_null() & s.is_not_null()).arg_true()
+    if len(todo):
+        vals = s.gather(todo).to_list()
+        out = out.scatter(todo, pl.Series([es_number(v) for v in vals], dtype=pl.Utf8))
+    return out
 
 
 def _map_series(s: pl.Series) -> pl.Series:
-    out = []
-    for entries in s.to_list():
-        if entries is None:
-            out.append(None)
-        else:
-            out.append(canonical_json({e["key"]: e["value"] for e in entries}))
-    return pl.Series(s.name, out, dtype=pl.Utf8)
+    """Canonical JSON objects of a ``list[struct{key, value}]`` column, vectorised.
+
+    Keys sort by UTF-16 code units (RFC 8785); polars sorts by code points, which agrees unless a
+    key holds characters at or above U+E000, so such rows are done one by one.
+    """
+    n = len(s)
+    flat = (pl.DataFrame({"__i": pl.int_range(n, eager=True, dtype=pl.Int64), "m": s})
+            .explode("m").filter(pl.col("m").is_not_null())
+            .select("__i", pl.col("m").struct.field("key").alias("k"), pl.col("m").struct.field("value").alias("v")))
+    out = pl.Series(s.name, [None] * n, dtype=pl.Utf8)
+    lens = s.list.len()
+    empty = (lens == 0).fill_null(False).arg_true()
+    if len(empty):
+        out = out.scatter(empty, pl.Series(["{}"] * len(empty), dtype=pl.Utf8))
+    if flat.height:
+        vtext = _number_series(flat["v"]) if flat["v"].dtype.is_float() else flat["v"].cast(pl.Utf8)
+        flat = flat.with_columns(vtext.alias("vt"))
+        odd_rows = flat.filter(pl.col("k").str.contains("[\ue000-\U0010ffff]"))["__i"].unique()
+        joined = (flat.sort("__i", "k")
+                  .group_by("__i", maintain_order=True)
+                  .agg(pl.concat_str([_json_str_expr("k"), pl.lit(":"), pl.col("vt")]).str.join(",").alias("j"))
+                  .with_columns(pl.concat_str([pl.lit("{"), pl.col("j"), pl.lit("}")]).alias("j")))
+        out = out.scatter(joined["__i"], joined["j"])
+        if len(odd_rows):
+            vals = s.gather(odd_rows).to_list()
+            out = out.scatter(odd_rows, pl.Series([canonical_json({e["key"]: e["value"] for e in v}) for v in vals],
+                                                   dtype=pl.Utf8))
+    return out
+
+
+def _ts_expr(name: str) -> pl.Expr:
+    return pl.col(name).dt.strftime(TS_FORMAT)
 
 
 def field_json_columns(kind: Kind, df: pl.DataFrame) -> pl.DataFrame:
@@ -191,7 +234,7 @@ def field_json_columns(kind: Kind, df: pl.DataFrame) -> pl.DataFrame:
             e = pl.when(pl.col(name)).then(pl.lit("true")).otherwise(pl.lit("false"))
             e = pl.when(pl.col(name).is_null()).then(None).otherwise(e)
         elif f.type == "ts":
-            e = pl.concat_str([pl.lit('"'), pl.col(name).dt.strftime(TS_FORMAT), pl.lit('"')])
+            e = pl.concat_str([pl.lit('"'), _ts_expr(name), pl.lit('"')])
         elif f.type == "json":
             e = pl.col(name)  # already canonical JSON text (normalised at validation)
         elif f.type == "float":
@@ -209,6 +252,15 @@ def field_json_columns(kind: Kind, df: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
+_SIMPLE = ("id", "text", "int", "bool", "ts")
+
+
+def _fast_path_ok(kind: Kind, df: pl.DataFrame) -> bool:
+    """polars' JSON writer escapes strings exactly as RFC 8785 and prints ints and booleans the
+    same way; it cannot print ECMAScript floats or our map/json fields, so those must be empty."""
+    return all(f.type in _SIMPLE or df[f.name].null_count() == df.height for f in kind.fields)
+
+
 def encode_frame(kind: Kind, df: pl.DataFrame, seq: pl.Series | pl.Expr, ts: pl.Series | str) -> pl.Series:
     """Canonical entries (Utf8) of a batch of rows of one kind, in row order.
 
@@ -216,8 +268,21 @@ def encode_frame(kind: Kind, df: pl.DataFrame, seq: pl.Series | pl.Expr, ts: pl.
     ``seq`` gives each row's sequence number and ``ts`` the recording time (one string for the
     batch, or a Utf8 Series in TS format, one per row).
     """
-    cols = field_json_columns(kind, df)
     names = sorted(kind.names, key=_utf16_key)
+    seq_s = seq if isinstance(seq, pl.Series) else df.select(seq).to_series()
+    if _fast_path_ok(kind, df):
+        # One pass of polars' JSON writer over a nested struct laid out in canonical key order.
+        types = kind.field_map
+        fields = [(_ts_expr(n) if types[n].type == "ts" else pl.col(n)).alias(n) for n in names]
+        frame = df.select(fields).with_columns(seq_s.alias("__seq"))
+        if isinstance(ts, pl.Series):
+            frame = frame.with_columns(ts.alias("__ts"))
+        ts_e = pl.col("__ts") if isinstance(ts, pl.Series) else pl.lit(ts)
+        envelope = pl.struct(pl.struct(names).alias("data"), pl.lit(kind.name).alias("kind"),
+                             pl.col("__seq").alias("seq"), ts_e.alias("ts"),
+                             pl.lit(ENCODING_VERSION, dtype=pl.Int64).alias("v"))
+        return frame.select(envelope.struct.json_encode().alias("entry")).to_series()
+    cols = field_json_columns(kind, df)
     parts: list[pl.Expr] = [pl.lit('{"data":{')]
     for i, name in enumerate(names):
         parts.append(pl.lit(("," if i else "") + _escape_str(name) + ":"))
@@ -227,7 +292,7 @@ def encode_frame(kind: Kind, df: pl.DataFrame, seq: pl.Series | pl.Expr, ts: pl.
     parts.append(pl.lit(',"ts":"'))
     parts.append(pl.col("__ts") if isinstance(ts, pl.Series) else pl.lit(ts))
     parts.append(pl.lit(f'","v":{ENCODING_VERSION}}}'))
-    frame = cols.with_columns(seq.alias("__seq") if isinstance(seq, pl.Series) else seq.alias("__seq"))
+    frame = cols.with_columns(seq_s.alias("__seq"))
     if isinstance(ts, pl.Series):
         frame = frame.with_columns(ts.alias("__ts"))
     return frame.select(pl.concat_str(parts).alias("entry")).to_series()

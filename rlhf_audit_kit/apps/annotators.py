@@ -19,7 +19,7 @@ from ._data import Source, as_source
 pn = require_panel()
 import holoviews as hv  # noqa: E402
 
-__all__ = ["AnnotatorBehaviour", "load_annotations", "annotator_pairs", "annotator_table",
+__all__ = ["AnnotatorBehaviour", "load_annotations", "annotator_pairs", "daily_pairs", "annotator_table",
            "agreement_long", "daily_throughput"]
 
 ALL = "(all annotators)"
@@ -45,22 +45,58 @@ def load_annotations(src: Source) -> pl.DataFrame:
             "coalesce(submitted_at, shown_at, ts) AS t, choice, "
             "strlen(response_a)::BIGINT AS len_a, strlen(response_b)::BIGINT AS len_b, "
             "date_diff('millisecond', shown_at, submitted_at) / 1000.0 AS secs, "
-            "hash(prompt_id, response_a_id, response_b_id) AS item FROM annotation ORDER BY t, seq")
+            "hash(prompt_id, response_a_id, response_b_id) AS item FROM annotation")
     return src.cached("annotations/slim", load)
 
 
 def annotator_pairs(ann: pl.DataFrame) -> pl.DataFrame:
     """Ordered pairs of distinct annotators who judged the same item (skips and repeats dropped):
-    ``a1, a2, agree (bool), t (the later judgement), task_id``."""
-    d = (ann.filter(pl.col("choice") != "skip")
-            .unique(["item", "annotator"], keep="first", maintain_order=True)
-            .select("item", "annotator", "choice", "t", "task_id"))
-    right = d.select("item", pl.col("annotator").alias("a2"), pl.col("choice").alias("c2"),
-                     pl.col("t").alias("t2"))
-    return (d.join(right, on="item")
-             .filter(pl.col("annotator") != pl.col("a2"))
-             .select(pl.col("annotator").alias("a1"), "a2", (pl.col("choice") == pl.col("c2")).alias("agree"),
-                     pl.max_horizontal("t", "t2").alias("t"), "task_id"))
+    ``a1, a2, agree (bool), t (the later judgement), task_id`` (of the first judgement).
+
+    Vectorised: rows sorted by item, then row i is compared with row i+k for k = 1, 2, ... while
+    any item still has a k-th neighbour (items have a handful of annotators), so the cost is a sort
+    and a few array passes rather than a hash join.
+    """
+    import numpy as np
+    empty = pl.DataFrame(schema={"a1": pl.Utf8, "a2": pl.Utf8, "agree": pl.Boolean, "t": pl.Datetime("us"),
+                                 "task_id": pl.Utf8})
+    d = (ann.filter(pl.col("choice") != "skip").select("item", "annotator", "choice", "t", "task_id", "seq")
+            .with_columns(pl.col("annotator").cast(pl.Categorical).to_physical().alias("_a"))
+            .sort("item", "_a", "seq"))
+    if d.height < 2:
+        return empty
+    item = d["item"].to_numpy()
+    a = d["_a"].to_numpy()
+    keep = np.ones(d.height, bool)
+    keep[1:] = (item[1:] != item[:-1]) | (a[1:] != a[:-1])  # first judgement of each (item, annotator)
+    d = d.filter(pl.Series(keep))
+    item, a = d["item"].to_numpy(), d["_a"].to_numpy()
+    choice = d["choice"].cast(pl.Categorical).to_physical().to_numpy()
+    t = d["t"].to_numpy()
+    ii, jj = [], []
+    k = 1
+    while k < len(item):
+        same = np.flatnonzero(item[:-k] == item[k:])
+        if same.size == 0:
+            break
+        ii.append(same)
+        jj.append(same + k)
+        k += 1
+    if not ii:
+        return empty
+    i, j = np.concatenate(ii), np.concatenate(jj)
+    i, j = np.concatenate([i, j]), np.concatenate([j, i])  # both directions
+    names = d["annotator"]
+    return pl.DataFrame({
+        "a1": names.gather(i), "a2": names.gather(j), "agree": choice[i] == choice[j],
+        "t": np.maximum(t[i], t[j]), "task_id": d["task_id"].gather(np.minimum(i, j)),
+    })
+
+
+def daily_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Pairs aggregated per annotator pair and day: ``a1, a2, t (day), n, agree`` (count of agreements)."""
+    return pairs.group_by("a1", "a2", pl.col("t").dt.truncate("1d")).agg(
+        pl.len().alias("n"), pl.col("agree").sum().alias("agree"))
 
 
 def _filter(df: pl.DataFrame, window: tuple | None, task: str) -> pl.DataFrame:
@@ -95,8 +131,12 @@ def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
         (ab & (pl.col("_q") > 0.75) & (pl.col("choice") == "a")).sum().alias("_l_a"),
         pl.col("t").min().alias("first"), pl.col("t").max().alias("last"),
     )
-    peer = pairs.group_by("a1").agg(pl.col("agree").mean().alias("agreement"),
-                                    pl.len().alias("n_pairs")).rename({"a1": "annotator"})
+    if "n" in pairs.columns:
+        peer = pairs.group_by("a1").agg((pl.col("agree").sum() / pl.col("n").sum()).alias("agreement"),
+                                        pl.col("n").sum().alias("n_pairs")).rename({"a1": "annotator"})
+    else:
+        peer = pairs.group_by("a1").agg(pl.col("agree").mean().alias("agreement"),
+                                        pl.len().alias("n_pairs")).rename({"a1": "annotator"})
     pa_lo, pa_hi = wilson(pl.col("n_a"), pl.col("n_ab"))
     pl_lo, pl_hi = wilson(pl.col("n_longer"), pl.col("n_len"))
     e_share = pl.col("_e_a") / pl.col("_e_ab")
@@ -132,8 +172,13 @@ def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def agreement_long(pairs: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
-    """Pairwise agreement of annotators as a long table ``a1, a2, agreement, n`` (display labels)."""
-    g = pairs.group_by("a1", "a2").agg(pl.col("agree").mean().alias("agreement"), pl.len().alias("n"))
+    """Pairwise agreement of annotators as a long table ``a1, a2, agreement, n`` (display labels);
+    ``pairs`` is :func:`annotator_pairs` or :func:`daily_pairs`."""
+    if "n" in pairs.columns:
+        g = pairs.group_by("a1", "a2").agg((pl.col("agree").sum() / pl.col("n").sum()).alias("agreement"),
+                                           pl.col("n").sum().alias("n"))
+    else:
+        g = pairs.group_by("a1", "a2").agg(pl.col("agree").mean().alias("agreement"), pl.len().alias("n"))
     return g.with_columns(pl.col("a1").replace_strict(labels, default=pl.col("a1")),
                           pl.col("a2").replace_strict(labels, default=pl.col("a2"))).sort("a1", "a2")
 
@@ -183,6 +228,7 @@ class AnnotatorBehaviour(pn.viewable.Viewer):
         ann = load_annotations(self._src)
         self._ann = ann
         self._pairs = self._src.cached("annotations/pairs", lambda: annotator_pairs(ann))
+        self._daily_pairs = self._src.cached("annotations/daily_pairs", lambda: daily_pairs(self._pairs))
         ids = sorted(ann["annotator"].unique().to_list()) if ann.height else []
         self._labels = short_labels(ids)
         self._by_label = {v: k for k, v in self._labels.items()}
@@ -214,8 +260,19 @@ class AnnotatorBehaviour(pn.viewable.Viewer):
         return self._memoised("ann", lambda: _filter(self._ann, self.time_window, self.task))
 
     def filtered_pairs(self) -> pl.DataFrame:
+        """Annotator pairs on shared items under the filters: per pair and day without a task filter
+        (the time window then applies by day), per judgement pair with one."""
         self._load()
-        return self._memoised("pairs", lambda: _filter(self._pairs, self.time_window, self.task))
+
+        def pick():
+            if self.task:
+                return _filter(self._pairs, self.time_window, self.task)
+            w = self.time_window
+            if w is not None and w[0] is not None:
+                lo = w[0].replace(hour=0, minute=0, second=0, microsecond=0)
+                return _filter(self._daily_pairs, (lo, w[1]), "")
+            return self._daily_pairs
+        return self._memoised("pairs", pick)
 
     def table(self) -> pl.DataFrame:
         """Per-annotator statistics and flags under the current filters (see :func:`annotator_table`)."""

@@ -164,7 +164,8 @@ class Integrity(pn.viewable.Viewer):
                              pn.pane.HTML(f"<pre class='checkpoint-note' style='font-size:11px'>{html.escape(note)}</pre>"),
                              sizing_mode="stretch_width"), sizing_mode="stretch_width"),
             pn.pane.Markdown("#### Snapshots"),
-            pn.widgets.Tabulator(self.snapshots().to_pandas(), show_index=False, disabled=True, height=200,
+            pn.widgets.Tabulator(self.snapshots().with_columns(
+                pl.col("seq").cast(pl.Utf8).fill_null("(bundle checkpoint)")).to_pandas(), show_index=False, disabled=True, height=200,
                                  sizing_mode="stretch_width", layout="fit_data_fill"),
             sizing_mode="stretch_width", name="Integrity")
         return self._layout
