@@ -304,6 +304,12 @@ class Bundle:
         return out + [own]
 
     # ---------------------------------------------------------------- verification
+    def export_compliance_notebook(self, path: str | os.PathLike, template: str = "eu-ai-act", **kw: Any):
+        """Export a compliance notebook bound to this bundle; see
+        :func:`rlhf_audit_kit.report.compliance.export_compliance_notebook`."""
+        from .report.compliance import export_compliance_notebook
+        return export_compliance_notebook(self, path, template=template, **kw)
+
     def verify(self, verifier: Any = None, *, workers: int | None = None) -> VerifyReport:
         """Re-derive and check everything from the Parquet files; return a :class:`VerifyReport`.
 

@@ -28,7 +28,7 @@ def run_demo(size: int = 20_000, out: Path | str = "rlhf-audit-demo", *, serve: 
     from .keys import init_keys, load_signer
     from .store import open_store
 
-    say = (lambda *a: None) if quiet else print
+    say = (lambda *a, **k: None) if quiet else print
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store_path, keys_dir, bundle_dir = out / "audit.duckdb", out / "keys", out / "bundle"
@@ -63,8 +63,7 @@ def run_demo(size: int = 20_000, out: Path | str = "rlhf-audit-demo", *, serve: 
     breport.raise_for_status()
     say(f"[4/6] exported and verified the bundle {bundle_dir}: {breport.message}")
 
-    from .report.compliance import export_compliance_notebook
-    nb_path = export_compliance_notebook(bundle, out / "compliance.ipynb", verifier=signer.vkey, html=True)
+    nb_path = bundle.export_compliance_notebook(out / "compliance.ipynb", verifier=signer.vkey, html=True)
     say(f"[5/6] compliance notebook: {Path(nb_path).resolve()}")
     say(f"      (HTML for readers without Jupyter: {(out / 'compliance.html').resolve()})")
     say(f"      done in {time.perf_counter() - t0:.1f} s")
@@ -72,9 +71,9 @@ def run_demo(size: int = 20_000, out: Path | str = "rlhf-audit-demo", *, serve: 
         say("[6/6] not serving (--no-serve). Serve later with: "
             f"rlhf-audit serve {bundle_dir} --port {port}")
         return 0
-    from .apps.serve import serve_dashboard
-    say(f"[6/6] serving the dashboard over {bundle_dir}")
-    serve_dashboard(bundle_dir, port=port, address="127.0.0.1")
+    from .apps.serve import serve
+    say(f"[6/6] serving the dashboard over the bundle at http://localhost:{port}/  (Ctrl-C to stop)", flush=True)
+    serve(bundle_dir, port=port, address="127.0.0.1", verifier=signer.vkey, show=False)
     return 0
 
 

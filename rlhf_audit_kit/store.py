@@ -39,6 +39,7 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import encoding
 from .errors import AuditKitError, KeysError, ValidationError
@@ -46,6 +47,11 @@ from .schema import KINDS, USER_KINDS, Kind
 from .validate import ROW, normalise
 
 STORE_FORMAT = 1
+# merkle_node keeps every complete subtree (so verification can walk down a signed root to the
+# damaged leaf). Roots and proofs read nodes of this level and above from an in-memory copy
+# (1/128 of the leaves) and rebuild lower ones from their tile of 2**NODE_LEVEL leaf hashes, so a
+# proof costs a few small range scans instead of a scan of the node table.
+NODE_LEVEL = 8
 _CHUNK_ROWS = 122_880  # rows per pipeline step of extend(): one DuckDB row group, so inserts write straight to the file
 _SQL_TYPES = {"id": "VARCHAR", "text": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
               "bool": "BOOLEAN", "ts": "TIMESTAMP", "json": "JSON",
@@ -78,6 +84,40 @@ def typed_select_list(kind: Kind) -> str:
         else:
             out.append(q)
     return ", ".join(out)
+
+
+def fetch_nodes(con, wanted: Iterable[tuple[int, int]],
+                upper: Mapping[tuple[int, int], bytes] | None = None) -> dict[tuple[int, int], bytes]:
+    """Complete Merkle nodes (level, index) from a DuckDB connection holding ``log`` and ``merkle_node``.
+
+    Nodes of level >= NODE_LEVEL come from ``upper`` (an in-memory copy of those rows of
+    ``merkle_node``) or the table; lower ones are recomputed from their tile of at most 2**NODE_LEVEL leaf hashes, read with
+    one range scan per tile (the log is stored in seq order, so each scan touches one row group).
+    A node that cannot be produced is left out; the caller reports it.
+    """
+    from .ledger.merkle import root_from_leaf_hashes
+    wanted = list(wanted)
+    out: dict[tuple[int, int], bytes] = {}
+    high = [(lv, i) for lv, i in wanted if lv >= NODE_LEVEL]
+    if high and upper is None:
+        keys = [lv * (1 << 56) + i for lv, i in high]
+        upper = {(lv, i): bytes(h) for lv, i, h in _x(
+            con, "SELECT level, idx, hash FROM merkle_node WHERE level::BIGINT * 72057594037927936 + idx "
+                 "IN (SELECT unnest(?::BIGINT[]))", [keys])}
+    for node in high:
+        if node in upper:
+            out[node] = upper[node]
+    low = [(lv, i) for lv, i in wanted if lv < NODE_LEVEL]
+    if low:
+        tiles = sorted({(i << lv) >> NODE_LEVEL for lv, i in low})
+        sql = " UNION ALL ".join("SELECT seq, leaf_hash FROM log WHERE seq BETWEEN ? AND ?" for _ in tiles)
+        params = [v for t in tiles for v in (t << NODE_LEVEL, ((t + 1) << NODE_LEVEL) - 1)]
+        leaves = {seq: bytes(h) for seq, h in _x(con, sql, params)}
+        for lv, i in low:
+            a, b = i << lv, (i + 1) << lv
+            if all(k in leaves for k in range(a, b)):
+                out[(lv, i)] = leaves[a] if lv == 0 else root_from_leaf_hashes([leaves[k] for k in range(a, b)])
+    return out
 
 
 def leaf_hashes_of(entries: pa.Array | pa.ChunkedArray) -> list[bytes]:
@@ -135,6 +175,8 @@ class AuditStore:
             env = keys_folder_from_env()
             self.keys_folder = Path(env) if env else None
         self._pseudonymize = pseudonymize
+        self._node_cache: dict[tuple[int, int], bytes] | None = None
+        self._pending_nodes: pa.Table | None = None
         self._pseudonymizer = None
         self._privacy = None
 
@@ -279,12 +321,18 @@ class AuditStore:
                 hash_parts = [hash_parts[i] for i in seqs.arg_sort().to_list()]
             self._add_nodes(start, hash_parts)
             _x(con, "COMMIT")
+            if self._pending_nodes is not None and self._node_cache is not None:
+                t = self._pending_nodes
+                self._node_cache.update(zip(zip(t.column("level").to_pylist(), t.column("idx").to_pylist()),
+                                            t.column("hash").to_pylist()))
         except BaseException:
+            self._node_cache = None  # reload from the table: the rolled-back nodes never happened
             if pending is not None:
                 pending.exception()  # wait: the connection must be idle before the rollback
             _x(con, "ROLLBACK")
             raise
         finally:
+            self._pending_nodes = None
             db.shutdown(wait=True)
             if bar is not None:
                 bar.close()
@@ -324,23 +372,16 @@ class AuditStore:
             self._con.register("__nodes", nodes)
             _x(self._con, "INSERT INTO merkle_node SELECT level, idx, hash FROM __nodes")
             self._con.unregister("__nodes")
+            if self._node_cache is not None:  # upper levels join the cache once the transaction commits
+                self._pending_nodes = nodes.filter(pc.greater_equal(nodes.column("level"), NODE_LEVEL))
 
     def _get_nodes(self, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        wanted = list(wanted)
-        leaves = [i for lv, i in wanted if lv == 0]
-        inner = [(lv, i) for lv, i in wanted if lv > 0]
-        out: dict[tuple[int, int], bytes] = {}
-        if leaves:
-            rows = _x(self._con, "SELECT seq, leaf_hash FROM log WHERE seq IN (SELECT unnest(?::BIGINT[]))",
-                                     [leaves])
-            out.update({(0, s): bytes(h) for s, h in rows})
-        if inner:
-            keys = [lv * (1 << 56) + i for lv, i in inner]
-            rows = _x(self._con, 
-                "SELECT level, idx, hash FROM merkle_node WHERE level::BIGINT * 72057594037927936 + idx "
-                "IN (SELECT unnest(?::BIGINT[]))", [keys])
-            out.update({(lv, i): bytes(h) for lv, i, h in rows})
-        return out
+        """Complete Merkle nodes by (level, index): the tree oracle behind roots and proofs."""
+        if self._node_cache is None:
+            self._node_cache = {(lv, i): bytes(h) for lv, i, h in
+                                _x(self._con, "SELECT level, idx, hash FROM merkle_node WHERE level >= ?",
+                                   [NODE_LEVEL])}
+        return fetch_nodes(self._con, wanted, self._node_cache)
 
     # ------------------------------------------------------------------ reading
     @property

@@ -144,6 +144,14 @@ class Snapshot:
         return export_bundle(self.store, self, folder, verifier=resolve_verifiers(v)[0], verify=verify,
                              overwrite=overwrite)
 
+    def export_compliance_notebook(self, path: str | os.PathLike, template: str = "eu-ai-act", **kw: Any):
+        """Export a compliance notebook bound to this snapshot (its bundle is written beside it).
+
+        See :func:`rlhf_audit_kit.report.compliance.export_compliance_notebook`.
+        """
+        from ..report.compliance import export_compliance_notebook
+        return export_compliance_notebook(self, path, template=template, **kw)
+
     def __repr__(self) -> str:
         return (f"Snapshot(origin={self.origin!r}, size={self.size}, root={self.root_hash.hex()[:16]}…, "
                 f"key={self.key_name!r}, seq={self.seq})")

@@ -239,8 +239,8 @@ class DuckSource:
         return self.con.sql("SELECT level, idx, hash FROM merkle_node ORDER BY level, idx").to_arrow_table()
 
     def get_nodes(self, wanted):  # TreeReader oracle over the stored nodes
-        from ..store import AuditStore
-        return AuditStore._get_nodes(self, wanted)  # uses self._con
+        from ..store import fetch_nodes
+        return fetch_nodes(self.con, wanted)
 
     @property
     def _con(self):
