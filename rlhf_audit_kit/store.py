@@ -68,7 +68,9 @@ def _quote(name: str) -> str:
 
 
 def typed_table_ddl(kind: Kind) -> str:
-    cols = ", ".join(f"{_quote(f.name)} {_SQL_TYPES[f.type]}" for f in kind.fields)
+    # Long texts compress far better and faster with zstd than with DuckDB's default FSST analysis.
+    cols = ", ".join(f"{_quote(f.name)} {_SQL_TYPES[f.type]}"
+                     + (" USING COMPRESSION zstd" if f.type == "text" else "") for f in kind.fields)
     return f"CREATE TABLE IF NOT EXISTS {_quote(kind.name)} (seq BIGINT NOT NULL, ts TIMESTAMP NOT NULL, {cols})"
 
 
@@ -185,7 +187,8 @@ class AuditStore:
         con = self._con
         _x(con, "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
         _x(con, "CREATE TABLE IF NOT EXISTS log (seq BIGINT NOT NULL, kind VARCHAR NOT NULL, "
-                    "ts TIMESTAMP NOT NULL, entry BLOB NOT NULL, leaf_hash BLOB NOT NULL)")
+                    "ts TIMESTAMP NOT NULL, entry BLOB NOT NULL USING COMPRESSION zstd, "
+                    "leaf_hash BLOB NOT NULL USING COMPRESSION uncompressed)")
         _x(con, "CREATE TABLE IF NOT EXISTS merkle_node (level UTINYINT NOT NULL, "
                     "idx BIGINT NOT NULL, hash BLOB NOT NULL)")
         for kind in KINDS.values():

@@ -8,12 +8,27 @@
 """
 from __future__ import annotations
 
-from .accountant import Accountant
-from .budget import QUERIES, WHERE_FILTERS, PrivacyLedger, Release
-from .mechanisms import (DiscreteGaussian, DiscreteLaplace, DPRelease, Gaussian, Laplace,
-                         MechanismCost, SubsampledGaussian, analytic_gaussian_delta, dp_count,
-                         dp_histogram, dp_mean, dp_sum)
-from .pseudonym import Pseudonymizer, ReidentificationMap
+from importlib import import_module
+
+# Submodules load on first use: the accountant pulls in dp-accounting (about a second), which
+# ingest (pseudonyms only) should not pay for.
+_WHERE = {
+    "Accountant": "accountant",
+    "QUERIES": "budget", "WHERE_FILTERS": "budget", "PrivacyLedger": "budget", "Release": "budget",
+    **{n: "mechanisms" for n in ("DiscreteGaussian", "DiscreteLaplace", "DPRelease", "Gaussian", "Laplace",
+                                 "MechanismCost", "SubsampledGaussian", "analytic_gaussian_delta", "dp_count",
+                                 "dp_histogram", "dp_mean", "dp_sum")},
+    "Pseudonymizer": "pseudonym", "ReidentificationMap": "pseudonym",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Accountant", "Laplace", "Gaussian", "SubsampledGaussian", "DiscreteLaplace",
