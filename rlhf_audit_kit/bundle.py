@@ -50,6 +50,7 @@ from .errors import AuditKitError, IntegrityError
 from .ledger.checkpoint import Checkpoint, Verifier
 from .ledger.snapshot import Snapshot
 from .ledger.verify import DuckSource, Finding, VerifyReport, resolve_verifiers, verify_source
+from .reader import RecordReader
 from .schema import KINDS
 
 __all__ = ["Bundle", "open_bundle", "export_bundle", "BUNDLE_FORMAT", "is_bundle"]
@@ -147,7 +148,7 @@ def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verif
 
 
 # ---------------------------------------------------------------- reading
-class Bundle:
+class Bundle(RecordReader):
     """A read-only snapshot bundle. Open it with :func:`open_bundle`.
 
     The read API mirrors the store: ``sql(query, params)`` (views ``log`` and one per kind, maps as
@@ -236,59 +237,6 @@ class Bundle:
                 return cur.sql(query, params=params).pl()
             finally:
                 cur.close()
-
-    def table(self, kind: str, *, lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
-        """The typed table of ``kind`` (maps as lists of ``{key, value}``, as ``store.table``)."""
-        from .store import _quote, typed_select_list
-        if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-        df = self.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)} ORDER BY seq")
-        return df.lazy() if lazy else df
-
-    def annotations(self, *, lazy: bool = False):
-        return self.table("annotation", lazy=lazy)
-
-    def ratings(self, *, lazy: bool = False):
-        return self.table("rating", lazy=lazy)
-
-    def reward_scores(self, *, lazy: bool = False):
-        return self.table("reward_score", lazy=lazy)
-
-    def train_steps(self, *, lazy: bool = False):
-        return self.table("train_step", lazy=lazy)
-
-    def checkpoints(self, *, lazy: bool = False):
-        return self.table("checkpoint", lazy=lazy)
-
-    def datasets(self, *, lazy: bool = False):
-        return self.table("dataset", lazy=lazy)
-
-    def oversight(self, *, lazy: bool = False):
-        return self.table("oversight", lazy=lazy)
-
-    def train_metrics(self, run_id: str | None = None) -> pl.DataFrame:
-        """Training metrics in long form: ``seq, run_id, algorithm, step, metric, value``."""
-        where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", None)
-        return self.sql("SELECT seq, run_id, algorithm, step, unnest(map_keys(metrics)) AS metric, "
-                        f"unnest(map_values(metrics)) AS value FROM train_step {where} ORDER BY seq, metric",
-                        params)
-
-    def counts(self) -> dict[str, int]:
-        """Events per kind."""
-        return dict(self.sql("SELECT kind, count(*) AS n FROM log GROUP BY kind ORDER BY kind").rows())
-
-    def time_span(self) -> tuple[dt.datetime | None, dt.datetime | None]:
-        return tuple(self.sql("SELECT min(ts), max(ts) FROM log").row(0))
-
-    def entry(self, seq: int) -> bytes:
-        """Canonical bytes of event ``seq``."""
-        row = self.sql("SELECT entry FROM log WHERE seq = ?", [seq])
-        if row.height == 0:
-            raise IndexError(f"no event with seq {seq} (size {self._size})")
-        return bytes(row["entry"][0])
-
-    def event(self, seq: int) -> dict:
-        return encoding.decode_entry(self.entry(seq))
 
     def snapshots(self, verifier: Any = None) -> list[Snapshot]:
         """Earlier snapshots recorded inside the bundle's log, plus the bundle's own, oldest first."""

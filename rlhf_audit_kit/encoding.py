@@ -29,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from .schema import KINDS, MAX_SAFE_INT, Kind
+from .schema import MAX_SAFE_INT, Kind
 
 ENCODING_VERSION = 1
 ENCODING_NAME = "rlhf-audit-kit/jcs-v1"

@@ -43,7 +43,8 @@ import pyarrow.compute as pc
 
 from . import encoding
 from .errors import AuditKitError, KeysError, ValidationError
-from .schema import KINDS, USER_KINDS, Kind
+from .schema import KINDS, Kind
+from .reader import RecordReader, _quote, typed_select_list  # noqa: F401 - re-exported
 from .validate import ROW, normalise
 
 STORE_FORMAT = 1
@@ -63,29 +64,11 @@ def _x(con, sql: str, params: Any = None) -> list[tuple]:
     return con.execute(sql, params).fetchall() if params is not None else con.execute(sql).fetchall()
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def typed_table_ddl(kind: Kind) -> str:
     # Long texts compress far better and faster with zstd than with DuckDB's default FSST analysis.
     cols = ", ".join(f"{_quote(f.name)} {_SQL_TYPES[f.type]}"
                      + (" USING COMPRESSION zstd" if f.type == "text" else "") for f in kind.fields)
     return f"CREATE TABLE IF NOT EXISTS {_quote(kind.name)} (seq BIGINT NOT NULL, ts TIMESTAMP NOT NULL, {cols})"
-
-
-def typed_select_list(kind: Kind) -> str:
-    """Columns of a typed table as polars-friendly SQL (maps as lists of key/value structs)."""
-    out = ["seq", "ts"]
-    for f in kind.fields:
-        q = _quote(f.name)
-        if f.type.startswith("map_"):
-            out.append(f"map_entries({q}) AS {q}")
-        elif f.type == "json":
-            out.append(f"{q}::VARCHAR AS {q}")
-        else:
-            out.append(q)
-    return ", ".join(out)
 
 
 def fetch_nodes(con, wanted: Iterable[tuple[int, int]],
@@ -143,7 +126,7 @@ def leaf_hashes_of(entries: pa.Array | pa.ChunkedArray) -> list[bytes]:
     return out
 
 
-class AuditStore:
+class AuditStore(RecordReader):
     """An RLHF audit store in one DuckDB file. Create it with :func:`open_store`.
 
     >>> import tempfile, os
@@ -415,61 +398,6 @@ class AuditStore:
                         cur.execute("ROLLBACK")
             finally:
                 cur.close()
-
-    def table(self, kind: str, *, lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
-        """The typed table of ``kind`` as polars (maps as lists of ``{key, value}``)."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-        df = self.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)} ORDER BY seq")
-        return df.lazy() if lazy else df
-
-    def annotations(self, *, lazy: bool = False):
-        """Pairwise preference annotations (typed table ``annotation``)."""
-        return self.table("annotation", lazy=lazy)
-
-    def ratings(self, *, lazy: bool = False):
-        return self.table("rating", lazy=lazy)
-
-    def reward_scores(self, *, lazy: bool = False):
-        return self.table("reward_score", lazy=lazy)
-
-    def train_steps(self, *, lazy: bool = False):
-        return self.table("train_step", lazy=lazy)
-
-    def checkpoints(self, *, lazy: bool = False):
-        return self.table("checkpoint", lazy=lazy)
-
-    def datasets(self, *, lazy: bool = False):
-        return self.table("dataset", lazy=lazy)
-
-    def oversight(self, *, lazy: bool = False):
-        return self.table("oversight", lazy=lazy)
-
-    def train_metrics(self, run_id: str | None = None) -> pl.DataFrame:
-        """Training metrics in long form: ``seq, run_id, algorithm, step, metric, value``."""
-        where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", None)
-        return self.sql("SELECT seq, run_id, algorithm, step, unnest(map_keys(metrics)) AS metric, "
-                        f"unnest(map_values(metrics)) AS value FROM train_step {where} ORDER BY seq, metric",
-                        params)
-
-    def counts(self) -> dict[str, int]:
-        """Events per kind."""
-        rows = self.sql("SELECT kind, count(*) AS n FROM log GROUP BY kind ORDER BY kind").rows()
-        return dict(rows)
-
-    def time_span(self) -> tuple[dt.datetime | None, dt.datetime | None]:
-        return tuple(self.sql("SELECT min(ts), max(ts) FROM log").row(0))
-
-    def entry(self, seq: int) -> bytes:
-        """Canonical bytes of event ``seq``."""
-        row = self.sql("SELECT entry FROM log WHERE seq = ?", [seq])
-        if row.height == 0:
-            raise IndexError(f"no event with seq {seq} (size {self._size})")
-        return bytes(row["entry"][0])
-
-    def event(self, seq: int) -> dict:
-        """The decoded event ``seq``: ``{"data", "kind", "seq", "ts", "v"}``."""
-        return encoding.decode_entry(self.entry(seq))
 
     # ------------------------------------------------------------------ privacy
     @property

@@ -47,7 +47,7 @@ def read_basic_auth(path: str | os.PathLike) -> dict[str, str]:
 
 def _warm_imports() -> None:  # the privacy accountant (dp-accounting) takes seconds to import
     try:
-        import rlhf_audit_kit.privacy  # noqa: F401
+        import rlhf_audit_kit.privacy.accountant  # noqa: F401
         import scipy.stats  # noqa: F401
     except Exception:  # noqa: BLE001 - only a warm-up
         pass
