@@ -267,45 +267,59 @@ class AuditStore(RecordReader):
         ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         ts_text = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         # seq follows the rows' order in the batch, across kinds
-        order = pl.concat([f.select(ROW) for f in frames.values()]).sort(ROW)[ROW]
-        seq_of_row = pl.DataFrame({ROW: order, "seq": pl.int_range(start, start + n_total, eager=True)})
+        if len(frames) == 1:  # rows are in batch order: seq = start + position, no join (no copy)
+            seq_of_row = None
+        else:  # seq follows the rows' order in the batch, across kinds
+            order = pl.concat([f.select(ROW) for f in frames.values()]).sort(ROW)[ROW]
+            seq_of_row = pl.DataFrame({ROW: order, "seq": pl.int_range(start, start + n_total, eager=True)})
         for kind_name, df in frames.items():
             self._check_unique(KINDS[kind_name], df)
-        # Pipeline: Python encodes and hashes chunk i+1 while DuckDB (GIL released) inserts chunk i,
-        # all inside one transaction, so a failure anywhere writes nothing.
-        chunks = []
-        for kind_name, df in frames.items():
-            for off in range(0, df.height, _CHUNK_ROWS):
-                chunks.append((KINDS[kind_name], df.slice(off, _CHUNK_ROWS)))
+        # Pipeline inside one transaction (a failure anywhere writes nothing): a DuckDB worker thread
+        # (GIL released) inserts the typed rows, then each chunk of log entries, while this thread
+        # encodes and hashes the next chunk and then computes the new Merkle nodes.
+        from .ledger import merkle
+        from .ledger.tree import new_complete_nodes_by_level
+        old_parts = self._get_nodes(merkle.needed_nodes_for_root(start)) if start else {}
         bar = None
         if progress and n_total >= 50_000:
             from tqdm.auto import tqdm
             bar = tqdm(total=n_total, unit="event", desc="ingest")
         seq_parts, hash_parts = [], []
         db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-db")
-        pending = None
+        futures = []
         _x(con, "BEGIN TRANSACTION")
         try:
-            for kind, df in chunks:
-                df = self._apply_pseudonyms(kind, df).join(seq_of_row, on=ROW, how="left")
-                entries = encoding.encode_frame(kind, df, df["seq"], ts_text).cast(pl.Binary).to_arrow()
-                hashes = leaf_hashes_of(entries)
+            prepared = []
+            for kind_name, df in frames.items():
+                kind = KINDS[kind_name]
+                df = self._apply_pseudonyms(kind, df)
+                df = (df.with_columns(pl.int_range(start, start + df.height, dtype=pl.Int64).alias("seq"))
+                      if seq_of_row is None else df.join(seq_of_row, on=ROW, how="left"))
                 typed = df.drop(ROW).with_columns(pl.lit(ts).cast(pl.Datetime("us")).alias("ts"))
-                log = pa.table({"seq": df["seq"].to_arrow(),
-                                "kind": pa.array([kind.name] * df.height, pa.string()),
-                                "leaf_hash": pa.array(hashes, pa.binary()), "entry": entries})
-                seq_parts.append(df["seq"])
-                hash_parts.extend(hashes)
-                if pending is not None:
-                    pending.result()
-                pending = db.submit(self._insert_chunk, kind, typed, log, ts)
-                if bar is not None:
-                    bar.update(df.height)
-            pending.result()
+                futures.append(db.submit(self._insert_typed, kind, typed))
+                prepared.append((kind, df))
+            for kind, df in prepared:
+                for off in range(0, df.height, _CHUNK_ROWS):
+                    part = df.slice(off, _CHUNK_ROWS)
+                    entries = encoding.encode_frame(kind, part, part["seq"], ts_text).cast(pl.Binary).to_arrow()
+                    hashes = leaf_hashes_of(entries)
+                    log = pa.table({"seq": part["seq"].to_arrow(),
+                                    "kind": pa.array([kind.name] * part.height, pa.string()),
+                                    "leaf_hash": pa.array(hashes, pa.binary()), "entry": entries})
+                    if len(futures) > 2:  # bound the look-ahead: at most two chunks wait in memory
+                        futures[-2].result()
+                    futures.append(db.submit(self._insert_log, log, ts))
+                    seq_parts.append(part["seq"])
+                    hash_parts.extend(hashes)
+                    if bar is not None:
+                        bar.update(part.height)
             seqs = pl.concat(seq_parts)
-            if len(chunks) > 1 and not seqs.is_sorted():  # mixed kinds: leaves go in seq order
+            if len(seq_parts) > 1 and not seqs.is_sorted():  # mixed kinds: leaves go in seq order
                 hash_parts = [hash_parts[i] for i in seqs.arg_sort().to_list()]
-            self._add_nodes(start, hash_parts)
+            by_level = new_complete_nodes_by_level(start, hash_parts, lambda wanted: {w: old_parts[w] for w in wanted})
+            for f in futures:
+                f.result()
+            self._insert_nodes(by_level)
             _x(con, "COMMIT")
             if self._pending_nodes is not None and self._node_cache is not None:
                 t = self._pending_nodes
@@ -313,8 +327,8 @@ class AuditStore(RecordReader):
                                             t.column("hash").to_pylist()))
         except BaseException:
             self._node_cache = None  # reload from the table: the rolled-back nodes never happened
-            if pending is not None:
-                pending.exception()  # wait: the connection must be idle before the rollback
+            for f in futures:
+                f.exception()  # wait: the connection must be idle before the rollback
             _x(con, "ROLLBACK")
             raise
         finally:
@@ -325,8 +339,7 @@ class AuditStore(RecordReader):
         self._size = start + n_total
         return range(start, self._size)
 
-    def _insert_chunk(self, kind: Kind, typed: pl.DataFrame, log: pa.Table, ts: dt.datetime) -> None:
-        self._insert_typed(kind, typed)
+    def _insert_log(self, log: pa.Table, ts: dt.datetime) -> None:
         self._con.register("__log", log)
         try:
             _x(self._con, "INSERT INTO log SELECT seq, kind, ?::TIMESTAMP, entry, leaf_hash FROM __log", [ts])
@@ -344,9 +357,7 @@ class AuditStore(RecordReader):
         finally:
             self._con.unregister("__typed")
 
-    def _add_nodes(self, old_size: int, leaf_hashes: list[bytes]) -> None:
-        from .ledger.tree import new_complete_nodes_by_level
-        by_level = new_complete_nodes_by_level(old_size, leaf_hashes, self._get_nodes)
+    def _insert_nodes(self, by_level: dict[int, tuple[int, list[bytes]]]) -> None:
         parts = []
         for level, (first, hashes) in by_level.items():
             if hashes:
