@@ -69,7 +69,8 @@ def main(argv=None) -> int:
         for i in (1, 2, 3):
             d2.active = i
     t_second, _ = timed(second)
-    print(f"full dashboard, a second session (cached data): {t_second:.2f} s")
+    print(f"full dashboard, a second session (cached data; what `rlhf-audit serve` gives every visitor, "
+          f"since it warms the caches at start-up): {t_second:.2f} s")
 
     ann, drift, priv = d.annotators, d.drift, d.privacy
     flagged = ann.flagged()

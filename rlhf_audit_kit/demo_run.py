@@ -73,7 +73,7 @@ def run_demo(size: int = 20_000, out: Path | str = "rlhf-audit-demo", *, serve: 
         return 0
     from .apps.serve import serve
     say(f"[6/6] serving the dashboard over the bundle at http://localhost:{port}/  (Ctrl-C to stop)", flush=True)
-    serve(bundle_dir, port=port, address="127.0.0.1", verifier=signer.vkey, show=False)
+    serve(bundle_dir, port=port, address="127.0.0.1", verifier=signer.vkey, show=False, warm=True)
     return 0
 
 

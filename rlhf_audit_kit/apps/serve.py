@@ -54,10 +54,12 @@ def _warm_imports() -> None:  # the privacy accountant (dp-accounting) takes sec
 
 
 def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_auth: dict | str | None = None,
-          verifier: Any = None, show: bool = False, threaded: bool = False, **kw: Any):
+          verifier: Any = None, show: bool = False, threaded: bool = False, warm: bool = False, **kw: Any):
     """Serve the dashboard of ``source`` (path, store or bundle); returns Panel's server (thread).
 
     Each session builds its own :class:`AuditDashboard` over one shared read-only source.
+    ``warm=True`` builds every tab once before serving, so the shared per-source caches (the
+    aggregated frames each view plots) are loaded at start-up and no visitor pays for them.
     """
     import panel as pn
 
@@ -69,7 +71,10 @@ def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_au
         pn.extension("tabulator")
         return AuditDashboard(src, verifier=verifier).template()
 
-    threading.Thread(target=_warm_imports, daemon=True).start()
+    if warm:
+        _warm_dashboard(src, verifier)
+    else:
+        threading.Thread(target=_warm_imports, daemon=True).start()
     host = "localhost" if is_loopback(address) else address
     origins = [f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"]
     if basic_auth is not None and not os.environ.get("PANEL_COOKIE_SECRET"):
@@ -77,6 +82,20 @@ def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_au
     return pn.serve({"/": app}, port=port, address=address, show=show, threaded=threaded,
                     websocket_origin=kw.pop("websocket_origin", origins), basic_auth=basic_auth,
                     title=f"RLHF audit: {src.label}", liveness=True, verbose=False, **kw)
+
+
+def _warm_dashboard(src: Any, verifier: Any) -> None:
+    """Render every tab once, off-screen, to fill the source's caches before the first visitor."""
+    import panel as pn
+
+    from .dashboard import AuditDashboard
+    try:
+        d = AuditDashboard(src, verifier=verifier)
+        pn.panel(d).get_root()
+        for i in range(1, 4):
+            d.active = i
+    except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first visitor time
+        print(f"warning: dashboard warm-up failed ({e}); serving anyway", flush=True)
 
 
 def _cmd_serve(args) -> int:
@@ -92,7 +111,7 @@ def _cmd_serve(args) -> int:
     kind = "bundle" if path.is_dir() else "store (read-only)"
     print(f"serving {kind} {path} at http://{host}:{args.port}/"
           + (" (basic auth)" if auth else ""), flush=True)
-    serve(path, port=args.port, address=address, basic_auth=auth, verifier=args.verifier, show=False)
+    serve(path, port=args.port, address=address, basic_auth=auth, verifier=args.verifier, show=False, warm=True)
     return 0
 
 
