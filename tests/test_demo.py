@@ -416,16 +416,16 @@ def test_generation_speed_at_one_million_annotations(capsys):
     assert n > 990_000
 
 
-# -- hand-off to the rest of the kit (skipped while those modules are not there) --------------------
+# -- hand-off to the rest of the kit ---------------------------------------------------------------
 def test_frames_pass_the_kits_own_validation(small_frames):
-    validate = pytest.importorskip("rlhf_audit_kit.validate")
+    from rlhf_audit_kit import validate
     for kind, frame in small_frames.items():
         out = validate.normalise(frame, kind=kind)
         assert out[kind].height == frame.height
 
 
 def test_write_to_a_real_store(tmp_path, tiny):
-    store_mod = pytest.importorskip("rlhf_audit_kit.store")
+    from rlhf_audit_kit import store as store_mod
     store = store_mod.open_store(tmp_path / "demo.duckdb", pseudonymize=False)
     try:
         assert tiny.write_to(store, progress=False) == tiny.counts()

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 
 if not os.path.exists(CHROMIUM):  # pragma: no cover
-    pytest.skip("Debian chromium not installed", allow_module_level=True)
+    if os.environ.get("CI"):  # CI installs it (.ci/run): a missing browser there is a failure
+        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (see .ci/run)")
+    pytest.skip("Debian chromium not installed (sudo apt-get install chromium)", allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
