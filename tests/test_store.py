@@ -245,3 +245,19 @@ def test_decoded_entry_matches_typed_row(store):
     assert ev["data"]["rationale"] == row["rationale"] == "because\n\"quoted\""
     assert ev["data"]["annotator"] == row["annotator"]
     assert decode_entry(store.entry(0))["kind"] == "annotation"
+
+
+def test_mixed_kind_batch_keeps_row_order_as_seq_and_tree_matches(store):
+    from rlhf_audit_kit.ledger.tree import TreeReader
+    rows = []
+    for i in range(30):
+        rows.append(annotation(i) if i % 3 else
+                    {"kind": "train_step", "run_id": "r", "algorithm": "dpo", "step": i, "metrics": {"loss": i / 7}})
+    assert store.extend(rows) == range(0, 30)
+    kinds = store.sql("select kind from log order by seq")["kind"].to_list()
+    assert kinds == [r["kind"] for r in rows]
+    entries = store.sql("select entry from log order by seq")["entry"].to_list()
+    assert TreeReader(store._get_nodes).root(30) == merkle.root(entries)
+    for n in (1, 7, 16, 29):
+        proof = TreeReader(store._get_nodes).inclusion_proof(n, 30)
+        assert merkle.verify_inclusion(merkle.leaf_hash(entries[n]), n, 30, proof, merkle.root(entries))
