@@ -161,7 +161,7 @@ class AuditStore(RecordReader):
             self.keys_folder = Path(env) if env else None
         self._pseudonymize = pseudonymize
         self._node_cache: dict[tuple[int, int], bytes] | None = None
-        self._pending_nodes: pa.Table | None = None
+        self._pending_nodes: list[pa.Table] = []
         self._pseudonymizer = None
         self._privacy = None
 
@@ -285,6 +285,10 @@ class AuditStore(RecordReader):
             from tqdm.auto import tqdm
             bar = tqdm(total=n_total, unit="event", desc="ingest")
         seq_parts, hash_parts = [], []
+        # Single-kind batches are in seq order: the new Merkle nodes are computed chunk by chunk from
+        # the tree's right edge (the last complete node of each level) and inserted by the worker too.
+        incremental = seq_of_row is None
+        edge, size_so_far = dict(old_parts), start
         db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-db")
         futures = []
         _x(con, "BEGIN TRANSACTION")
@@ -309,22 +313,34 @@ class AuditStore(RecordReader):
                     if len(futures) > 2:  # bound the look-ahead: at most two chunks wait in memory
                         futures[-2].result()
                     futures.append(db.submit(self._insert_log, log, ts))
+                    if incremental:
+                        by_level = new_complete_nodes_by_level(size_so_far, hashes,
+                                                               lambda wanted: {w: edge[w] for w in wanted})
+                        for lv, (first, hs) in by_level.items():
+                            if hs:
+                                edge[(lv, first + len(hs) - 1)] = hs[-1]
+                        size_so_far += len(hashes)
+                        edge[(0, size_so_far - 1)] = hashes[-1]
+                        futures.append(db.submit(self._insert_nodes, by_level))
+                        continue
                     seq_parts.append(part["seq"])
                     hash_parts.extend(hashes)
                     if bar is not None:
                         bar.update(part.height)
-            seqs = pl.concat(seq_parts)
-            if len(seq_parts) > 1 and not seqs.is_sorted():  # mixed kinds: leaves go in seq order
-                hash_parts = [hash_parts[i] for i in seqs.arg_sort().to_list()]
-            by_level = new_complete_nodes_by_level(start, hash_parts, lambda wanted: {w: old_parts[w] for w in wanted})
+            if not incremental:
+                seqs = pl.concat(seq_parts)
+                if not seqs.is_sorted():  # mixed kinds: leaves go in seq order
+                    hash_parts = [hash_parts[i] for i in seqs.arg_sort().to_list()]
+                by_level = new_complete_nodes_by_level(start, hash_parts,
+                                                       lambda wanted: {w: old_parts[w] for w in wanted})
+                futures.append(db.submit(self._insert_nodes, by_level))
             for f in futures:
                 f.result()
-            self._insert_nodes(by_level)
             _x(con, "COMMIT")
-            if self._pending_nodes is not None and self._node_cache is not None:
-                t = self._pending_nodes
-                self._node_cache.update(zip(zip(t.column("level").to_pylist(), t.column("idx").to_pylist()),
-                                            t.column("hash").to_pylist()))
+            if self._node_cache is not None:
+                for t in self._pending_nodes:
+                    self._node_cache.update(zip(zip(t.column("level").to_pylist(), t.column("idx").to_pylist()),
+                                                t.column("hash").to_pylist()))
         except BaseException:
             self._node_cache = None  # reload from the table: the rolled-back nodes never happened
             for f in futures:
@@ -332,7 +348,7 @@ class AuditStore(RecordReader):
             _x(con, "ROLLBACK")
             raise
         finally:
-            self._pending_nodes = None
+            self._pending_nodes = []
             db.shutdown(wait=True)
             if bar is not None:
                 bar.close()
@@ -369,8 +385,8 @@ class AuditStore(RecordReader):
             self._con.register("__nodes", nodes)
             _x(self._con, "INSERT INTO merkle_node SELECT level, idx, hash FROM __nodes")
             self._con.unregister("__nodes")
-            if self._node_cache is not None:  # upper levels join the cache once the transaction commits
-                self._pending_nodes = nodes.filter(pc.greater_equal(nodes.column("level"), NODE_LEVEL))
+            # upper levels join the in-memory cache once the transaction commits
+            self._pending_nodes.append(nodes.filter(pc.greater_equal(nodes.column("level"), NODE_LEVEL)))
 
     def _get_nodes(self, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """Complete Merkle nodes by (level, index): the tree oracle behind roots and proofs."""
