@@ -282,3 +282,18 @@ def test_chunked_pipeline_builds_the_same_tree(tmp_path, monkeypatch, chunk):
         signer = Signer.from_seed("test.example/log", bytes(32))
         s.snapshot(signer)
         assert s.verify(signer.vkey).ok  # includes: every stored node equals the recomputed one
+
+
+def test_leaf_hashes_from_every_arrow_binary_layout():
+    import hashlib
+
+    import pyarrow as pa
+
+    from rlhf_audit_kit.store import leaf_hashes_of
+    vals = [b"", b"short", b"x" * 12, b"y" * 13, b"z" * 5000]
+    want = [hashlib.sha256(b"\x00" + v).digest() for v in vals]
+    for t in (pa.binary(), pa.large_binary(), pa.binary_view()):
+        arr = pa.array(vals, t)
+        assert leaf_hashes_of(arr) == want
+        assert leaf_hashes_of(arr.slice(2)) == want[2:]  # offsets into the buffers are honoured
+        assert leaf_hashes_of(pa.chunked_array([arr.slice(0, 2), arr.slice(2)])) == want
