@@ -24,9 +24,11 @@ import polars as pl
 
 
 def _batches(parquet: Path, batch: int):
-    import pyarrow.parquet as pq
-    for rb in pq.ParquetFile(parquet).iter_batches(batch_size=batch):
-        yield pl.from_arrow(rb)
+    # polars pushes the slice into the Parquet scan: only the row groups of each batch are read
+    lf = pl.scan_parquet(parquet)
+    total = lf.select(pl.len()).collect().item()
+    for off in range(0, total, batch):
+        yield lf.slice(off, batch).collect().rechunk()  # one chunk: the fastest DuckDB insert path
 
 
 def child_plain(parquet: Path, db: Path, batch: int) -> dict:

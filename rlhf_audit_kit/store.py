@@ -53,6 +53,7 @@ STORE_FORMAT = 1
 # (1/128 of the leaves) and rebuild lower ones from their tile of 2**NODE_LEVEL leaf hashes, so a
 # proof costs a few small range scans instead of a scan of the node table.
 NODE_LEVEL = 8
+DEFAULT_MEMORY_LIMIT = "2GB"
 _ARROW_VIEWS = pl.CompatLevel.newest()  # polars hands strings to DuckDB as Arrow views, without a copy
 _CHUNK_ROWS = 122_880  # rows per pipeline step of extend(): one DuckDB row group, so inserts write straight to the file
 _SQL_TYPES = {"id": "VARCHAR", "text": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
@@ -161,7 +162,8 @@ class AuditStore(RecordReader):
     """
 
     def __init__(self, path: str | os.PathLike, *, keys: str | os.PathLike | None = None,
-                 read_only: bool = False, origin: str | None = None, pseudonymize: bool = True):
+                 read_only: bool = False, origin: str | None = None, pseudonymize: bool = True,
+                 memory_limit: str | None = DEFAULT_MEMORY_LIMIT):
         self.path = Path(path)
         self.read_only = read_only
         self._lock = threading.RLock()
@@ -171,6 +173,8 @@ class AuditStore(RecordReader):
         # Inserts may fill row groups in parallel. Nothing relies on physical row order: every read
         # that needs an order sorts by seq, and the log's seq ranges still map to few row groups.
         _x(self._con, "SET preserve_insertion_order = false")
+        if memory_limit:  # DuckDB would otherwise keep up to 80% of RAM of written pages cached
+            _x(self._con, "SET memory_limit = ?", [str(memory_limit)])
         if not read_only:
             self._create_schema(origin)
         meta = dict(_x(self._con, "SELECT key, value FROM meta"))
@@ -563,7 +567,8 @@ class AuditStore(RecordReader):
 
 
 def open_store(path: str | os.PathLike, *, keys: str | os.PathLike | None = None, read_only: bool = False,
-               origin: str | None = None, pseudonymize: bool = True) -> AuditStore:
+               origin: str | None = None, pseudonymize: bool = True,
+               memory_limit: str | None = DEFAULT_MEMORY_LIMIT) -> AuditStore:
     """Open (or create) the audit store at ``path``.
 
     ``keys``: the keys folder (``rlhf-audit keys init``) holding the pseudonymisation key; by
@@ -571,5 +576,9 @@ def open_store(path: str | os.PathLike, *, keys: str | os.PathLike | None = None
     pseudonymised on ingest; without a key such events are refused unless ``pseudonymize=False``.
     ``read_only``: for a second process while no writer holds the file. ``origin``: the
     checkpoint origin line for a new store (default ``rlhf-audit-kit.local/<store id>``).
+    ``memory_limit``: DuckDB's buffer pool for this store (default 2 GB, which keeps ingest of millions of
+    events in bounded memory; larger-than-memory queries spill to disk). ``None`` leaves DuckDB's default
+    of 80% of RAM, faster for heavy analysis on a big machine.
     """
-    return AuditStore(path, keys=keys, read_only=read_only, origin=origin, pseudonymize=pseudonymize)
+    return AuditStore(path, keys=keys, read_only=read_only, origin=origin, pseudonymize=pseudonymize,
+                      memory_limit=memory_limit)
