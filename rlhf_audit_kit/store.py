@@ -170,9 +170,6 @@ class AuditStore(RecordReader):
         self._tls = threading.local()
         self._con = duckdb.connect(str(self.path), read_only=read_only)
         _x(self._con, "SET TimeZone = 'UTC'")
-        # Inserts may fill row groups in parallel. Nothing relies on physical row order: every read
-        # that needs an order sorts by seq, and the log's seq ranges still map to few row groups.
-        _x(self._con, "SET preserve_insertion_order = false")
         if memory_limit:  # DuckDB would otherwise keep up to 80% of RAM of written pages cached
             _x(self._con, "SET memory_limit = ?", [str(memory_limit)])
         if not read_only:
@@ -320,6 +317,9 @@ class AuditStore(RecordReader):
         edge, size_so_far = dict(old_parts), start
         db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-db")
         futures = []
+        # Inserts may fill row groups on several threads (the rows land in seq order all the same);
+        # reads keep DuckDB's ordered scans, which verification and the tile reads rely on for speed.
+        _x(con, "SET preserve_insertion_order = false")
         _x(con, "BEGIN TRANSACTION")
         try:
             prepared = []
@@ -380,6 +380,7 @@ class AuditStore(RecordReader):
         finally:
             self._pending_nodes = []
             db.shutdown(wait=True)
+            _x(con, "SET preserve_insertion_order = true")
             if bar is not None:
                 bar.close()
         self._size = start + n_total
