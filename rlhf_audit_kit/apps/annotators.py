@@ -14,7 +14,8 @@ import param
 import polars as pl
 
 from ._common import ACCENT, PLOT_OPTS, card, esc, require_panel, short_labels, wilson
-from ._data import Source, as_source
+from ._viewer import SourceViewer
+from ._data import Source
 
 pn = require_panel()
 import holoviews as hv  # noqa: E402
@@ -191,7 +192,7 @@ def daily_throughput(ann: pl.DataFrame) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------------------- viewer
-class AnnotatorBehaviour(pn.viewable.Viewer):
+class AnnotatorBehaviour(SourceViewer):
     """Annotator behaviour: agreement heatmap, bias with CIs, throughput, flags and drill-down.
 
     Parameters
@@ -205,7 +206,6 @@ class AnnotatorBehaviour(pn.viewable.Viewer):
     >>> view.annotator = view.flagged()[0]        # doctest: +SKIP
     """
 
-    source = param.Parameter(doc="AuditStore, bundle, path or Source to read (never written).")
     time_window = param.DateRange(default=None, doc="Only judgements submitted in this window (UTC).")
     annotator = param.Selector(default=ALL, objects=[ALL], doc="Annotator to drill into, or all of them.")
     task = param.String(default="", doc="Task batch id, or an id prefix; empty for every batch.")
@@ -213,13 +213,8 @@ class AnnotatorBehaviour(pn.viewable.Viewer):
                          doc="seq of the annotation whose response pair is shown side by side.")
 
     def __init__(self, source: Any = None, **params: Any):
-        if source is not None:
-            params["source"] = source
-        super().__init__(**params)
-        self._src = as_source(self.source)
-        self._loaded = False
+        super().__init__(source, **params)
         self._memo: dict[str, tuple[Any, Any]] = {}
-        self._layout = None
 
     # -- data ----------------------------------------------------------------------------------
     def _load(self) -> None:

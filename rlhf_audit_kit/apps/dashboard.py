@@ -11,7 +11,7 @@ from typing import Any
 import param
 
 from ._common import ACCENT, esc, require_panel
-from ._data import as_source
+from ._viewer import SourceViewer
 from .annotators import AnnotatorBehaviour
 from .drift import ModelDrift
 from .integrity import Integrity
@@ -24,7 +24,7 @@ __all__ = ["AuditDashboard"]
 TITLE = "RLHF audit"
 
 
-class AuditDashboard(pn.viewable.Viewer):
+class AuditDashboard(SourceViewer):
     """Annotators, privacy, model drift and integrity of one store or bundle, in tabs.
 
     Parameters
@@ -35,15 +35,12 @@ class AuditDashboard(pn.viewable.Viewer):
         Verifier key to trust for signature checks (default: the bundle's or the keys folder's).
     """
 
-    source = param.Parameter(doc="AuditStore, bundle, path or Source to read (never written).")
     verifier = param.Parameter(default=None, doc="Verifier key (string, .vkey file or keys folder) to trust.")
     active = param.Integer(default=0, bounds=(0, 3), doc="Index of the tab shown.")
 
     def __init__(self, source: Any = None, **params: Any):
-        if source is not None:
-            params["source"] = source
-        super().__init__(**params)
-        self.src = as_source(self.source, verifier=self.verifier)
+        super().__init__(source, **params)
+        self.src = self._src
         self.annotators = AnnotatorBehaviour(self.src)
         self.privacy = PrivacySpend(self.src)
         self.drift = ModelDrift(self.src)

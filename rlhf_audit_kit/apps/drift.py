@@ -7,14 +7,14 @@ at most ``MAX_POINTS`` bins before plotting; change points are found on the full
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import param
 import polars as pl
 
 from ._common import ACCENT, require_panel
-from ._data import Source, as_source
+from ._viewer import SourceViewer
+from ._data import Source
 
 pn = require_panel()
 import holoviews as hv  # noqa: E402
@@ -83,7 +83,7 @@ def detect_changes(series: pl.DataFrame, method: str = "cusum") -> pl.DataFrame:
                         min_instances=warm)
 
 
-class ModelDrift(pn.viewable.Viewer):
+class ModelDrift(SourceViewer):
     """Reward and policy drift over checkpoints and training steps.
 
     Parameters
@@ -92,7 +92,6 @@ class ModelDrift(pn.viewable.Viewer):
         An AuditStore, a bundle or a path. Read only.
     """
 
-    source = param.Parameter(doc="AuditStore, bundle, path or Source to read (never written).")
     run_id = param.Selector(default="", objects=[""], doc="Training run whose scores and metrics are shown.")
     reward_model = param.Selector(default="", objects=[""], doc="Reward model whose scores are compared.")
     checkpoint = param.Selector(default=0, objects=[0], doc="Checkpoint step compared with the reference.")
@@ -101,15 +100,6 @@ class ModelDrift(pn.viewable.Viewer):
     reward_metric = param.Selector(default="", objects=[""], doc="Training metric plotted as reward.")
     detector = param.Selector(default="cusum", objects=["cusum", "page_hinkley"],
                               doc="Change-point detector run on the full metric series.")
-
-    def __init__(self, source: Any = None, **params: Any):
-        if source is not None:
-            params["source"] = source
-        super().__init__(**params)
-        self._given = set(params)
-        self._src = as_source(self.source)
-        self._loaded = False
-        self._layout = None
 
     # -- data ----------------------------------------------------------------------------------
     def _load(self) -> None:

@@ -9,13 +9,13 @@ verifier key (given, else the one the bundle ships; pin your own key when you ca
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import param
 import polars as pl
 
 from ._common import ACCENT, card, esc, require_panel
-from ._data import ProofResult, VerifyStatus, as_source
+from ._viewer import SourceViewer
+from ._data import ProofResult, VerifyStatus
 
 pn = require_panel()
 import holoviews as hv  # noqa: E402
@@ -56,7 +56,7 @@ def proof_html(p: ProofResult | None) -> str:
                 f"<div class='proof-message'>{esc(p.message)}</div>{rows}", colour)
 
 
-class Integrity(pn.viewable.Viewer):
+class Integrity(SourceViewer):
     """Snapshots, verification, inclusion proofs and the verifier key of a store or bundle.
 
     Parameters
@@ -68,19 +68,11 @@ class Integrity(pn.viewable.Viewer):
         bundle ships, or the store's keys folder).
     """
 
-    source = param.Parameter(doc="AuditStore, bundle, path or Source to read (never written).")
     verifier = param.Parameter(default=None, doc="Verifier key (string, .vkey file or keys folder) to trust.")
     seq = param.Integer(default=0, bounds=(0, None), doc="seq of the event whose inclusion proof is looked up.")
     verify_on_load = param.Boolean(default=False, doc="Verify the whole record when first displayed.")
     status = param.Parameter(default=None, doc="Last VerifyStatus (None until verified).")
     proof = param.Parameter(default=None, doc="Last ProofResult (None until looked up).")
-
-    def __init__(self, source: Any = None, **params: Any):
-        if source is not None:
-            params["source"] = source
-        super().__init__(**params)
-        self._src = as_source(self.source, verifier=self.verifier)
-        self._layout = None
 
     def verify(self) -> VerifyStatus:
         """Verify now (cached on the source: a snapshot or bundle does not change)."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
 import param
 import polars as pl
 
 from ._common import ACCENT, card, esc, require_panel
-from ._data import Source, as_source
+from ._viewer import SourceViewer
+from ._data import Source
 
 pn = require_panel()
 import holoviews as hv  # noqa: E402
@@ -116,7 +116,7 @@ def what_if(budgets: pl.DataFrame, charges: pl.DataFrame, *, mechanism: str, eps
                                       "fits": pl.Boolean}, orient="row")
 
 
-class PrivacySpend(pn.viewable.Viewer):
+class PrivacySpend(SourceViewer):
     """Privacy budgets: burn-down per scope, releases timeline, remaining budget and a what-if.
 
     Parameters
@@ -125,7 +125,6 @@ class PrivacySpend(pn.viewable.Viewer):
         An AuditStore, a bundle or a path. Read only: the what-if never records anything.
     """
 
-    source = param.Parameter(doc="AuditStore, bundle, path or Source to read (never written).")
     scope = param.Selector(default=ALL, objects=[ALL], doc="Budget scope to show, or all of them.")
     plan_mechanism = param.Selector(default="laplace", objects=list(PLAN_MECHANISMS),
                                     doc="Mechanism of the planned release (calibrated at sensitivity 1).")
@@ -135,14 +134,6 @@ class PrivacySpend(pn.viewable.Viewer):
     plan_sample_rate = param.Number(default=0.01, bounds=(1e-6, 1.0),
                                     doc="Poisson sampling rate (subsampled Gaussian only).")
     estimate = param.Boolean(default=False, doc="Show the what-if (set by the Estimate button).")
-
-    def __init__(self, source: Any = None, **params: Any):
-        if source is not None:
-            params["source"] = source
-        super().__init__(**params)
-        self._src = as_source(self.source)
-        self._loaded = False
-        self._layout = None
 
     def _load(self) -> None:
         if self._loaded:
