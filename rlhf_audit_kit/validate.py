@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -429,7 +428,3 @@ def normalise(rows: Any, kind: str | None = None) -> dict[str, pl.DataFrame]:
     if kind not in KINDS:
         raise ValidationError(0, "kind", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
     return {kind: _prepare_frame(KINDS[kind], data)}
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -918,6 +918,15 @@ def agreement_matrix(
     return (pl.DataFrame({"annotator_a": names}).join(wide_df, on="annotator_a", how="left")
             .select(pl.col("annotator_a").alias("annotator"), *names))
 
+
+def _upper_bound_below(rate: float | None, n: int, min_n: int, threshold: float, level: float) -> float | None:
+    """The Clopper-Pearson upper bound of ``rate`` over ``n`` items if it lies below ``threshold``
+    (so the shortfall is not chance), else None; None too when there are fewer than ``min_n`` items."""
+    if n < min_n or rate is None:
+        return None
+    hi = float(_clopper_pearson(round(rate * n), n, level)[1])
+    return hi if hi < threshold else None
+
 def _flags(out: pl.DataFrame, *, alpha: float, ci_level: float, min_n: int, position_share_min: float,
            length_share_min: float, random_kappa_max: float, fast_quantile: float,
            min_agreement: float, min_self_consistency: float, min_repeats: int,
@@ -960,19 +969,17 @@ def _flags(out: pl.DataFrame, *, alpha: float, ci_level: float, min_n: int, posi
             why.append(f"low agreement: {agr:.2f} with the other annotators' majority over "
                        f"{r['agreement_n']:,} items (threshold {min_agreement:.2f})")
         sc, n_rep = r["self_consistency"], r["n_repeated"]
-        if n_rep >= min_repeats and sc is not None:
-            hi = float(_clopper_pearson(round(sc * n_rep), n_rep, ci_level)[1])
-            if hi < min_self_consistency:
-                f.append("inconsistent")
-                why.append(f"inconsistent: same label on only {_pct(sc)} of {n_rep} repeated items "
-                           f"({100 * ci_level:g}% CI up to {hi:.2f}, below {min_self_consistency:.2f})")
+        hi = _upper_bound_below(sc, n_rep, min_repeats, min_self_consistency, ci_level)
+        if hi is not None:
+            f.append("inconsistent")
+            why.append(f"inconsistent: same label on only {_pct(sc)} of {n_rep} repeated items "
+                       f"({100 * ci_level:g}% CI up to {hi:.2f}, below {min_self_consistency:.2f})")
         ga, n_gold = r["gold_accuracy"], r["n_gold"]
-        if n_gold >= min_gold and ga is not None:
-            hi = float(_clopper_pearson(round(ga * n_gold), n_gold, ci_level)[1])
-            if hi < min_gold_accuracy:
-                f.append("low_gold_accuracy")
-                why.append(f"gold accuracy {_pct(ga)} on {n_gold} gold items ({100 * ci_level:g}% CI "
-                           f"up to {hi:.2f}, below {min_gold_accuracy:.2f})")
+        hi = _upper_bound_below(ga, n_gold, min_gold, min_gold_accuracy, ci_level)
+        if hi is not None:
+            f.append("low_gold_accuracy")
+            why.append(f"gold accuracy {_pct(ga)} on {n_gold} gold items ({100 * ci_level:g}% CI "
+                       f"up to {hi:.2f}, below {min_gold_accuracy:.2f})")
         flags.append(f)
         reasons.append("; ".join(why))
     return flags, reasons
