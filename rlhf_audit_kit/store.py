@@ -117,7 +117,7 @@ def leaf_hashes_of(entries: pa.Array | pa.ChunkedArray) -> list[bytes]:
     """
     if isinstance(entries, pa.ChunkedArray):
         return [h for chunk in entries.chunks for h in leaf_hashes_of(chunk)]
-    sha = hashlib.sha256
+    leaf = hashlib.sha256(b"\x00").copy  # copying the primed state beats hashing the prefix each time
     out: list[bytes] = []
     append = out.append
     n = len(entries)
@@ -128,7 +128,7 @@ def leaf_hashes_of(entries: pa.Array | pa.ChunkedArray) -> list[bytes]:
         data = [memoryview(x) if x is not None else None for x in bufs[2:]]
         base = entries.offset * 16
         for i, (ln, bi, off) in enumerate(zip(views["len"].tolist(), views["buf"].tolist(), views["off"].tolist())):
-            h = sha(b"\x00")
+            h = leaf()
             if ln <= 12:  # short values live inside the view itself
                 p = base + 16 * i + 4
                 h.update(vbuf[p:p + ln])
@@ -143,10 +143,15 @@ def leaf_hashes_of(entries: pa.Array | pa.ChunkedArray) -> list[bytes]:
     buf = memoryview(data) if data is not None else memoryview(b"")
     o = offs.tolist()
     for a, b in zip(o, o[1:]):
-        h = sha(b"\x00")
+        h = leaf()
         h.update(buf[a:b])
         append(h.digest())
     return out
+
+
+def _fixed32(hashes: list[bytes]) -> pa.Array:
+    """32-byte digests as one Arrow fixed-size binary array (one join, no per-item objects)."""
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(hashes), [None, pa.py_buffer(b"".join(hashes))])
 
 
 class AuditStore(RecordReader):
@@ -173,6 +178,11 @@ class AuditStore(RecordReader):
         if memory_limit:  # DuckDB would otherwise keep up to 80% of RAM of written pages cached
             _x(self._con, "SET memory_limit = ?", [str(memory_limit)])
         if not read_only:
+            # An append-only log has no deletes to reclaim; merging the part-filled row group each large
+            # batch ends with would rewrite (and recompress) most of the batch at the next checkpoint:
+            # ~2 s per million events, and the file grows by the rewritten half.
+            _x(self._con, "SET max_vacuum_tasks = 0")
+        if not read_only:
             self._create_schema(origin)
         meta = dict(_x(self._con, "SELECT key, value FROM meta"))
         if int(meta.get("format", "0")) != STORE_FORMAT:
@@ -187,7 +197,6 @@ class AuditStore(RecordReader):
             self.keys_folder = Path(env) if env else None
         self._pseudonymize = pseudonymize
         self._node_cache: dict[tuple[int, int], bytes] | None = None
-        self._pending_nodes: list[pa.Table] = []
         self._pseudonymizer = None
         self._privacy = None
 
@@ -311,11 +320,13 @@ class AuditStore(RecordReader):
             from tqdm.auto import tqdm
             bar = tqdm(total=n_total, unit="event", desc="ingest")
         seq_parts, hash_parts = [], []
+        new_nodes: list[pa.Table | None] = []
         # Single-kind batches are in seq order: the new Merkle nodes are computed chunk by chunk from
         # the tree's right edge (the last complete node of each level) and inserted by the worker too.
         incremental = seq_of_row is None
         edge, size_so_far = dict(old_parts), start
         db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-db")
+        enc = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-encode")
         futures = []
         # Inserts may fill row groups on several threads (the rows land in seq order all the same);
         # reads keep DuckDB's ordered scans, which verification and the tile reads rely on for speed.
@@ -331,46 +342,56 @@ class AuditStore(RecordReader):
                 typed = df.drop(ROW).with_columns(pl.lit(ts).cast(pl.Datetime("us")).alias("ts"))
                 futures.append(db.submit(self._insert_typed, kind, typed))
                 prepared.append((kind, df))
-            for kind, df in prepared:
-                for off in range(0, df.height, _CHUNK_ROWS):
-                    part = df.slice(off, _CHUNK_ROWS)
-                    entries = encoding.encode_frame(kind, part, part["seq"], ts_text).cast(pl.Binary) \
-                        .to_arrow(compat_level=_ARROW_VIEWS)  # binary views: no copy
-                    hashes = leaf_hashes_of(entries)
-                    log = pa.table({"seq": part["seq"].to_arrow(),
-                                    "kind": pa.array([kind.name] * part.height, pa.string()),
-                                    "leaf_hash": pa.array(hashes, pa.binary()), "entry": entries})
-                    if len(futures) > 2:  # bound the look-ahead: at most two chunks wait in memory
-                        futures[-2].result()
-                    futures.append(db.submit(self._insert_log, log, ts))
-                    if incremental:
-                        by_level = new_complete_nodes_by_level(size_so_far, hashes,
-                                                               lambda wanted: {w: edge[w] for w in wanted})
-                        for lv, (first, hs) in by_level.items():
-                            if hs:
-                                edge[(lv, first + len(hs) - 1)] = hs[-1]
-                        size_so_far += len(hashes)
-                        edge[(0, size_so_far - 1)] = hashes[-1]
-                        futures.append(db.submit(self._insert_nodes, by_level))
-                        continue
-                    seq_parts.append(part["seq"])
-                    hash_parts.extend(hashes)
-                    if bar is not None:
-                        bar.update(part.height)
+            # An encoder thread (polars, GIL released) runs one chunk ahead of the hashing here.
+            chunks = [(kind, df.slice(off, _CHUNK_ROWS)) for kind, df in prepared
+                      for off in range(0, df.height, _CHUNK_ROWS)]
+            encoded = [enc.submit(self._encode_chunk, k, part, ts_text) for k, part in chunks[:2]]
+            for i, (kind, part) in enumerate(chunks):
+                entries = encoded[i].result()
+                encoded[i] = None
+                if i + 2 < len(chunks):
+                    encoded.append(enc.submit(self._encode_chunk, *chunks[i + 2], ts_text))
+                hashes = leaf_hashes_of(entries)
+                log = pa.table({"seq": part["seq"].to_arrow(),
+                                "kind": pa.array([kind.name] * part.height, pa.string()),
+                                "leaf_hash": _fixed32(hashes), "entry": entries})
+                if len(futures) > 2:  # bound the look-ahead: at most two chunks wait in memory
+                    futures[-2].result()
+                futures.append(db.submit(self._insert_log, log, ts))
+                if bar is not None:
+                    bar.update(part.height)
+                if incremental:
+                    by_level = new_complete_nodes_by_level(size_so_far, hashes,
+                                                           lambda wanted: {w: edge[w] for w in wanted})
+                    for lv, (first, hs) in by_level.items():
+                        if hs:
+                            edge[(lv, first + len(hs) - 1)] = hs[-1]
+                    size_so_far += len(hashes)
+                    edge[(0, size_so_far - 1)] = hashes[-1]
+                    nodes = self._nodes_table(by_level)
+                    new_nodes.append(nodes)
+                    futures.append(db.submit(self._insert_nodes, nodes))
+                    continue
+                seq_parts.append(part["seq"])
+                hash_parts.extend(hashes)
             if not incremental:
                 seqs = pl.concat(seq_parts)
                 if not seqs.is_sorted():  # mixed kinds: leaves go in seq order
                     hash_parts = [hash_parts[i] for i in seqs.arg_sort().to_list()]
                 by_level = new_complete_nodes_by_level(start, hash_parts,
                                                        lambda wanted: {w: old_parts[w] for w in wanted})
-                futures.append(db.submit(self._insert_nodes, by_level))
+                nodes = self._nodes_table(by_level)
+                new_nodes.append(nodes)
+                futures.append(db.submit(self._insert_nodes, nodes))
             for f in futures:
                 f.result()
             _x(con, "COMMIT")
-            if self._node_cache is not None:
-                for t in self._pending_nodes:
-                    self._node_cache.update(zip(zip(t.column("level").to_pylist(), t.column("idx").to_pylist()),
-                                                t.column("hash").to_pylist()))
+            if self._node_cache is not None:  # upper levels join the in-memory cache once committed
+                for t in new_nodes:
+                    if t is not None:
+                        t = t.filter(pc.greater_equal(t.column("level"), NODE_LEVEL))
+                        self._node_cache.update(zip(zip(t.column("level").to_pylist(), t.column("idx").to_pylist()),
+                                                    t.column("hash").to_pylist()))
         except BaseException:
             self._node_cache = None  # reload from the table: the rolled-back nodes never happened
             for f in futures:
@@ -378,13 +399,19 @@ class AuditStore(RecordReader):
             _x(con, "ROLLBACK")
             raise
         finally:
-            self._pending_nodes = []
+            enc.shutdown(wait=True, cancel_futures=True)
             db.shutdown(wait=True)
             _x(con, "SET preserve_insertion_order = true")
             if bar is not None:
                 bar.close()
         self._size = start + n_total
         return range(start, self._size)
+
+    @staticmethod
+    def _encode_chunk(kind: Kind, part: pl.DataFrame, ts_text: str) -> pa.Array:
+        # binary views: polars hands the entries over without a copy
+        return encoding.encode_frame(kind, part, part["seq"], ts_text).cast(pl.Binary).to_arrow(
+            compat_level=_ARROW_VIEWS)
 
     def _insert_log(self, log: pa.Table, ts: dt.datetime) -> None:
         self._con.register("__log", log)
@@ -404,20 +431,22 @@ class AuditStore(RecordReader):
         finally:
             self._con.unregister("__typed")
 
-    def _insert_nodes(self, by_level: dict[int, tuple[int, list[bytes]]]) -> None:
-        parts = []
-        for level, (first, hashes) in by_level.items():
-            if hashes:
-                parts.append(pa.table({"level": pa.array([level] * len(hashes), pa.uint8()),
-                                       "idx": pa.array(range(first, first + len(hashes)), pa.int64()),
-                                       "hash": pa.array(hashes, pa.binary())}))
-        if parts:
-            nodes = pa.concat_tables(parts)
-            self._con.register("__nodes", nodes)
+    @staticmethod
+    def _nodes_table(by_level: dict[int, tuple[int, list[bytes]]]) -> pa.Table | None:
+        parts = [pa.table({"level": np.full(len(hashes), level, np.uint8),
+                           "idx": np.arange(first, first + len(hashes), dtype=np.int64),
+                           "hash": _fixed32(hashes)})
+                 for level, (first, hashes) in by_level.items() if hashes]
+        return pa.concat_tables(parts) if parts else None
+
+    def _insert_nodes(self, nodes: pa.Table | None) -> None:
+        if nodes is None:
+            return
+        self._con.register("__nodes", nodes)
+        try:
             _x(self._con, "INSERT INTO merkle_node SELECT level, idx, hash FROM __nodes")
+        finally:
             self._con.unregister("__nodes")
-            # upper levels join the in-memory cache once the transaction commits
-            self._pending_nodes.append(nodes.filter(pc.greater_equal(nodes.column("level"), NODE_LEVEL)))
 
     def _get_nodes(self, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """Complete Merkle nodes by (level, index): the tree oracle behind roots and proofs."""

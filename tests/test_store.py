@@ -297,3 +297,53 @@ def test_leaf_hashes_from_every_arrow_binary_layout():
         assert leaf_hashes_of(arr) == want
         assert leaf_hashes_of(arr.slice(2)) == want[2:]  # offsets into the buffers are honoured
         assert leaf_hashes_of(pa.chunked_array([arr.slice(0, 2), arr.slice(2)])) == want
+
+
+def test_failure_in_a_later_chunk_writes_nothing(tmp_path, monkeypatch):
+    """The encoder thread runs ahead of hashing and inserting: a failure in any chunk rolls back the batch."""
+    import rlhf_audit_kit.store as store_module
+    monkeypatch.setattr(store_module, "_CHUNK_ROWS", 5)
+    real = store_module.encoding.encode_frame
+    calls = []
+
+    def flaky(kind, part, *a, **k):
+        calls.append(part.height)
+        if len(calls) == 4:
+            raise RuntimeError("disk on fire")
+        return real(kind, part, *a, **k)
+
+    with open_store(tmp_path / "f.duckdb", pseudonymize=False) as s:
+        s.extend([annotation(i) for i in range(7)])
+        before = s.sql("select count(*) AS n from log")["n"][0], s.root()
+        monkeypatch.setattr(store_module.encoding, "encode_frame", flaky)
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            s.extend([annotation(i) for i in range(7, 40)])
+        monkeypatch.setattr(store_module.encoding, "encode_frame", real)
+        assert (s.sql("select count(*) AS n from log")["n"][0], s.root()) == before
+        assert s.sql("select count(*) AS n from annotation")["n"][0] == 7
+        assert s.sql("select count(*) AS n from merkle_node where idx >= 4 and level = 1")["n"][0] == 0
+        assert s.extend([annotation(i) for i in range(7, 12)]) == range(7, 12)
+        assert s.root() == merkle.root(s.sql("select entry from log order by seq")["entry"].to_list())
+
+
+def test_extend_progress_bar_counts_every_row(store, capsys):
+    rows = pl.DataFrame([annotation(i) for i in range(60_000)])
+    store.extend(rows, progress=True)
+    assert "60000/60000" in capsys.readouterr().err
+
+
+def test_large_batches_keep_their_row_groups_at_checkpoint(tmp_path):
+    """Each batch above one row group ends with a part-filled row group. DuckDB's default checkpoint
+    would merge it with its neighbours (rewriting and recompressing them); an append-only log has
+    nothing to reclaim, so the store keeps the layout and closing stays cheap."""
+    import duckdb
+    path = tmp_path / "rg.duckdb"
+    n = 122_880 + 1000
+    with open_store(path, pseudonymize=False) as s:
+        for b in range(2):
+            s.extend(pl.DataFrame({"name": [f"d{b}-{i}" for i in range(n)], "version": "1"}), kind="dataset")
+    con = duckdb.connect(str(path), read_only=True)
+    sizes = [c for (c,) in con.sql("SELECT max(count) FROM pragma_storage_info('log') "
+                                   "GROUP BY row_group_id ORDER BY row_group_id").fetchall()]
+    con.close()
+    assert sizes == [122_880, 1000, 122_880, 1000]
