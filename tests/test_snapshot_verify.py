@@ -99,6 +99,24 @@ def test_forked_hashing_equals_in_process(tmp_path, monkeypatch):
     store.close()
 
 
+def test_sliced_re_encoding_names_the_first_bad_row(tmp_path, monkeypatch):
+    """Big typed tables are re-encoded in slices on several threads: damage in any slice is found."""
+    import duckdb
+
+    import rlhf_audit_kit.ledger.verify as v
+    monkeypatch.setattr(v, "_ENCODE_CHUNK", 3)
+    store, _ = build(tmp_path / "a.duckdb", batches=6, snap_every=6)
+    assert store.verify(SIGNER.verifier, workers=0).ok
+    seqs = store.sql("SELECT seq FROM annotation ORDER BY seq")["seq"].to_list()
+    store.close()
+    con = duckdb.connect(str(tmp_path / "a.duckdb"))
+    con.execute("UPDATE annotation SET choice = 'tie' WHERE seq IN (?, ?)", [seqs[8], seqs[10]])
+    con.close()
+    with open_store(tmp_path / "a.duckdb", pseudonymize=False) as store:
+        report = store.verify(SIGNER.verifier, workers=0)
+    assert (report.damage, report.first_bad_seq) == ("typed-row-mismatch", seqs[8])
+
+
 def test_wrong_key_is_a_bad_signature(built):
     store, snaps = built
     report = store.verify(OTHER.verifier, workers=0)
