@@ -56,6 +56,7 @@ NODE_LEVEL = 8
 DEFAULT_MEMORY_LIMIT = "2GB"
 _ARROW_VIEWS = pl.CompatLevel.newest()  # polars hands strings to DuckDB as Arrow views, without a copy
 _CHUNK_ROWS = 122_880  # rows per pipeline step of extend(): one DuckDB row group, so inserts write straight to the file
+_TYPED_ROWS = 2 * _CHUNK_ROWS  # typed rows per insert: two row groups, which DuckDB fills on two threads
 _SQL_TYPES = {"id": "VARCHAR", "text": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
               "bool": "BOOLEAN", "ts": "TIMESTAMP", "json": "JSON",
               "map_float": "MAP(VARCHAR, DOUBLE)", "map_int": "MAP(VARCHAR, BIGINT)"}
@@ -339,18 +340,24 @@ class AuditStore(RecordReader):
                 df = self._apply_pseudonyms(kind, df)
                 df = (df.with_columns(pl.int_range(start, start + df.height, dtype=pl.Int64).alias("seq"))
                       if seq_of_row is None else df.join(seq_of_row, on=ROW, how="left"))
-                typed = df.drop(ROW).with_columns(pl.lit(ts).cast(pl.Datetime("us")).alias("ts"))
-                futures.append(db.submit(self._insert_typed, kind, typed))
                 prepared.append((kind, df))
-            # An encoder thread (polars, GIL released) runs one chunk ahead of the hashing here.
-            chunks = [(kind, df.slice(off, _CHUNK_ROWS)) for kind, df in prepared
-                      for off in range(0, df.height, _CHUNK_ROWS)]
-            encoded = [enc.submit(self._encode_chunk, k, part, ts_text) for k, part in chunks[:2]]
-            for i, (kind, part) in enumerate(chunks):
+            # An encoder thread (polars, GIL released) runs one chunk ahead of the hashing here. The
+            # typed rows go in slices between the log chunks, so the DB thread starts at once and a
+            # big batch never sits in DuckDB's buffers whole.
+            chunks = [(kind, df, off) for kind, df in prepared for off in range(0, df.height, _CHUNK_ROWS)]
+            encoded = [enc.submit(self._encode_chunk, k, df.slice(off, _CHUNK_ROWS), ts_text)
+                       for k, df, off in chunks[:2]]
+            typed_step = _CHUNK_ROWS * max(1, _TYPED_ROWS // _CHUNK_ROWS)
+            for i, (kind, df, off) in enumerate(chunks):
+                part = df.slice(off, _CHUNK_ROWS)
+                if off % typed_step == 0:
+                    typed = df.slice(off, typed_step).drop(ROW).with_columns(pl.lit(ts).cast(pl.Datetime("us")).alias("ts"))
+                    futures.append(db.submit(self._insert_typed, kind, typed))
                 entries = encoded[i].result()
                 encoded[i] = None
                 if i + 2 < len(chunks):
-                    encoded.append(enc.submit(self._encode_chunk, *chunks[i + 2], ts_text))
+                    k2, df2, off2 = chunks[i + 2]
+                    encoded.append(enc.submit(self._encode_chunk, k2, df2.slice(off2, _CHUNK_ROWS), ts_text))
                 hashes = leaf_hashes_of(entries)
                 log = pa.table({"seq": part["seq"].to_arrow(),
                                 "kind": pa.array([kind.name] * part.height, pa.string()),

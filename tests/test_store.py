@@ -270,12 +270,14 @@ def test_chunked_pipeline_builds_the_same_tree(tmp_path, monkeypatch, chunk):
     from rlhf_audit_kit.ledger.checkpoint import Signer
     from rlhf_audit_kit.ledger.tree import TreeReader
     monkeypatch.setattr(store_module, "_CHUNK_ROWS", chunk)
+    monkeypatch.setattr(store_module, "_TYPED_ROWS", 3 * chunk)  # typed rows go in slices between log chunks
     with open_store(tmp_path / "c.duckdb", pseudonymize=False) as s:
         s.extend([annotation(i) for i in range(37)])
         s.extend([annotation(i) for i in range(37, 100)])
         s.extend([annotation(100, kind="annotation"), {"kind": "dataset", "name": "d", "version": "1"},
                   annotation(101)])  # mixed kinds: the end-of-batch path
         entries = s.sql("select entry from log order by seq")["entry"].to_list()
+        assert s.sql("select count(*) AS n, count(DISTINCT seq) AS d from annotation").row(0) == (102, 102)
         reader = TreeReader(s._get_nodes)
         for size in (1, 37, 64, 99, 100, 103):
             assert reader.root(size) == merkle.root(entries[:size])
