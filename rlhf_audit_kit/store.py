@@ -183,7 +183,6 @@ class AuditStore(RecordReader):
             # batch ends with would rewrite (and recompress) most of the batch at the next checkpoint:
             # ~2 s per million events, and the file grows by the rewritten half.
             _x(self._con, "SET max_vacuum_tasks = 0")
-        if not read_only:
             self._create_schema(origin)
         meta = dict(_x(self._con, "SELECT key, value FROM meta"))
         if int(meta.get("format", "0")) != STORE_FORMAT:
@@ -314,7 +313,7 @@ class AuditStore(RecordReader):
         # (GIL released) inserts the typed rows, then each chunk of log entries, while this thread
         # encodes and hashes the next chunk and then computes the new Merkle nodes.
         from .ledger import merkle
-        from .ledger.tree import new_complete_nodes_by_level
+        from .ledger.tree import RightEdge
         old_parts = self._get_nodes(merkle.needed_nodes_for_root(start)) if start else {}
         bar = None
         if progress and n_total >= 50_000:
@@ -325,12 +324,19 @@ class AuditStore(RecordReader):
         # Single-kind batches are in seq order: the new Merkle nodes are computed chunk by chunk from
         # the tree's right edge (the last complete node of each level) and inserted by the worker too.
         incremental = seq_of_row is None
-        edge, size_so_far = dict(old_parts), start
+        edge = RightEdge(start, old_parts)
         db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-db")
         enc = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-encode")
         futures = []
-        # Inserts may fill row groups on several threads (the rows land in seq order all the same);
-        # reads keep DuckDB's ordered scans, which verification and the tile reads rely on for speed.
+
+        def add_nodes(by_level: dict[int, tuple[int, list[bytes]]]) -> None:
+            nodes = self._nodes_table(by_level)
+            new_nodes.append(nodes)
+            futures.append(db.submit(self._insert_nodes, nodes))
+
+        # Inserts may fill row groups on several threads. Log chunks are one row group each, so the log
+        # stays in seq order (verification and the tile reads rely on it for speed); typed row groups
+        # may land out of order, and readers order them by seq. Reads keep DuckDB's ordered scans.
         _x(con, "SET preserve_insertion_order = false")
         _x(con, "BEGIN TRANSACTION")
         try:
@@ -368,28 +374,15 @@ class AuditStore(RecordReader):
                 if bar is not None:
                     bar.update(part.height)
                 if incremental:
-                    by_level = new_complete_nodes_by_level(size_so_far, hashes,
-                                                           lambda wanted: {w: edge[w] for w in wanted})
-                    for lv, (first, hs) in by_level.items():
-                        if hs:
-                            edge[(lv, first + len(hs) - 1)] = hs[-1]
-                    size_so_far += len(hashes)
-                    edge[(0, size_so_far - 1)] = hashes[-1]
-                    nodes = self._nodes_table(by_level)
-                    new_nodes.append(nodes)
-                    futures.append(db.submit(self._insert_nodes, nodes))
-                    continue
-                seq_parts.append(part["seq"])
-                hash_parts.extend(hashes)
+                    add_nodes(edge.append(hashes))
+                else:
+                    seq_parts.append(part["seq"])
+                    hash_parts.extend(hashes)
             if not incremental:
                 seqs = pl.concat(seq_parts)
                 if not seqs.is_sorted():  # mixed kinds: leaves go in seq order
                     hash_parts = [hash_parts[i] for i in seqs.arg_sort().to_list()]
-                by_level = new_complete_nodes_by_level(start, hash_parts,
-                                                       lambda wanted: {w: old_parts[w] for w in wanted})
-                nodes = self._nodes_table(by_level)
-                new_nodes.append(nodes)
-                futures.append(db.submit(self._insert_nodes, nodes))
+                add_nodes(edge.append(hash_parts))
             for f in futures:
                 f.result()
             _x(con, "COMMIT")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from rlhf_audit_kit.errors import IntegrityError
 from rlhf_audit_kit.ledger import merkle as m
-from rlhf_audit_kit.ledger.tree import TreeReader, new_complete_nodes, new_complete_nodes_by_level
+from rlhf_audit_kit.ledger.tree import RightEdge, TreeReader, new_complete_nodes, new_complete_nodes_by_level
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc9162_public.json").read_text())
 PUB = VECTORS["public"]
@@ -331,6 +331,25 @@ def test_new_nodes_by_level_shape():
     assert {lvl: (first, len(hs)) for lvl, (first, hs) in out.items()} == {
         1: (0, 4), 2: (0, 2), 3: (0, 1)}
     assert out[3][1][0] == m.root([bytes([i]) for i in range(8)])
+
+
+@given(st.integers(0, 70), st.lists(st.integers(0, 40), max_size=6))
+def test_right_edge_grows_the_same_tree_in_any_chunking(start, cuts):
+    """Appending chunk by chunk from the right edge yields every complete node exactly once."""
+    lh = [m.leaf_hash(i.to_bytes(2, "big")) for i in range(start + sum(cuts))]
+    whole = {(lvl, first + j): h for lvl, (first, hs) in new_complete_nodes_by_level(0, lh, lambda ns: {}).items()
+             for j, h in enumerate(hs)}
+    old = {node: h for node, h in whole.items() if (node[1] + 1) << node[0] <= start}
+    old.update({(0, i): lh[i] for i in range(start)})
+    edge, grown, at = RightEdge(start, old), {}, start
+    for c in cuts:
+        for lvl, (first, hs) in edge.append(lh[at:at + c]).items():
+            for j, h in enumerate(hs):
+                assert (lvl, first + j) not in grown
+                grown[(lvl, first + j)] = h
+        at += c
+    assert edge.size == len(lh)
+    assert grown == {node: h for node, h in whole.items() if (node[1] + 1) << node[0] > start}
 
 
 def test_missing_node_is_integrity_error():

@@ -11,13 +11,13 @@ from .checkpoint import (Checkpoint, Signer, Verifier, open_note, sign_checkpoin
                          verify_checkpoint, vkey_string)
 from .merkle import (consistency_proof, inclusion_proof, leaf_hash, node_hash, root,
                      root_from_leaf_hashes, verify_consistency, verify_inclusion)
-from .tree import TreeReader, new_complete_nodes, new_complete_nodes_by_level
+from .tree import RightEdge, TreeReader, new_complete_nodes, new_complete_nodes_by_level
 
 __all__ = [
     "merkle", "tree", "checkpoint",
     "leaf_hash", "node_hash", "root", "root_from_leaf_hashes", "inclusion_proof",
     "verify_inclusion", "consistency_proof", "verify_consistency",
-    "new_complete_nodes", "new_complete_nodes_by_level", "TreeReader",
+    "new_complete_nodes", "new_complete_nodes_by_level", "RightEdge", "TreeReader",
     "Checkpoint", "Signer", "Verifier", "vkey_string", "open_note", "verify_checkpoint",
     "sign_checkpoint",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from ..errors import IntegrityError
 from . import merkle
 
-__all__ = ["GetNodes", "new_complete_nodes", "new_complete_nodes_by_level", "TreeReader"]
+__all__ = ["GetNodes", "new_complete_nodes", "new_complete_nodes_by_level", "RightEdge", "TreeReader"]
 
 GetNodes = Callable[[Iterable[tuple[int, int]]], Mapping[tuple[int, int], bytes]]
 
@@ -80,6 +80,34 @@ def new_complete_nodes_by_level(old_size: int, new_leaf_hashes: Sequence[bytes],
         level += 1
         out[level] = (first, cur)
     return out
+
+
+class RightEdge:
+    """A growing tree's right edge: the last complete node of each level, which is all that appending
+    needs to compute every node the append completes (so a long batch is hashed chunk by chunk).
+
+    >>> lh = [merkle.leaf_hash(bytes([i])) for i in range(5)]
+    >>> edge = RightEdge(0, {})
+    >>> first, second = edge.append(lh[:3]), edge.append(lh[3:])
+    >>> second[2] == (0, [merkle.root(bytes([i]) for i in range(4))])
+    True
+    """
+
+    def __init__(self, size: int, nodes: Mapping[tuple[int, int], bytes]):
+        self.size = size
+        self._edge = dict(nodes)  # at least the complete parts of the tree of ``size`` leaves
+
+    def append(self, leaf_hashes: Sequence[bytes]) -> dict[int, tuple[int, list[bytes]]]:
+        """The nodes completed by appending ``leaf_hashes``, as :func:`new_complete_nodes_by_level` gives them."""
+        by_level = new_complete_nodes_by_level(self.size, leaf_hashes,
+                                               lambda wanted: {w: self._edge[w] for w in wanted})
+        for level, (first, hashes) in by_level.items():
+            if hashes:
+                self._edge[(level, first + len(hashes) - 1)] = hashes[-1]
+        self.size += len(leaf_hashes)
+        if leaf_hashes:
+            self._edge[(0, self.size - 1)] = leaf_hashes[-1]
+        return by_level
 
 
 def new_complete_nodes(old_size: int, new_leaf_hashes: Sequence[bytes], get_nodes: GetNodes

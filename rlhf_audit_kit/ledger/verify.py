@@ -525,8 +525,8 @@ _ENCODE_CHUNK = 65_536
 
 
 def _encode_typed(kind, typed: pl.DataFrame) -> pl.Series:
-    """Entries re-encoded from typed rows; big tables in slices on a thread per core (polars
-    releases the GIL, and slices that fit the caches encode faster even on one core)."""
+    """Entries re-encoded from typed rows; big tables in slices on a thread per core (polars'
+    JSON writer runs on one thread per call and releases the GIL)."""
     ts = typed["ts"].dt.strftime(encoding.TS_FORMAT)
     if typed.height <= _ENCODE_CHUNK:
         return encoding.encode_frame(kind, typed, typed["seq"], ts).cast(pl.Binary)
