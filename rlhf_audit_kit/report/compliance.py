@@ -202,12 +202,20 @@ def execute_notebook(nb, notebook_dir: str | os.PathLike, *, timeout: int = 600,
     Raises ``nbclient.exceptions.CellExecutionError`` when a cell fails (e.g. the first cell's
     integrity check); the cells after the failing one are then left without outputs.
     """
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
     for c in nb.cells:  # no stale evidence: a run that stops early leaves the later cells empty
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
-    NotebookClient(nb, timeout=timeout, kernel_name=kernel_name,
-                   resources={"metadata": {"path": str(notebook_dir)}}).execute()
+    km = KernelManager(kernel_name=kernel_name)
+    if "transport_encryption" in KernelManager.class_traits():  # jupyter_client >= 8.10
+        km.transport_encryption = "auto"  # CurveZMQ where libzmq has it: evidence never crosses TCP in clear
+    try:
+        NotebookClient(nb, km=km, timeout=timeout, kernel_name=kernel_name,
+                       resources={"metadata": {"path": str(notebook_dir)}}).execute()
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     for c in nb.cells:  # execution timings are wall-clock noise
         c.get("metadata", {}).pop("execution", None)
     return nb
