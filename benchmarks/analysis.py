@@ -2,7 +2,8 @@
 
 Builds (once; cached in ``--workdir``) an audit store holding the demo campaign of size ~1.15M
 (about 1M annotations) plus a separate 100,000-step PPO training run, then times every analysis
-function on it and prints the figures next to their targets.
+function on it and prints the figures next to their targets and, as the baseline measured in the same
+run, one grouped scan of the table each analysis reads (what any answer from those rows costs at least).
 
 Usage::
 
@@ -118,22 +119,40 @@ def run_benchmarks(path: Path, repeat: int) -> int:
     n_steps = store.sql("SELECT count(*) FROM train_step WHERE run_id = ?", [BIG_RUN]).item()
     print(f"store {path}: {store.size:,} events, {n_ann:,} annotations, {n_steps:,}-step run "
           f"{BIG_RUN!r}; median of {repeat} runs, {os.cpu_count()} cores")
+    baselines = {
+        "ann": ("one grouped scan of annotation (annotator, times, choice, response lengths)",
+                "SELECT annotator, count(*) AS n, avg(epoch(submitted_at) - epoch(shown_at)) AS secs, "
+                "avg((choice = 'a')::INT) AS share_a, avg(length(response_a) - length(response_b)) AS len_diff "
+                "FROM annotation GROUP BY annotator", None),
+        "run": (f"one scan of the {n_steps:,}-step run's metrics",
+                "SELECT m.key AS metric, count(*) AS n, avg(m.value) AS mean FROM "
+                "(SELECT unnest(map_entries(metrics)) AS m FROM train_step WHERE run_id = ?) GROUP BY metric",
+                [BIG_RUN]),
+        "rew": ("one grouped scan of reward_score (per scored step: count, mean, sd)",
+                "SELECT step, count(*) AS n, avg(score) AS mean, stddev(score) AS sd FROM reward_score "
+                "GROUP BY step", None),
+    }
+    base = {}
+    for key, (label, sql, params) in baselines.items():
+        base[key], _ = _time(lambda: store.sql(sql, params), repeat)
+        print(f"baseline {key}: {label}: {base[key]:.3f} s")
     cases = [
-        ("annotator_report", lambda: analysis.annotator_report(store)),
-        ("annotator_drift (7d)", lambda: analysis.annotator_drift(store, window="7d")),
-        ("throughput (1d)", lambda: analysis.throughput(store, every="1d")),
-        ("agreement_matrix", lambda: analysis.agreement_matrix(store, min_overlap=20)),
-        ("reward_drift", lambda: analysis.reward_drift(store)),
-        ("training_trends (100k steps)", lambda: analysis.training_trends(store, run_id=BIG_RUN)),
-        ("metric_changepoints cusum (100k)", lambda: analysis.metric_changepoints(store, run_id=BIG_RUN)),
-        ("metric_changepoints p-h (100k)",
+        ("annotator_report", "ann", lambda: analysis.annotator_report(store)),
+        ("annotator_drift (7d)", "ann", lambda: analysis.annotator_drift(store, window="7d")),
+        ("throughput (1d)", "ann", lambda: analysis.throughput(store, every="1d")),
+        ("agreement_matrix", "ann", lambda: analysis.agreement_matrix(store, min_overlap=20)),
+        ("reward_drift", "rew", lambda: analysis.reward_drift(store)),
+        ("training_trends (100k steps)", "run", lambda: analysis.training_trends(store, run_id=BIG_RUN)),
+        ("metric_changepoints cusum (100k)", "run",
+         lambda: analysis.metric_changepoints(store, run_id=BIG_RUN)),
+        ("metric_changepoints p-h (100k)", "run",
          lambda: analysis.metric_changepoints(store, method="page_hinkley", run_id=BIG_RUN)),
-        ("reward_hacking", lambda: analysis.reward_hacking(store)),
-        ("summary", lambda: analysis.summary(store)),
+        ("reward_hacking", "rew", lambda: analysis.reward_hacking(store)),
+        ("summary", "ann", lambda: analysis.summary(store)),
     ]
     failed = False
-    print(f"{'analysis':<36} {'seconds':>8}  target")
-    for name, fn in cases:
+    print(f"{'analysis':<36} {'seconds':>8}  {'x baseline':>10}  target")
+    for name, key, fn in cases:
         secs, out = _time(fn, repeat)
         target = TARGETS.get(name.split(" ")[0])
         verdict = ""
@@ -144,7 +163,7 @@ def run_benchmarks(path: Path, repeat: int) -> int:
         extra = f"  ({rows:,} rows)" if rows is not None else ""
         if name == "summary":
             extra = f"  ({out.findings.height} findings)"
-        print(f"{name:<36} {secs:8.3f}  {verdict}{extra}", flush=True)
+        print(f"{name:<36} {secs:8.3f}  {secs / base[key]:8.1f}x {key}  {verdict}{extra}", flush=True)
     store.close()
     return 1 if failed else 0
 

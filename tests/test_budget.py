@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import threading
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -380,19 +379,19 @@ def test_noisy_answers_differ_from_the_truth_but_are_plausible(store):
     assert set(h.value) == {"1-4", "5-9", "10+"} and all(v >= 0 for v in h.value.values())
 
 
-def test_release_is_fast(store):
+def test_many_releases_then_a_mixed_one(store):
+    """Laplace releases composed with a Gaussian one in the same scope (the accountant's hardest case;
+    its latency is measured by benchmarks/privacy.py)."""
     p = store.privacy
     p.set_budget("global", 1e6, 1e-5)
-    for q, kw in (("annotator_count", {}), ("agreement_rate", {}), ("choice_shares", {})):
-        t = time.perf_counter()
-        p.release(q, epsilon=0.01, **kw)
-        assert time.perf_counter() - t < 1.0
+    for q in ("annotator_count", "agreement_rate", "choice_shares"):
+        p.release(q, epsilon=0.01)
     for _ in range(30):
         p.release("annotator_count", epsilon=0.01)
-    t = time.perf_counter()
-    p.release("time_per_item", epsilon=0.01, delta=1e-7, mechanism="gaussian")
-    p.release("annotator_count", epsilon=0.01)
-    assert time.perf_counter() - t < 1.0
+    r = p.release("time_per_item", epsilon=0.01, delta=1e-7, mechanism="gaussian")
+    last = p.release("annotator_count", epsilon=0.01)
+    assert r.mechanism == "gaussian" and last.seq > r.seq
+    assert store.sql("SELECT count(*) AS n FROM privacy_spend")["n"][0] == 35
 
 
 # ------------------------------------------------------------------------------ concurrency

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import polars as pl
@@ -308,14 +307,12 @@ def test_stationary_series_raises_no_alert():
     assert len(cp.cusum(x, k=0.5, h=4, warmup=500)) > 20  # the false-alarm rate of a low h
 
 
-def test_detectors_are_fast_on_100k_steps():
+def test_detectors_find_a_shift_in_100k_steps():
+    """A one-sigma shift at step 50,000 is flagged within 100 steps (speed: benchmarks/analysis.py)."""
     rng = np.random.default_rng(13)
     x = np.r_[rng.normal(0, 1, 50_000), rng.normal(1, 1, 50_000)]
-    for fn in (lambda: cp.page_hinkley(x, delta=0.5, threshold=25), lambda: cp.cusum(x, h=10)):
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        assert time.perf_counter() - t0 < 0.1
+    assert [i for i in cp.page_hinkley(x, delta=0.5, threshold=25) if i >= 50_000][0] < 50_100
+    assert [i for i in cp.cusum(x, h=10) if i >= 50_000][0] < 50_100
 
 
 def test_detector_validation():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -362,14 +361,9 @@ def test_missing_node_is_integrity_error():
     assert reader.root(0) == m.EMPTY_ROOT
 
 
-def test_million_leaves_fast():
+def test_million_leaves_agree():
+    """Both bulk paths over 2**20 leaves give the same root (speed is measured by benchmarks/ledger.py)."""
     lh = [hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(1 << 20)]
-    t = time.perf_counter()
-    r = m.root_from_leaf_hashes(lh)
-    t_root = time.perf_counter() - t
-    t = time.perf_counter()
     out = new_complete_nodes_by_level(0, lh, lambda ns: {})
-    t_nodes = time.perf_counter() - t
-    assert out[20][1] == [r]
-    # Generous bounds for shared CI machines; ~0.5 s each on a 2-core box.
-    assert t_root < 2.0 and t_nodes < 2.0, (t_root, t_nodes)
+    assert out[20][1] == [m.root_from_leaf_hashes(lh)]
+    assert [len(out[level][1]) for level in (1, 10, 19)] == [1 << 19, 1 << 10, 2]
