@@ -14,8 +14,7 @@ Typical use::
 """
 from __future__ import annotations
 
-from importlib import import_module
-
+from ._lazy import lazy_getattr
 from .artifacts import hash_artifact
 from .errors import (AuditKitError, BudgetExceededError, IntegrityError, KeysError, SignatureError,
                      ValidationError)
@@ -26,16 +25,12 @@ __version__ = "0.1.0"
 
 # Heavier parts load on first use, so `import rlhf_audit_kit` stays quick.
 _LAZY = {
-    "open_bundle": ("rlhf_audit_kit.bundle", "open_bundle"),
-    "Bundle": ("rlhf_audit_kit.bundle", "Bundle"),
-    "Snapshot": ("rlhf_audit_kit.ledger.snapshot", "Snapshot"),
-    "VerifyReport": ("rlhf_audit_kit.ledger.verify", "VerifyReport"),
-    "init_keys": ("rlhf_audit_kit.keys", "init_keys"),
-    "load_signer": ("rlhf_audit_kit.keys", "load_signer"),
-    "load_verifier": ("rlhf_audit_kit.keys", "load_verifier"),
-    "Pseudonymizer": ("rlhf_audit_kit.privacy.pseudonym", "Pseudonymizer"),
-    "summary": ("rlhf_audit_kit.analysis.summary", "summary"),
-    "export_compliance_notebook": ("rlhf_audit_kit.report.compliance", "export_compliance_notebook"),
+    "open_bundle": "bundle", "Bundle": "bundle",
+    "Snapshot": "ledger.snapshot", "VerifyReport": "ledger.verify",
+    "init_keys": "keys", "load_signer": "keys", "load_verifier": "keys",
+    "Pseudonymizer": "privacy.pseudonym",
+    "summary": "analysis.summary",
+    "export_compliance_notebook": "report.compliance",
 }
 _SUBMODULES = ("analysis", "apps", "demo", "ingest", "keys", "ledger", "privacy", "report", "widgets",
                "encoding", "schema", "bundle")
@@ -43,13 +38,4 @@ _SUBMODULES = ("analysis", "apps", "demo", "ingest", "keys", "ledger", "privacy"
 __all__ = ["AuditStore", "open_store", "hash_artifact", "KINDS", "AuditKitError", "BudgetExceededError",
            "IntegrityError", "KeysError", "SignatureError", "ValidationError", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        mod, attr = _LAZY[name]
-        value = getattr(import_module(mod), attr)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals(), _SUBMODULES)

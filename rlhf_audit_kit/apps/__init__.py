@@ -13,7 +13,7 @@ Panel apps need ``pip install 'rlhf-audit-kit[apps]'``.
 """
 from __future__ import annotations
 
-from importlib import import_module
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "AnnotatorBehaviour": "annotators",
@@ -27,13 +27,7 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__():

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from importlib import import_module
+from .._lazy import lazy_getattr
 
 # Submodules load on first use: the accountant pulls in dp-accounting (about a second), which
 # ingest (pseudonyms only) should not pay for.
@@ -21,14 +21,7 @@ _WHERE = {
     "Pseudonymizer": "pseudonym", "ReidentificationMap": "pseudonym",
 }
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _WHERE, globals())
 
 __all__ = [
     "Accountant", "Laplace", "Gaussian", "SubsampledGaussian", "DiscreteLaplace",
