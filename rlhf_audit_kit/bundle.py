@@ -86,7 +86,7 @@ def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verif
     With ``verify`` the written bundle is verified against ``verifier`` first (IntegrityError or
     SignatureError if the store does not match its own snapshot).
     """
-    from .store import _quote, typed_select_list
+    from .reader import _quote, typed_select_list
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         if not overwrite:
@@ -180,7 +180,8 @@ class Bundle(RecordReader):
         self._verified: VerifyReport | None = None
 
     def _create_views(self) -> None:
-        from .store import _quote, typed_table_ddl
+        from .reader import _quote, typed_columns
+        from .store import typed_table_ddl
         con = self._con
         con.execute(f"CREATE VIEW log AS SELECT * FROM read_parquet({_sql_str(self.path / LOG_FILE)})")
         for kind in KINDS.values():
@@ -189,15 +190,7 @@ class Bundle(RecordReader):
                 con.execute(typed_table_ddl(kind))  # empty, so every kind is queryable
                 continue
             self._kinds.add(kind.name)
-            cols = ["seq", "ts"]
-            for fl in kind.fields:
-                q = _quote(fl.name)
-                if fl.type.startswith("map_"):
-                    cols.append(f"map_from_entries({q}) AS {q}")
-                elif fl.type == "json":
-                    cols.append(f"{q}::JSON AS {q}")
-                else:
-                    cols.append(q)
+            cols = typed_columns(kind, maps="map_from_entries", json="JSON")  # Parquet back to typed rows
             con.execute(f"CREATE VIEW {_quote(kind.name)} AS SELECT {', '.join(cols)} "
                         f"FROM read_parquet({_sql_str(f)})")
 

@@ -26,18 +26,27 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def typed_select_list(kind) -> str:
-    """Columns of a typed table as polars-friendly SQL (maps as lists of key/value structs)."""
+def typed_columns(kind, *, maps: str, json: str | None = None) -> list[str]:
+    """``seq``, ``ts`` and every field of ``kind`` as SQL select items, in table order.
+
+    Map fields go through the function ``maps`` (``map_entries`` to hand polars lists of key/value
+    structs, ``map_from_entries`` to build DuckDB maps from them); JSON fields are cast to ``json``.
+    """
     out = ["seq", "ts"]
     for f in kind.fields:
         q = _quote(f.name)
         if f.type.startswith("map_"):
-            out.append(f"map_entries({q}) AS {q}")
-        elif f.type == "json":
-            out.append(f"{q}::VARCHAR AS {q}")
+            out.append(f"{maps}({q}) AS {q}")
+        elif f.type == "json" and json:
+            out.append(f"{q}::{json} AS {q}")
         else:
             out.append(q)
-    return ", ".join(out)
+    return out
+
+
+def typed_select_list(kind) -> str:
+    """Columns of a typed table as polars-friendly SQL (maps as lists of key/value structs)."""
+    return ", ".join(typed_columns(kind, maps="map_entries", json="VARCHAR"))
 
 
 class RecordReader:

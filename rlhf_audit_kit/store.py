@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from . import encoding
 from .errors import AuditKitError, KeysError, ValidationError
 from .schema import KINDS, Kind
-from .reader import RecordReader, _quote, typed_select_list  # noqa: F401 - re-exported
+from .reader import RecordReader, _quote, typed_columns
 from .validate import ROW, normalise
 
 STORE_FORMAT = 1
@@ -421,13 +421,10 @@ class AuditStore(RecordReader):
             self._con.unregister("__log")
 
     def _insert_typed(self, kind: Kind, typed: pl.DataFrame) -> None:
-        cols = []
-        for f in kind.fields:
-            q = _quote(f.name)
-            cols.append(f"map_from_entries({q})" if f.type.startswith("map_") else q)
+        cols = ", ".join(typed_columns(kind, maps="map_from_entries"))
         self._con.register("__typed", typed.to_arrow(compat_level=_ARROW_VIEWS))
         try:
-            _x(self._con, f"INSERT INTO {_quote(kind.name)} SELECT seq, ts, {', '.join(cols)} FROM __typed")
+            _x(self._con, f"INSERT INTO {_quote(kind.name)} SELECT {cols} FROM __typed")
         finally:
             self._con.unregister("__typed")
 

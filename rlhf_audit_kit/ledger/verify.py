@@ -228,7 +228,7 @@ class DuckSource:
         return self.con.sql("SELECT seq, kind, ts, entry, leaf_hash FROM log").to_arrow_table()
 
     def typed(self, kind: str) -> pl.DataFrame:
-        from ..store import _quote, typed_select_list
+        from ..reader import _quote, typed_select_list
         if kind not in self.kinds:
             return pl.DataFrame()
         return self.con.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)}").pl()
