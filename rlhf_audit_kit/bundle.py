@@ -50,7 +50,7 @@ from .errors import AuditKitError, IntegrityError
 from .ledger.checkpoint import Checkpoint, Verifier
 from .ledger.snapshot import Snapshot
 from .ledger.verify import DuckSource, Finding, VerifyReport, resolve_verifiers, verify_source
-from .reader import RecordReader
+from .reader import RecordReader, _quote, cursor_sql, typed_columns, typed_select_list
 from .schema import KINDS
 
 __all__ = ["Bundle", "open_bundle", "export_bundle", "BUNDLE_FORMAT", "is_bundle"]
@@ -86,7 +86,6 @@ def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verif
     With ``verify`` the written bundle is verified against ``verifier`` first (IntegrityError or
     SignatureError if the store does not match its own snapshot).
     """
-    from .reader import _quote, typed_select_list
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         if not overwrite:
@@ -180,7 +179,6 @@ class Bundle(RecordReader):
         self._verified: VerifyReport | None = None
 
     def _create_views(self) -> None:
-        from .reader import _quote, typed_columns
         from .store import typed_table_ddl
         con = self._con
         con.execute(f"CREATE VIEW log AS SELECT * FROM read_parquet({_sql_str(self.path / LOG_FILE)})")
@@ -225,11 +223,7 @@ class Bundle(RecordReader):
     def sql(self, query: str, params: Any = None) -> pl.DataFrame:
         """Run a query over the bundle's views and return polars. Pass user input via ``params``."""
         with self._lock:
-            cur = self._con.cursor()
-            try:
-                return cur.sql(query, params=params).pl()
-            finally:
-                cur.close()
+            return cursor_sql(self._con, query, params)
 
     def snapshots(self, verifier: Any = None) -> list[Snapshot]:
         """Earlier snapshots recorded inside the bundle's log, plus the bundle's own, oldest first."""

@@ -26,6 +26,16 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def cursor_sql(con, query: str, params: Any = None) -> pl.DataFrame:
+    """Run ``query`` on a fresh cursor of the DuckDB connection ``con`` and return polars (a cursor per
+    call lets threads share one connection)."""
+    cur = con.cursor()
+    try:
+        return cur.sql(query, params=params).pl()
+    finally:
+        cur.close()
+
+
 def typed_columns(kind, *, maps: str, json: str | None = None) -> list[str]:
     """``seq``, ``ts`` and every field of ``kind`` as SQL select items, in table order.
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import polars as pl
 
+from ..reader import cursor_sql
+
 __all__ = ["Source", "as_source", "VerifyStatus", "ProofResult"]
 
 
@@ -120,11 +122,7 @@ class Source:
         """Run a read-only query; tables are named by event kind (and ``log``)."""
         if self._duck is not None:
             with self._lock:
-                cur = self._duck.cursor()
-                try:
-                    return cur.sql(query, params=params).pl()
-                finally:
-                    cur.close()
+                return cursor_sql(self._duck, query, params)
         return self.obj.sql(query, params)
 
     def tables(self) -> set[str]:
