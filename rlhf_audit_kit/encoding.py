@@ -10,7 +10,10 @@ An entry of the log is the UTF-8 bytes of the JCS serialisation of::
 * numbers as ECMAScript prints them (``1``, ``0.5``, ``1e+21``, ``1e-7``); integers must be
   within +-(2**53 - 1) so that every JCS implementation reads them back exactly;
 * timestamps as strings with exactly six fractional digits; maps (``metrics``, ``aspects``)
-  as JSON objects; ``json`` fields as JSON objects.
+  as JSON objects; ``json`` fields as JSON objects;
+* a field added to a kind after the kind was first recorded (``Field.omit_null``, e.g.
+  ``train_step.logged_at``) is in ``data`` only when it has a value, so every entry written before
+  the field existed re-encodes to the same bytes: the format stays version 1.
 
 Because the encoding is a public standard, any JCS implementation re-creates the bytes from the
 decoded JSON and anyone can recompute ``leaf_hash = SHA-256(0x00 || entry)`` without this package.
@@ -221,7 +224,8 @@ def _ts_expr(name: str) -> pl.Expr:
 
 
 def field_json_columns(kind: Kind, df: pl.DataFrame) -> pl.DataFrame:
-    """Each field of ``df`` (normalised dtypes) as its JSON text, ``null`` for missing values."""
+    """Each field of ``df`` (normalised dtypes) as its JSON text, ``null`` for missing values
+    (a null, not the text, for ``omit_null`` fields)."""
     exprs: list[pl.Expr] = []
     python_cols: dict[str, pl.Series] = {}
     for f in kind.fields:
@@ -245,10 +249,11 @@ def field_json_columns(kind: Kind, df: pl.DataFrame) -> pl.DataFrame:
             continue
         else:  # pragma: no cover - schema types are closed
             raise AssertionError(f.type)
-        exprs.append(e.fill_null(pl.lit("null")).alias(name))
+        exprs.append((e if f.omit_null else e.fill_null(pl.lit("null"))).alias(name))
     out = df.select(exprs) if exprs else pl.DataFrame()
     if python_cols:
-        out = out.with_columns([s.fill_null("null") for s in python_cols.values()])
+        out = out.with_columns([s if kind.field_map[s.name].omit_null else s.fill_null("null")
+                                for s in python_cols.values()])
     return out
 
 
@@ -257,8 +262,30 @@ _SIMPLE = ("id", "text", "int", "bool", "ts")
 
 def _fast_path_ok(kind: Kind, df: pl.DataFrame) -> bool:
     """polars' JSON writer escapes strings exactly as RFC 8785 and prints ints and booleans the
-    same way; it cannot print ECMAScript floats or our map/json fields, so those must be empty."""
-    return all(f.type in _SIMPLE or df[f.name].null_count() == df.height for f in kind.fields)
+    same way; it cannot print ECMAScript floats or our map/json fields, so those must be empty.
+    It cannot leave out a key row by row either: an ``omit_null`` field is set everywhere or nowhere."""
+    return all((f.type in _SIMPLE or df[f.name].null_count() == df.height)
+               and (not f.omit_null or df[f.name].null_count() in (0, df.height)) for f in kind.fields)
+
+
+def _data_parts(kind: Kind, names: list[str]) -> list[pl.Expr]:
+    """``"name":<json>`` pieces of the data object, with their commas. An ``omit_null`` field adds
+    nothing when null; the first always-present field is the anchor: omitted-when-null fields sorted
+    before it carry their comma after them, the others before."""
+    anchor = next(n for n in names if not kind.field_map[n].omit_null)
+    parts: list[pl.Expr] = []
+    before = True
+    for name in names:
+        key = _escape_str(name) + ":"
+        if name == anchor:
+            before = False
+            parts += [pl.lit(key), pl.col(name)]
+        elif not kind.field_map[name].omit_null:
+            parts += [pl.lit("," + key), pl.col(name)]
+        else:
+            piece = [pl.lit(key), pl.col(name), pl.lit(",")] if before else [pl.lit("," + key), pl.col(name)]
+            parts.append(pl.when(pl.col(name).is_null()).then(pl.lit("")).otherwise(pl.concat_str(piece)))
+    return parts
 
 
 def encode_frame(kind: Kind, df: pl.DataFrame, seq: pl.Series | pl.Expr, ts: pl.Series | str) -> pl.Series:
@@ -271,6 +298,7 @@ def encode_frame(kind: Kind, df: pl.DataFrame, seq: pl.Series | pl.Expr, ts: pl.
     names = sorted(kind.names, key=_utf16_key)
     seq_s = seq if isinstance(seq, pl.Series) else df.select(seq).to_series()
     if _fast_path_ok(kind, df):
+        names = [n for n in names if not (kind.field_map[n].omit_null and df[n].null_count() == df.height)]
         # One pass of polars' JSON writer over a nested struct laid out in canonical key order.
         types = kind.field_map
         fields = [(_ts_expr(n) if types[n].type == "ts" else pl.col(n)).alias(n) for n in names]
@@ -283,10 +311,7 @@ def encode_frame(kind: Kind, df: pl.DataFrame, seq: pl.Series | pl.Expr, ts: pl.
                              pl.lit(ENCODING_VERSION, dtype=pl.Int64).alias("v"))
         return frame.select(envelope.struct.json_encode().alias("entry")).to_series()
     cols = field_json_columns(kind, df)
-    parts: list[pl.Expr] = [pl.lit('{"data":{')]
-    for i, name in enumerate(names):
-        parts.append(pl.lit(("," if i else "") + _escape_str(name) + ":"))
-        parts.append(pl.col(name))
+    parts: list[pl.Expr] = [pl.lit('{"data":{'), *_data_parts(kind, names)]
     parts.append(pl.lit('},"kind":' + _escape_str(kind.name) + ',"seq":'))
     parts.append(pl.col("__seq").cast(pl.Utf8))
     parts.append(pl.lit(',"ts":"'))
@@ -306,6 +331,8 @@ def normal_data(kind: Kind, row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in kind.fields:
         v = row.get(f.name)
+        if v is None and f.omit_null:
+            continue
         if v is not None:
             if f.type == "ts":
                 v = v.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -39,6 +39,9 @@ class Field:
     max: float | None = None
     person: bool = False  # holds a person's id: pseudonymised on ingest
     doc: str = ""
+    # Added after its kind was first recorded: an entry's data holds it only when set, so entries
+    # written before it existed re-encode to the same bytes (see rlhf_audit_kit.encoding).
+    omit_null: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ TRAIN_STEP = Kind(
         _f("step", "int", True, min=0),
         _f("metrics", "map_float", True, doc="metric name -> number; TRL names such as objective/kl"),
         _f("epoch", "float", min=0),
+        _f("logged_at", "ts", omit_null=True, doc="when the trainer logged the step (UTC)"),
     ),
     unique=(("run_id", "step"),),
     doc="Metrics of one optimisation step of a training run.",
@@ -153,6 +157,7 @@ CHECKPOINT = Kind(
         _f("size_bytes", "int", min=0),
         _f("base_model", "id"),
         _f("parent", "id", doc="checkpoint this one was trained from"),
+        _f("saved_at", "ts", omit_null=True, doc="when the trainer saved the checkpoint (UTC)"),
     ),
     unique=(("run_id", "step"),),
     doc="A model checkpoint with the content hash of its files.",

@@ -211,6 +211,12 @@ class AuditStore(RecordReader):
                     "idx BIGINT NOT NULL, hash BLOB NOT NULL)")
         for kind in KINDS.values():
             _x(con, typed_table_ddl(kind))
+        # Fields added to a kind later (omit_null) join the typed tables of stores made before them.
+        have = set(_x(con, "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main'"))
+        for kind in KINDS.values():
+            for f in kind.fields:
+                if f.omit_null and (kind.name, f.name) not in have:
+                    _x(con, f"ALTER TABLE {_quote(kind.name)} ADD COLUMN {_quote(f.name)} {_SQL_TYPES[f.type]}")
         if not _x(con, "SELECT 1 FROM meta WHERE key = 'format'"):
             sid = str(uuid.uuid4())
             rows = [("format", str(STORE_FORMAT)), ("store_id", sid),

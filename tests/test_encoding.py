@@ -171,3 +171,43 @@ def test_map_fields_columnar_equals_scalar(metric_rows):
     got = encode_frame(kind, df, pl.Series(range(len(rows))), "2026-01-01T00:00:00.000000Z").to_list()
     for i, row in enumerate(df.drop("__row").rows(named=True)):
         assert got[i].encode() == encode_event("train_step", i, "2026-01-01T00:00:00.000000Z", normal_data(kind, row))
+
+
+# ---- fields added after a kind was first recorded (Field.omit_null)
+@pytest.mark.parametrize("vec", VECTORS["events"], ids=lambda v: v["kind"])
+def test_fixed_vectors_through_the_columnar_encoder(vec):
+    """The store's encoder still writes the fixed bytes for events without the later fields
+    (train_step.logged_at, checkpoint.saved_at): entries recorded before them verify unchanged."""
+    df = normalise([vec["data"]], vec["kind"])[vec["kind"]]
+    got = encode_frame(KINDS[vec["kind"]], df, pl.Series([vec["seq"]]), vec["ts"]).to_list()
+    assert got == [vec["entry"]]
+
+
+def test_late_field_is_in_the_entry_only_when_set():
+    t = dt.datetime(2026, 1, 2, 3, 4, 5, 678901)
+    rows = [{"run_id": "r", "algorithm": "dpo", "step": 0, "metrics": {"loss": 1.0}},
+            {"run_id": "r", "algorithm": "dpo", "step": 1, "metrics": {"loss": 0.5}, "logged_at": t}]
+    got = encode_frame(KINDS["train_step"], normalise(rows, "train_step")["train_step"], pl.Series([0, 1]),
+                       "2026-01-01T00:00:00.000000Z").to_list()
+    assert "logged_at" not in got[0]
+    assert '"logged_at":"2026-01-02T03:04:05.678901Z","metrics"' in got[1]
+
+
+@pytest.mark.parametrize("with_float", [False, True], ids=["json-writer-path", "concat-path"])
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({"b": ident}, optional={"a": times, "z": times, "f": finite}),
+                     min_size=1, max_size=5))
+def test_late_fields_before_and_after_the_first_key_encode_like_the_reference(with_float, rows):
+    """A synthetic kind whose omit_null fields sort before ('a') and after ('z') every other key."""
+    from rlhf_audit_kit.schema import Field, Kind
+    kind = Kind("late", (Field("b", "id", True), Field("f", "float"), Field("a", "ts", omit_null=True),
+                         Field("z", "ts", omit_null=True)))
+    if not with_float:
+        rows = [{k: v for k, v in r.items() if k != "f"} for r in rows]
+    df = pl.DataFrame([{f.name: r.get(f.name) for f in kind.fields} for r in rows],
+                      schema={"b": pl.Utf8, "f": pl.Float64, "a": pl.Datetime("us"), "z": pl.Datetime("us")})
+    ts = "2026-01-01T00:00:00.000000Z"
+    got = encode_frame(kind, df, pl.Series(range(len(rows))), ts).to_list()
+    for i, row in enumerate(df.rows(named=True)):
+        ref = encode_event("late", i, ts, normal_data(kind, row))
+        assert got[i].encode() == ref == rfc8785.dumps(decode_entry(ref))
