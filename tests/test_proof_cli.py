@@ -197,7 +197,7 @@ def test_verify_bundle_and_passphrase_keys(flow, tmp_path):
     assert run("verify", tmp_path / "bundle", "--vkey", vkey).stdout.startswith("OK")
     import shutil
     store_path = shutil.copy(store_path, tmp_path / "copy.duckdb")  # a second key's snapshot goes here
-    env = {"RLHF_AUDIT_PASSPHRASE": "s3cret-pass"}
+    env = {"RLHF_AUDIT_PASSPHRASE": "s3cret-passphrase"}
     run("keys", "init", tmp_path / "k2", "--name", "other.example/log", env=env)
     assert b"ENCRYPTED" in (tmp_path / "k2" / "signing_key.pem").read_bytes()
     note = run("snapshot", store_path, "--keys", tmp_path / "k2", env=env).stdout

@@ -176,12 +176,12 @@ def test_snapshot_object_and_reprs(built):
 
 def test_snapshot_from_keys_folder_with_passphrase(tmp_path, monkeypatch):
     keys = tmp_path / "keys"
-    init_keys(keys, "lab.example/log", passphrase="pw-123")
+    init_keys(keys, "lab.example/log", passphrase="pw-123-long-enough")
     store = open_store(tmp_path / "a.duckdb", keys=keys, pseudonymize=False)
     store.extend(events(0))
     with pytest.raises(KeysError):
         store.snapshot()
-    monkeypatch.setenv("RLHF_AUDIT_PASSPHRASE", "pw-123")
+    monkeypatch.setenv("RLHF_AUDIT_PASSPHRASE", "pw-123-long-enough")
     snap = store.snapshot()
     assert store.verify(keys).ok and snap.vkey == (keys / "verifier.vkey").read_text().strip()
     store.close()
