@@ -30,6 +30,7 @@ import html
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +46,7 @@ from . import encoding
 from .errors import AuditKitError, KeysError, ValidationError
 from .schema import KINDS, Kind
 from .reader import RecordReader, _quote, typed_columns
+from .single import check_event, entry_of
 from .validate import ROW, normalise
 
 STORE_FORMAT = 1
@@ -199,6 +201,8 @@ class AuditStore(RecordReader):
         self._node_cache: dict[tuple[int, int], bytes] | None = None
         self._pseudonymizer = None
         self._privacy = None
+        self._root_parts: tuple[int, dict] | None = None  # (size, nodes giving its root): append's right edge
+        self._recorders: weakref.WeakSet = weakref.WeakSet()  # open Recorders: close() flushes them
 
     # ------------------------------------------------------------------ schema
     def _create_schema(self, origin: str | None) -> None:
@@ -262,8 +266,33 @@ class AuditStore(RecordReader):
 
     # ------------------------------------------------------------------ writing
     def append(self, event: Mapping[str, Any], kind: str | None = None) -> int:
-        """Validate and write one event; return its ``seq``. Durable once this returns."""
-        return self.extend([event], kind=kind)[0]
+        """Validate and write one event; return its ``seq``. Durable once this returns.
+
+        One event skips the batch pipeline: plain-Python checks (:mod:`rlhf_audit_kit.single`, the
+        same rules and bytes as :meth:`extend`), the tree's cached right edge, one transaction.
+        To log many events without waiting for the disk each time, use :meth:`recorder`.
+        """
+        self._check_writable()
+        spec, values = check_event(event, kind)
+        if spec.internal and not self._internal_write:
+            raise ValidationError(0, "kind", f"{spec.name!r} events are written by the kit itself")
+        with self._lock:
+            return self._append_one(spec, values)
+
+    def recorder(self, **options: Any):
+        """A :class:`~rlhf_audit_kit.recorder.Recorder` logging into this store from a background
+        thread (see :mod:`rlhf_audit_kit.recorder` for ``options`` and what survives a crash).
+
+        >>> import tempfile, os
+        >>> store = open_store(os.path.join(tempfile.mkdtemp(), "r.duckdb"), pseudonymize=False)
+        >>> with store.recorder() as rec:
+        ...     rec.log({"kind": "dataset", "name": "hh", "version": "1"})
+        >>> store.size
+        1
+        >>> store.close()
+        """
+        from .recorder import Recorder
+        return Recorder(self, **options)
 
     def extend(self, rows: Any, kind: str | None = None, *, progress: bool = False) -> range:
         """Validate and write a batch in one transaction; return the range of ``seq`` written.
@@ -275,7 +304,11 @@ class AuditStore(RecordReader):
         :class:`~rlhf_audit_kit.ValidationError` names the row, the field and the reason.
         """
         self._check_writable()
-        frames = normalise(rows, kind)
+        return self._write_validated(normalise(rows, kind), progress)
+
+    def _write_validated(self, frames: dict[str, pl.DataFrame], progress: bool = False) -> range:
+        """Write frames from :func:`~rlhf_audit_kit.validate.normalise` (their ``__row`` gives the
+        order of the rows across kinds) in one transaction; the Recorder's writer comes in here."""
         frames = {k: f for k, f in frames.items() if f.height}
         if not frames:
             return range(self._size, self._size)
@@ -284,6 +317,52 @@ class AuditStore(RecordReader):
                 raise ValidationError(0, "kind", f"{k!r} events are written by the kit itself")
         with self._lock:
             return self._write(frames, progress)
+
+    def _append_one(self, kind: Kind, values: dict[str, Any]) -> int:
+        con = self._con
+        for cols in kind.unique:
+            where = " AND ".join(f"{_quote(c)} = ?" for c in cols)
+            if _x(con, f"SELECT 1 FROM {_quote(kind.name)} WHERE {where} LIMIT 1", [values[c] for c in cols]):
+                raise ValidationError(0, cols[0], f"duplicate {'/'.join(cols)}: already in the store")
+        person = [f.name for f in kind.fields if f.person and values[f.name] is not None]
+        if person and self._pseudonymize:
+            values = {**values, **{c: self.pseudonymizer.pseudonymize(values[c]) for c in person}}
+        from .ledger import merkle
+        from .ledger.tree import RightEdge
+        seq = self._size
+        ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        entry = entry_of(kind, values, seq, ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        leaf = merkle.leaf_hash(entry)
+        parts = self._root_parts
+        if parts is None or parts[0] != seq:  # another write came between: read the edge once
+            parts = (seq, self._get_nodes(merkle.needed_nodes_for_root(seq)) if seq else {})
+        known = {**parts[1], (0, seq): leaf}
+        for level, (first, hashes) in RightEdge(seq, parts[1]).append([leaf]).items():
+            known.update(((level, first + i), h) for i, h in enumerate(hashes))
+        nodes = [(lv, i, known[(lv, i)]) for lv, i in sorted(known) if lv and (lv, i) not in parts[1]]
+        cols = [f for f in kind.fields]
+        typed = [values[f.name] if not f.type.startswith("map_") or values[f.name] is None
+                 else {"key": list(values[f.name]), "value": list(values[f.name].values())} for f in cols]
+        casts = ", ".join(f"?::{_SQL_TYPES[f.type]}" for f in cols)
+        self._root_parts = None
+        _x(con, "BEGIN TRANSACTION")
+        try:
+            _x(con, "INSERT INTO log (seq, kind, ts, entry, leaf_hash) VALUES (?, ?, ?, ?, ?)",
+               [seq, kind.name, ts, entry, leaf])
+            _x(con, f"INSERT INTO {_quote(kind.name)} (seq, ts, {', '.join(_quote(f.name) for f in cols)}) "
+                    f"VALUES (?, ?, {casts})", [seq, ts, *typed])
+            if nodes:
+                _x(con, "INSERT INTO merkle_node SELECT unnest(?::UTINYINT[]), unnest(?::BIGINT[]), "
+                        "unnest(?::BLOB[])", [list(c) for c in zip(*nodes)])
+            _x(con, "COMMIT")
+        except BaseException:
+            _x(con, "ROLLBACK")
+            raise
+        if self._node_cache is not None:
+            self._node_cache.update(((lv, i), h) for lv, i, h in nodes if lv >= NODE_LEVEL)
+        self._size = seq + 1
+        self._root_parts = (seq + 1, {n: known[n] for n in merkle.needed_nodes_for_root(seq + 1)})
+        return seq
 
     def _check_writable(self):
         if self.read_only:
@@ -569,10 +648,14 @@ class AuditStore(RecordReader):
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        with self._lock:
-            if self._con is not None:
-                self._con.close()
-                self._con = None
+        try:
+            for rec in list(self._recorders):  # flush them first (their writers need the lock)
+                rec.close()
+        finally:
+            with self._lock:
+                if self._con is not None:
+                    self._con.close()
+                    self._con = None
 
     def __enter__(self) -> "AuditStore":
         return self

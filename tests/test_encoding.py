@@ -89,6 +89,8 @@ def value_for(f):
         return finite.filter(lambda x: f.min is None or x >= f.min).filter(lambda x: f.max is None or x <= f.max)
     if t == "ts":
         return times
+    if t == "bool":
+        return st.booleans()
     if t == "map_float":
         return st.dictionaries(ident, finite, min_size=1, max_size=4)
     if t == "map_int":
@@ -211,3 +213,28 @@ def test_late_fields_before_and_after_the_first_key_encode_like_the_reference(wi
     for i, row in enumerate(df.rows(named=True)):
         ref = encode_event("late", i, ts, normal_data(kind, row))
         assert got[i].encode() == ref == rfc8785.dumps(decode_entry(ref))
+
+
+# ---- one event at a time (store.append, Recorder.log) == the batch path
+@pytest.mark.parametrize("kind_name", ["annotation", "rating", "reward_score", "train_step", "checkpoint",
+                                       "dataset", "oversight", "custom"])
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_single_event_entry_equals_the_batch_entry(kind_name, data):
+    from rlhf_audit_kit.single import check_event, entry_of
+    kind = KINDS[kind_name]
+    row = data.draw(row_strategy(kind))
+    if kind_name == "annotation" and row.get("shown_at") and row.get("submitted_at"):
+        row["shown_at"] = min(row["shown_at"], row["submitted_at"])
+    if kind_name == "rating":
+        row.pop("scale_min", None), row.pop("scale_max", None)
+    if kind_name == "checkpoint":
+        row["content_hash"] = "sha256:" + "0" * 64
+    if kind_name == "custom":
+        row["name"] = "x_" + str(abs(hash(row["name"])) % 1000)
+    if kind_name == "oversight":
+        row["subject_seq"] = 3
+    seq = data.draw(st.integers(0, 2**40))
+    ts = "2026-05-06T07:08:09.123456Z"
+    batch = encode_frame(kind, normalise([row], kind_name)[kind_name], pl.Series([seq]), ts).to_list()[0]
+    assert entry_of(*check_event(row, kind_name), seq, ts) == batch.encode()
