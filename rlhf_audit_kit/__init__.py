@@ -11,6 +11,10 @@ Typical use::
     snap = store.snapshot(rak.keys.load_signer("keys/"))     # signed C2SP checkpoint
     store.verify(snap.vkey).raise_for_status()
     bundle = snap.export("bundle/")                           # Parquet + manifest + signed note
+
+    with store.recorder() as rec:                             # live: log() never waits for the disk
+        rec.log({"kind": "train_step", "run_id": "dpo-1", "algorithm": "dpo", "step": 1,
+                 "metrics": {"rewards/margins": 0.4}})
 """
 from __future__ import annotations
 
@@ -31,9 +35,10 @@ _LAZY = {
     "Pseudonymizer": "privacy.pseudonym",
     "summary": "analysis.summary",
     "export_compliance_notebook": "report.compliance",
+    "Recorder": "recorder",
 }
 _SUBMODULES = ("analysis", "apps", "demo", "ingest", "keys", "ledger", "privacy", "report", "widgets",
-               "encoding", "schema", "bundle")
+               "encoding", "schema", "bundle", "recorder", "integrations")
 
 __all__ = ["AuditStore", "open_store", "hash_artifact", "KINDS", "AuditKitError", "BudgetExceededError",
            "IntegrityError", "KeysError", "SignatureError", "ValidationError", *_LAZY]
