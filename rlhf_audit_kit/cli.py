@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .errors import AuditKitError, ValidationError
+from .ingest._common import SourceError
 
 # Modules that add their own subcommands with register(subparsers).
 _PLUGINS = ("rlhf_audit_kit.cli_ledger", "rlhf_audit_kit.apps.serve", "rlhf_audit_kit.report.cli")
@@ -35,18 +36,54 @@ def _cmd_init(args) -> int:
     return 0
 
 
+# ingest options passed to a format's loader (the loader says which it takes)
+_LOADER_OPTIONS = ("dataset", "annotator", "prompt_key", "response_a_key", "response_b_key",
+                   "model_a_key", "model_b_key", "from_name", "rationale_from", "guideline_version")
+
+
 def _cmd_ingest(args) -> int:
-    from .ingest import load
+    import warnings
+
+    from .ingest import SkippedRowsWarning, SourceError, load
     from .store import open_store
+    options = {k: getattr(args, k) for k in _LOADER_OPTIONS if getattr(args, k) is not None}
     if args.format == "jsonl":  # our own rows: one JSON object per line, each with its "kind"
+        if options:
+            print(f"rlhf-audit: --format jsonl takes none of {', '.join(_flag(k) for k in options)}: "
+                  "its rows carry their own fields", file=sys.stderr)
+            return 2
         kind, frame = "event", str(args.path)
     else:
-        kind, frame = load(args.path, args.format)
+        if not Path(args.path).is_file():
+            raise FileNotFoundError(f"no such file: {args.path}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SkippedRowsWarning)
+            try:  # the file is read before the store is opened: a bad file creates no store
+                kind, frame = load(args.path, args.format, **options)
+            except (ValidationError, SourceError):
+                raise
+            except ValueError as e:  # an unknown format, dataset name or option: the user's words
+                print(f"rlhf-audit: {_flags_in(str(e))}", file=sys.stderr)
+                return 2
+        for w in caught:
+            print(f"rlhf-audit: warning: {w.message} in {args.path}", file=sys.stderr)
     with open_store(args.store, keys=args.keys) as store:
         seqs = store.extend(frame, kind=None if kind == "event" else kind, progress=True)
-    print(f"ingested {len(seqs):,} {kind} events from {args.path} into {args.store} "
+    what = "events" if kind == "event" else f"{kind} event" + ("" if len(seqs) == 1 else "s")
+    print(f"ingested {len(seqs):,} {what} from {args.path} into {args.store} "
           f"(seq {seqs.start}..{seqs.stop - 1})" if len(seqs) else f"nothing to ingest in {args.path}")
     return 0
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _flags_in(message: str) -> str:
+    """A loader's message with its keyword names spelled as this command's flags."""
+    for k in _LOADER_OPTIONS:
+        message = message.replace(f"'{k}'", _flag(k)).replace(f" {k},", f" {_flag(k)},")
+    return message
 
 
 def _cmd_info(args) -> int:
@@ -81,13 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--origin", help="checkpoint origin line (default rlhf-audit-kit.local/<store id>)")
     s.set_defaults(func=_cmd_init)
 
-    s = sub.add_parser("ingest", help="ingest a file in a known format into a store")
-    s.add_argument("path")
-    s.add_argument("--format", required=True,
-                   help="hh-rlhf, trl-preference, shp, ultrafeedback, label-studio or jsonl (rows with a 'kind')")
-    s.add_argument("--store", required=True)
+    from .ingest.formats import FORMATS
+    s = sub.add_parser("ingest", help="ingest a file in a known format into a store",
+                       description="Load a file in a public RLHF data format (or the kit's own JSON lines) "
+                                   "into a store. Formats: " + "; ".join(
+                                       f"{f.name} ({f.summary})" for f in FORMATS.values())
+                                   + "; jsonl (the kit's own rows, each with its 'kind').")
+    s.add_argument("path", help="the file (.json, .jsonl, .parquet, .csv for label-studio; .gz allowed)")
+    s.add_argument("--format", required=True, choices=[*FORMATS, "jsonl"], metavar="FORMAT",
+                   help=f"one of {', '.join(FORMATS)} or jsonl")
+    s.add_argument("--store", required=True, help="the store file (created if missing)")
     s.add_argument("--keys", default=os.environ.get("RLHF_AUDIT_KEYS"),
                    help="keys folder holding the pseudonymisation key (default $RLHF_AUDIT_KEYS)")
+    s.add_argument("--dataset", metavar="NAME",
+                   help="dataset name (NAME or NAME@VERSION) recorded in every row and prefixed to its "
+                        "id (default: the file's folder and name, e.g. harmless-base/test)")
+    s.add_argument("--annotator", help="rater recorded in every row, for formats that name none")
+    ls = s.add_argument_group("label-studio options")
+    ls.add_argument("--prompt-key", help="data key of the prompt (default prompt)")
+    ls.add_argument("--response-a-key", help="data key of the left item (default answer1)")
+    ls.add_argument("--response-b-key", help="data key of the right item (default answer2)")
+    ls.add_argument("--model-a-key", help="data key naming the left item's model")
+    ls.add_argument("--model-b-key", help="data key naming the right item's model")
+    ls.add_argument("--from-name", help="name of the <Pairwise> tag, when a project has several")
+    ls.add_argument("--rationale-from", metavar="NAME", help="name of a <TextArea> whose text is the rationale")
+    ls.add_argument("--guideline-version", help="guideline version recorded in every row")
     s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser("info", help="summarise a store")
@@ -120,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ValidationError as e:
         print(f"rlhf-audit: invalid input: {e}", file=sys.stderr)
+        return 2
+    except SourceError as e:  # a file that is no data (LFS pointer, a line that is not JSON)
+        print(f"rlhf-audit: {e}", file=sys.stderr)
         return 2
     except (AuditKitError, FileNotFoundError, PermissionError) as e:
         print(f"rlhf-audit: {e}", file=sys.stderr)

@@ -42,6 +42,8 @@ class Field:
     # Added after its kind was first recorded: an entry's data holds it only when set, so entries
     # written before it existed re-encode to the same bytes (see rlhf_audit_kit.encoding).
     omit_null: bool = False
+    # A required text that may be "" (a model's empty reply is data): present, but not necessarily long.
+    allow_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,10 @@ ANNOTATION = Kind(
         _f("prompt_id", "id", True),
         _f("prompt", "text", True),
         _f("response_a_id", "id", True),
-        _f("response_a", "text", True),
+        _f("response_a", "text", True, allow_empty=True, doc="may be empty: an empty reply is data"),
         _f("model_a", "id", doc="model/policy that produced response a"),
         _f("response_b_id", "id", True),
-        _f("response_b", "text", True),
+        _f("response_b", "text", True, allow_empty=True),
         _f("model_b", "id"),
         _f("choice", "id", True, choices=CHOICES),
         _f("strength", "int", min=0, max=100, doc="optional ordinal strength of the preference"),
@@ -90,7 +92,13 @@ ANNOTATION = Kind(
         _f("gold_choice", "id", choices=CHOICES, doc="known answer for gold (test) items"),
         _f("score_a", "float", doc="evidence behind the choice when the source has it, e.g. SHP upvotes"),
         _f("score_b", "float"),
-        _f("dataset", "id", doc="name@version of the registered dataset this came from"),
+        _f("dataset", "id", doc="the dataset this came from: NAME or NAME@VERSION"),
+        _f("display_order_known", "bool", omit_null=True,
+           doc="true: response a is what the rater saw first (left/top); false: the source does not "
+               "say what was shown (a/b by construction), so position statistics leave the row out; "
+               "null: not recorded, taken as known"),
+        _f("meta", "json", omit_null=True,
+           doc="source fields with no field of their own, kept as a JSON object (e.g. tree ids, labels)"),
     ),
     unique=(("annotation_id",),),
     doc="A pairwise preference judgement by one annotator.",
@@ -113,6 +121,8 @@ RATING = Kind(
         _f("guideline_version", "id"),
         _f("task_id", "id"),
         _f("dataset", "id"),
+        _f("rationale", "text", omit_null=True, doc="the rater's words, e.g. UltraFeedback's critique"),
+        _f("meta", "json", omit_null=True, doc="source fields with no field of their own, as a JSON object"),
     ),
     unique=(("rating_id",),),
     doc="One response rated on named ordinal aspects by one annotator.",

@@ -314,7 +314,7 @@ def _check(kind: Kind, df: pl.DataFrame) -> None:
             n = s.str.len_chars()
             _err(rows, (n > lim).fill_null(False), f.name,
                  lambda p: f"{n[p]} characters exceed the limit of {lim}")
-            if f.required:
+            if f.required and not f.allow_empty:
                 _err(rows, (n == 0).fill_null(False), f.name, lambda p: "must not be empty")
         if f.choices:
             bad = s.is_not_null() & ~s.is_in(list(f.choices))

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from rlhf_audit_kit.errors import ValidationError
-from rlhf_audit_kit.ingest import (FORMATS, MAP_INT, content_ids, load, load_hh_rlhf,
-                                   load_label_studio, load_shp, load_trl_preference,
-                                   load_ultrafeedback)
+from rlhf_audit_kit.ingest import (FORMATS, MAP_INT, SkippedRowsWarning, canonical_text, content_ids,
+                                   dataset_name, load, load_hh_rlhf, load_label_studio, load_shp,
+                                   load_trl_preference, load_ultrafeedback)
 from rlhf_audit_kit.ingest._common import messages_json
 from rlhf_audit_kit.schema import KINDS
 
@@ -38,6 +38,7 @@ UTC = timezone.utc
 
 
 def cid(text: str) -> str:
+    """The content id of a text already in canonical form (no surrounding space, no turns)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -68,7 +69,9 @@ def raises_at(row: int, field: str):
 # --------------------------------------------------------------------------- registry, shape
 def test_registry_lists_formats_and_kinds():
     assert {n: f.kind for n, f in FORMATS.items()} == {
-        "hh-rlhf": "annotation", "trl-preference": "annotation", "shp": "annotation",
+        "hh-rlhf": "annotation", "trl-preference": "annotation", "sharegpt-dpo": "annotation",
+        "kto": "rating", "oasst": "annotation", "chatbot-arena": "annotation",
+        "pku-saferlhf": "annotation", "summarize-from-feedback": "annotation", "shp": "annotation",
         "ultrafeedback": "rating", "label-studio": "annotation"}
     assert repr(FORMATS["shp"]) == "<Format shp -> annotation>"
 
@@ -81,7 +84,8 @@ def test_rows_have_the_kinds_columns_in_schema_order(name, fmt):
     types = {f.name: f.type for f in KINDS[kind].fields}
     for col, dtype in rows.schema.items():
         expected = {"id": pl.String, "text": pl.String, "int": pl.Int64, "float": pl.Float64,
-                    "ts": pl.Datetime("us", "UTC"), "map_int": MAP_INT}[types[col]]
+                    "ts": pl.Datetime("us", "UTC"), "map_int": MAP_INT, "bool": pl.Boolean,
+                    "json": pl.String}[types[col]]
         assert dtype == expected, col
     for f in KINDS[kind].fields:
         if f.required:
@@ -93,20 +97,20 @@ def test_rows_have_the_kinds_columns_in_schema_order(name, fmt):
 @pytest.mark.parametrize("name,fmt", FIXTURES)
 def test_hf_dataset_loads_identically_to_the_file(name, fmt):
     ds = datasets.Dataset.from_list(records(name))
-    assert_frame_equal(load(ds, fmt)[1], load(FIX / name, fmt)[1])
+    assert_frame_equal(load(ds, fmt, dataset="x")[1], load(FIX / name, fmt, dataset="x")[1])
 
 
 @pytest.mark.parametrize("name,fmt", [f for f in FIXTURES if f[1] != "label-studio"])
 def test_polars_pandas_arrow_parquet_and_gzip_sources_agree(name, fmt, tmp_path):
-    expected = load(FIX / name, fmt)[1]
+    expected = load(FIX / name, fmt, dataset="x")[1]
     frame = pl.read_ndjson(FIX / name)
     frame.write_parquet(tmp_path / "x.parquet")
     (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress((FIX / name).read_bytes()))
     for source in (frame, frame.lazy(), frame.to_arrow(), tmp_path / "x.parquet",
                    str(tmp_path / "x.jsonl.gz"), records(name)):
-        assert_frame_equal(load(source, fmt)[1], expected)
+        assert_frame_equal(load(source, fmt, dataset="x")[1], expected)
     if fmt in ("hh-rlhf", "shp"):  # flat layouts round-trip through pandas
-        assert_frame_equal(load(frame.to_pandas(), fmt)[1], expected)
+        assert_frame_equal(load(frame.to_pandas(), fmt, dataset="x")[1], expected)
 
 
 def test_dataset_option_is_recorded_and_prefixes_ids():
@@ -115,15 +119,28 @@ def test_dataset_option_is_recorded_and_prefixes_ids():
     assert rows["annotation_id"][2] == "Anthropic/hh-rlhf@helpful-base-test:2"
 
 
-@pytest.mark.parametrize("bad", ["hh-rlhf", "@v1", "name@", 3])
-def test_dataset_must_be_name_at_version(bad):
-    with pytest.raises(ValueError, match="name@version"):
+@pytest.mark.parametrize("bad", ["", "@v1", "name@", 3, "a:b", " hh"])
+def test_dataset_must_be_name_or_name_at_version(bad):
+    with pytest.raises(ValueError, match="NAME or NAME@VERSION"):
         load(FIX / "hh_rlhf.jsonl", "hh-rlhf", dataset=bad)
 
 
+def test_a_files_dataset_defaults_to_its_folder_and_name(tmp_path):
+    """Two files of one layout (HH's harmless-base/test.jsonl.gz, helpful-base/test.jsonl.gz) never
+    share ids; data handed over in memory keeps the format as prefix and no dataset."""
+    rows = load_hh_rlhf(FIX / "hh_rlhf.jsonl")
+    assert set(rows["dataset"]) == {"formats/hh_rlhf"} and rows["annotation_id"][1] == "formats/hh_rlhf:1"
+    assert dataset_name(tmp_path / "helpful-base" / "test.jsonl.gz", None) == "helpful-base/test"
+    assert dataset_name(records("hh_rlhf.jsonl"), None) is None
+    assert load_hh_rlhf(records("hh_rlhf.jsonl"))["annotation_id"][0] == "hh-rlhf:0"
+    assert load(FIX / "hh_rlhf.jsonl", "hh-rlhf", dataset="hh")[1]["annotation_id"][0] == "hh:0"
+
+
 def test_unknown_format_and_unreadable_sources():
-    with pytest.raises(ValueError, match="unknown format 'argilla'; known: hh-rlhf"):
+    with pytest.raises(ValueError, match="unknown format 'argilla'; known: chatbot-arena, hh-rlhf"):
         load([], "argilla")
+    with pytest.raises(ValueError, match="format 'hh-rlhf' takes no option 'from_name'"):
+        load([], "hh-rlhf", from_name="pw")
     with pytest.raises(TypeError, match="int"):
         load(42, "hh-rlhf")
     with pytest.raises(ValueError, match="unsupported file type"):
@@ -142,9 +159,22 @@ def test_hf_dataset_after_select_honours_its_indices():
 # --------------------------------------------------------------------------- content ids
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.text(), min_size=1, max_size=20))
-def test_content_ids_are_short_sha256_of_utf8(texts):
+def test_content_ids_are_short_sha256_of_the_canonical_utf8(texts):
     out = content_ids(pl.DataFrame({"t": texts}, schema={"t": pl.String}), {"t_id": "t"})
-    assert out["t_id"].to_list() == [cid(t) for t in texts]
+    assert out["t_id"].to_list() == [cid(canonical_text(t)) for t in texts]
+    plain = [t for t in texts if t == t.strip() and not t.startswith(("[", "\n"))]
+    assert [canonical_text(t) for t in plain] == plain  # an ordinary text is hashed as it is
+
+
+def test_canonical_text_of_one_conversation_in_three_forms():
+    hh = H + "Hi there " + A + " Hello!" + H + "Bye" + A
+    msgs = json.dumps([{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
+                       {"role": "user", "content": "Bye"}], separators=(",", ":"))
+    assert canonical_text(hh) == canonical_text(msgs) == H + "Hi there" + A + " Hello!" + H + "Bye"
+    # one turn is its content: a plain prompt, an HH single-turn prompt and a one-message list agree
+    assert canonical_text(H + "Hi" + A) == canonical_text('[{"role":"user","content":"Hi"}]') == "Hi"
+    assert canonical_text(" Hello!") == canonical_text('[{"role":"assistant","content":"Hello!"}]') == "Hello!"
+    assert canonical_text('[{"role":"user","content":["not text"]}]') == '[{"role":"user","content":["not text"]}]'
 
 
 def test_content_ids_keep_row_order_on_large_frames():
@@ -177,8 +207,11 @@ def test_hh_rlhf_splits_shared_prefix_at_last_assistant_turn():
     for r, s in zip(rows.iter_rows(named=True), src):  # lossless: prompt + response == transcript
         assert r["prompt"] + r["response_a"] == s["chosen"]
         assert r["prompt"] + r["response_b"] == s["rejected"]
-        assert r["prompt_id"] == cid(r["prompt"]) and r["response_b_id"] == cid(r["response_b"])
-    assert rows["annotation_id"].to_list() == [f"hh-rlhf:{i}" for i in range(4)]
+        assert r["prompt_id"] == cid(canonical_text(r["prompt"]))
+        assert r["response_b_id"] == cid(r["response_b"].strip())
+    assert rows["prompt_id"][0] == cid("What is the capital of France?")  # one turn: its text
+    assert rows["annotation_id"].to_list() == [f"formats/hh_rlhf:{i}" for i in range(4)]
+    assert rows["display_order_known"].to_list() == [False] * 4  # chosen is a by construction
     assert set(rows["choice"]) == {"a"} and set(rows["task_id"]) == {"hh-rlhf"}
     assert set(rows["annotator"]) == {"hh-rlhf:crowd"}
     assert rows["model_a"].null_count() == 4 and rows["shown_at"].null_count() == 4
@@ -413,7 +446,8 @@ def test_ultrafeedback_missing_pieces():
 
 # --------------------------------------------------------------------------- Label Studio
 def test_label_studio_rows_skip_cancelled():
-    rows = load_label_studio(FIX / "label_studio.json", rationale_from="why")
+    rows = load_label_studio(_ls_tasks(), rationale_from="why")
+    assert rows["display_order_known"].to_list() == [True] * 3  # a was on the left
     assert rows.select("annotation_id", "task_id", "choice", "annotator").rows() == [
         ("label-studio:101:1001", "label-studio:101", "a", "7"),
         ("label-studio:101:1003", "label-studio:101", "b", "9"),  # 1002 was cancelled
@@ -459,7 +493,7 @@ def test_label_studio_unknown_pairwise_value():
 
 @pytest.mark.parametrize("mutate,row,field", [
     (lambda t: t[1]["data"].pop("answer2"), 1, "data.answer2"),
-    (lambda t: t[0]["annotations"][2].update(result=[]), 0, "annotations[2].result"),
+    (lambda t: t[0]["annotations"][2].update(result="left"), 0, "annotations[2].result"),
     (lambda t: t[0]["annotations"][0].update(completed_by=None), 0, "annotations[0].completed_by"),
     (lambda t: t[1]["annotations"][0].update(created_at="yesterday"), 1, "annotations[0].created_at"),
     (lambda t: t[1]["annotations"][0].update(lead_time=-1), 1, "annotations[0].lead_time"),
@@ -480,3 +514,38 @@ def test_label_studio_from_name_picks_one_pairwise_tag():
     tasks[0]["annotations"][0]["result"].append(extra)
     assert load_label_studio(tasks, from_name="pw2")["choice"].to_list() == ["a"]
     assert load_label_studio(tasks, from_name="pw")["choice"].to_list() == ["b"]
+
+
+def test_label_studio_annotation_without_a_choice_is_skipped_with_a_warning():
+    tasks = _ls_tasks()
+    tasks[0]["annotations"][0]["result"] = tasks[0]["annotations"][0]["result"][1:]  # only the TextArea
+    with pytest.warns(SkippedRowsWarning, match=r"skipped 1 annotation with no pairwise choice \(task 101, "
+                                                r"annotation 1001\)") as w:
+        rows = load_label_studio(tasks)
+    assert w[0].message.count == 1
+    assert rows["annotation_id"].to_list() == ["label-studio:101:1003", "label-studio:102:1004"]
+    for t in tasks:  # no annotation with a choice at all: not a pairwise project (or a wrong tag name)
+        for a in t["annotations"]:
+            a["result"] = [r for r in a["result"] if r["type"] != "pairwise"]
+    with raises_at(0, "annotations[0].result") as info:
+        load_label_studio(tasks)
+    assert "no pairwise choice in any annotation" in info.value.reason
+
+
+def test_an_empty_response_is_data_and_is_stored(store):
+    """A transcript whose last turn is empty gives an empty response; the store keeps it."""
+    rows = load_trl_preference([{"chosen": H + "Hi" + A, "rejected": H + "Hi" + A + " Hello."}], dataset="e")
+    assert rows.select("prompt", "response_a", "response_b").row(0) == (H + "Hi" + A, "", " Hello.")
+    store.extend(rows, kind="annotation")
+    assert store.sql("SELECT response_a FROM annotation").item() == ""
+    with pytest.raises(ValidationError, match="'prompt': must not be empty"):
+        store.extend(rows.with_columns(annotation_id=pl.lit("e:1"), prompt=pl.lit("")), kind="annotation")
+
+
+def test_ultrafeedback_keeps_critique_scores_and_aspect_rationales():
+    rows = load_ultrafeedback(FIX / "ultrafeedback.jsonl")
+    r = rows.row(0, named=True)
+    meta = json.loads(r["meta"])
+    assert r["rationale"] == records("ultrafeedback.jsonl")[0]["completions"][0]["critique"]
+    assert (meta["overall_score"], meta["fine-grained_score"]) == (9.0, 4.5)
+    assert meta["annotations"]["helpfulness"]["Rationale"] == "Clear and relevant."

@@ -6,9 +6,9 @@ DataFrame with the columns of the ``annotation`` kind (see :mod:`rlhf_audit_kit.
 store or a bundle only the columns needed are read, and response lengths are computed in DuckDB,
 so the texts never cross into Python.
 
-Common filters: ``since`` / ``until`` (on the annotation time ``coalesce(shown_at, submitted_at,
-ts)``, ``since`` inclusive, ``until`` exclusive), ``annotators`` (the ids *as stored*, i.e. the
-pseudonyms) and ``task_ids``.
+Common filters: ``since`` / ``until`` (on the annotation time ``coalesce(shown_at,
+submitted_at)``, ``since`` inclusive, ``until`` exclusive), ``annotators`` (the ids *as stored*,
+i.e. the pseudonyms) and ``task_ids``.
 
 Conventions
 -----------
@@ -16,10 +16,21 @@ Conventions
   response_b_id})``. A pair shown the other way round is the same item, its choice mirrored
   ("a" <-> "b") for agreement and self-consistency; position statistics use the choice as shown.
 * ``skip`` is not a judgement: it counts in ``n`` and ``share_skip`` and nowhere else.
+* An annotation's time is its own: ``shown_at``, else ``submitted_at``. The recording time ``ts``
+  is when the kit wrote the event (for a loaded dataset file, the ingest), which says nothing about
+  the annotators, so rows without a time of their own (``n_untimed``) are left out of throughput,
+  time filters and drift.
+* Position statistics use only rows whose display order is known: a row with
+  ``display_order_known`` false (a dataset that puts the chosen response first by construction)
+  counts in ``n_order_unknown`` instead. A null (not recorded) is taken as known.
 * Time per item is ``submitted_at - shown_at`` in seconds (rows missing either are ignored).
+* One judgement recorded twice (same annotator, pair as shown, choice, ``submitted_at`` and
+  ``shown_at``, in a source holding several datasets: e.g. two exports of one Label Studio
+  project loaded under two dataset names) counts once; a true repeat has other times. Rows
+  without ``submitted_at`` are never merged.
 * Agreement compares each label with the majority of the *other* annotators of the same item
-  (leave-one-out): only items with at least two other labels count, and items where the others'
-  majority is tied are left out. An annotator's repeats of an item count once (the first label)
+  (leave-one-out): items with at least one other label count (with two raters, the other's label
+  is the majority), and items where the others' majority is tied are left out. An annotator's repeats of an item count once (the first label)
   for agreement; repeats are what *self-consistency* measures.
 * Tests are exact two-sided binomial tests against 0.5 with Clopper-Pearson intervals; because the
   same test is run once per annotator, p-values are Holm-adjusted across annotators (``*_p_adj``),
@@ -106,10 +117,12 @@ def annotation_frame(source: Source, *, since: Any = None, until: Any = None,
         - ``item`` (UInt64): hash of prompt_id and the unordered response pair;
         - ``label`` (String): the choice in the item's canonical order (mirrored when the pair
           was shown with the larger response id first);
-        - ``t`` (Datetime): ``coalesce(shown_at, submitted_at, ts)``;
+        - ``t`` (Datetime): ``coalesce(shown_at, submitted_at)``, the annotation's own time
+          (null when it has none: the recording time ``ts`` is not the annotator's);
         - ``secs`` (Float64): ``submitted_at - shown_at`` in seconds (null when unknown);
         - ``len_a``, ``len_b`` (Int64): response lengths in characters (null when unknown);
         - ``gold_choice`` (String), ``task_id`` (String);
+        - ``order_known`` (Boolean): ``display_order_known``, null taken as true;
         - ``model_a``, ``model_b`` (String) with ``models=True``.
 
     Examples
@@ -138,7 +151,7 @@ def annotation_frame(source: Source, *, since: Any = None, until: Any = None,
     if not hasattr(source, "sql"):
         raise TypeError(f"source must be an AuditStore, a bundle or a polars DataFrame, "
                         f"got {type(source).__name__}")
-    query, params = _slim_sql(since, until, ann_list, task_list, models=models)
+    query, params = _slim_sql(since, until, ann_list, task_list, models=models, **_probe(source))
     df = source.sql(query + " ORDER BY seq", params or None).drop("ah")
     return df.with_columns(pl.col("seq").cast(pl.Int64), pl.col("item").cast(pl.UInt64),
                            pl.col("t").cast(pl.Datetime("us")), pl.col("secs").cast(pl.Float64))
@@ -167,7 +180,7 @@ def _frame_from_polars(frame: pl.DataFrame | pl.LazyFrame, models: bool) -> pl.D
     def opt(name: str, dtype: pl.DataType) -> pl.Expr:
         return pl.col(name) if name in cols else pl.lit(None, dtype=dtype)
 
-    times = [pl.col(c).cast(pl.Datetime("us")) for c in ("shown_at", "submitted_at", "ts") if c in cols]
+    times = [pl.col(c).cast(pl.Datetime("us")) for c in ("shown_at", "submitted_at") if c in cols]
     lo = pl.min_horizontal("response_a_id", "response_b_id")
     hi = pl.max_horizontal("response_a_id", "response_b_id")
     flip = (pl.col("response_a_id") > pl.col("response_b_id")) & pl.col("choice").is_in(["a", "b"])
@@ -189,10 +202,17 @@ def _frame_from_polars(frame: pl.DataFrame | pl.LazyFrame, models: bool) -> pl.D
          else opt("len_b", pl.Int64).cast(pl.Int64)).alias("len_b"),
         opt("gold_choice", pl.String).cast(pl.String).alias("gold_choice"),
         opt("task_id", pl.String).cast(pl.String).alias("task_id"),
+        opt("display_order_known", pl.Boolean).cast(pl.Boolean).fill_null(True).alias("order_known"),
     ]
     if models:
         exprs += [opt("model_a", pl.String).cast(pl.String).alias("model_a"),
                   opt("model_b", pl.String).cast(pl.String).alias("model_b")]
+    several = "dataset" in cols and lf.select(pl.col("dataset").fill_null("").n_unique() > 1).collect().item()
+    if "submitted_at" in cols and several:  # the same judgement recorded twice counts once (_SAME_JUDGEMENT)
+        if "seq" in cols:
+            lf = lf.sort("seq")
+        same = pl.struct([c for c in _SAME_JUDGEMENT.split(", ") if c in cols])
+        lf = lf.filter(pl.col("submitted_at").is_null() | same.is_first_distinct())
     out = lf.select(exprs).collect()
     return out.sort("seq") if "seq" in cols else out
 
@@ -267,7 +287,23 @@ def _pct(x: float) -> str:
 # SQL over the annotation rows of any source
 # --------------------------------------------------------------------------------------------
 _SLIM_COLUMNS = ("seq", "annotator", "choice", "item", "label", "t", "secs", "len_a", "len_b",
-                 "gold_choice", "task_id")
+                 "gold_choice", "task_id", "order_known")
+
+
+# One judgement recorded twice (two exports of one Label Studio project loaded under two dataset
+# names) has the same rater, pair as shown, choice and times; a true repeat has other times.
+_SAME_JUDGEMENT = "annotator, prompt_id, response_a_id, response_b_id, choice, submitted_at, shown_at"
+
+
+def _probe(source: Any) -> dict[str, bool]:
+    """``order``: does the annotation table have ``display_order_known`` (a store opened read-only
+    or a bundle written before the field existed has not)? ``dedup``: does it hold timed rows of
+    several datasets, the only way one judgement can be there twice? (The check costs ~20 ms on
+    10^6 rows; the duplicate search it spares ~1 s.)"""
+    cols = source.sql("SELECT * FROM annotation LIMIT 0").columns
+    several = source.sql("SELECT count(DISTINCT coalesce(dataset, '')) > 1 AS x FROM annotation "
+                         "WHERE submitted_at IS NOT NULL")
+    return {"order": "display_order_known" in cols, "dedup": bool(several.item())}
 
 
 class _Rows:
@@ -291,7 +327,8 @@ class _Rows:
             self.base, self.params = "SELECT *, hash(annotator) AS ah FROM __slim", []
         elif hasattr(source, "sql"):
             self._source = source
-            self.base, self.params = _slim_sql(since, until, _as_list(annotators), _as_list(task_ids))
+            self.base, self.params = _slim_sql(since, until, _as_list(annotators), _as_list(task_ids),
+                                               **_probe(source))
         else:
             raise TypeError(f"source must be an AuditStore, a bundle or a polars DataFrame, "
                             f"got {type(source).__name__}")
@@ -309,9 +346,10 @@ class _Rows:
 
 
 def _slim_sql(since: Any, until: Any, annotators: list[str] | None,
-              task_ids: list[str] | None, models: bool = False) -> tuple[str, list[Any]]:
+              task_ids: list[str] | None, models: bool = False, order: bool = True,
+              dedup: bool = False) -> tuple[str, list[Any]]:
     where, params = [], []
-    t_expr = "coalesce(shown_at, submitted_at, ts)"
+    t_expr = "coalesce(shown_at, submitted_at)"
     since_t, until_t = _ts(since), _ts(until)
     if since_t is not None:
         where.append(f"{t_expr} >= ?::TIMESTAMP")
@@ -335,8 +373,12 @@ def _slim_sql(since: Any, until: Any, annotators: list[str] | None,
                {t_expr}::TIMESTAMP AS t,
                (epoch_us(submitted_at) - epoch_us(shown_at)) / 1e6 AS secs,
                length(response_a)::BIGINT AS len_a, length(response_b)::BIGINT AS len_b,
-               gold_choice, task_id{extra}
+               gold_choice, task_id,
+               {'coalesce(display_order_known, true)' if order else 'true'} AS order_known{extra}
         FROM annotation {'WHERE ' + ' AND '.join(where) if where else ''}"""
+    if dedup:  # a hash of the key: partitioning by the long id strings costs 3x more
+        sql += f"""
+        QUALIFY submitted_at IS NULL OR seq = min(seq) OVER (PARTITION BY hash({_SAME_JUDGEMENT}))"""
     return sql, params
 
 
@@ -359,8 +401,10 @@ def _stats_ctes(keys: Sequence[str], *, repeats: bool, time_percentile: bool) ->
                quantile_cont(secs, 0.75) AS time_q75,
                avg((choice = 'a')::INT) AS share_a, avg((choice = 'b')::INT) AS share_b,
                avg((choice = 'tie')::INT) AS share_tie, avg((choice = 'skip')::INT) AS share_skip,
-               count(*) FILTER (choice IN ('a', 'b')) AS n_ab,
-               count(*) FILTER (choice = 'a') AS k_a,
+               count(*) FILTER (choice IN ('a', 'b') AND order_known) AS n_ab,
+               count(*) FILTER (choice = 'a' AND order_known) AS k_a,
+               count(*) FILTER (choice IN ('a', 'b') AND NOT order_known) AS n_order_unknown,
+               count(*) FILTER (t IS NULL) AS n_untimed,
                count(*) FILTER (choice IN ('a', 'b') AND len_a <> len_b) AS n_length,
                count(*) FILTER (choice IN ('a', 'b') AND len_a <> len_b
                                 AND (choice = 'a') = (len_a > len_b)) AS k_longer,
@@ -381,7 +425,7 @@ def _stats_ctes(keys: Sequence[str], *, repeats: bool, time_percentile: bool) ->
         FROM (SELECT {hk}, label, na - (label = 'a')::INT AS oa, nb - (label = 'b')::INT AS ob,
                      nt - (label = 'tie')::INT AS ot
               FROM lab JOIN cnt USING (item))
-        WHERE oa + ob + ot >= 2
+        WHERE oa + ob + ot >= 1
           AND (oa = {mx})::INT + (ob = {mx})::INT + (ot = {mx})::INT = 1)""", f"""
     agree AS (
         SELECT {hk}, count(*) AS agreement_n, count(*) FILTER (label = maj) AS agreement_k,
@@ -411,8 +455,9 @@ def _stats_ctes(keys: Sequence[str], *, repeats: bool, time_percentile: bool) ->
 
 def _finish_common(out: pl.DataFrame, ci_level: float, min_n: int) -> pl.DataFrame:
     """Derived columns shared by the report and the drift table (tests and intervals)."""
-    int_cols = [c for c in ("n", "n_ab", "k_a", "n_length", "k_longer", "n_gold", "gold_k",
-                            "agreement_n", "agreement_k", "n_repeated", "active_days") if c in out.columns]
+    int_cols = [c for c in ("n", "n_ab", "k_a", "n_order_unknown", "n_untimed", "n_length", "k_longer",
+                            "n_gold", "gold_k", "agreement_n", "agreement_k", "n_repeated", "active_days")
+                if c in out.columns]
     out = out.with_columns(pl.col(int_cols).fill_null(0).cast(pl.Int64))
     n_ab, k_a = out["n_ab"].to_numpy(), out["k_a"].to_numpy()
     n_len, k_len = out["n_length"].to_numpy(), out["k_longer"].to_numpy()
@@ -422,7 +467,8 @@ def _finish_common(out: pl.DataFrame, ci_level: float, min_n: int) -> pl.DataFra
     len_lo, len_hi = _clopper_pearson(k_len, n_len, ci_level)
     f64 = pl.Float64
     return out.with_columns(
-        throughput_per_day=pl.col("n") / pl.col("active_days").cast(f64),
+        throughput_per_day=pl.when(pl.col("active_days") > 0)
+        .then((pl.col("n") - pl.col("n_untimed")) / pl.col("active_days").cast(f64)),
         time_iqr_s=pl.col("time_q75") - pl.col("time_q25"),
         position_a_share=pl.when(pl.col("n_ab") > 0).then(pl.col("k_a") / pl.col("n_ab")),
         position_ci_low=pl.Series(pos_lo, dtype=f64),
@@ -444,9 +490,10 @@ def _finish_common(out: pl.DataFrame, ci_level: float, min_n: int) -> pl.DataFra
 # annotator_report
 # --------------------------------------------------------------------------------------------
 _REPORT_COLUMNS = [
-    "annotator", "n", "throughput_per_day", "time_median_s", "time_iqr_s", "time_percentile",
+    "annotator", "n", "throughput_per_day", "time_median_s", "time_iqr_s", "time_percentile", "n_untimed",
     "share_a", "share_b", "share_tie", "share_skip",
-    "n_ab", "position_a_share", "position_ci_low", "position_ci_high", "position_p", "position_p_adj",
+    "n_ab", "n_order_unknown", "position_a_share", "position_ci_low", "position_ci_high", "position_p",
+    "position_p_adj",
     "n_length", "length_longer_share", "length_ci_low", "length_ci_high", "length_p", "length_p_adj",
     "agreement_n", "agreement", "agreement_chance", "agreement_kappa",
     "n_repeated", "self_consistency", "n_gold", "gold_accuracy", "flags", "flag_reason",
@@ -515,14 +562,19 @@ def annotator_report(
         One row per annotator, flagged annotators first (most flags first), then by id:
 
         - ``annotator`` (String); ``n`` (Int64): annotations, skips included;
-        - ``throughput_per_day`` (Float64): annotations per active day (UTC days with >= 1);
+        - ``throughput_per_day`` (Float64): annotations per active day (UTC days with >= 1),
+          over the annotations with a time of their own (null when none has one);
         - ``time_median_s``, ``time_iqr_s`` (Float64): median and interquartile range of
           ``submitted_at - shown_at``; ``time_percentile`` (Float64): share of the *other*
           annotators' item times at or below this median (0.01 = faster than 99% of items);
+        - ``n_untimed`` (Int64): annotations without a time of their own (no ``shown_at`` or
+          ``submitted_at``), left out of throughput and drift;
         - ``share_a``, ``share_b``, ``share_tie``, ``share_skip`` (Float64): of all annotations;
         - ``n_ab`` (Int64), ``position_a_share``, ``position_ci_low``, ``position_ci_high``,
-          ``position_p``, ``position_p_adj`` (Float64): share of "a" among a/b choices, its
-          Clopper-Pearson interval and exact binomial p-value (raw and Holm-adjusted);
+          ``position_p``, ``position_p_adj`` (Float64): share of "a" among the a/b choices whose
+          display order is known, its Clopper-Pearson interval and exact binomial p-value (raw
+          and Holm-adjusted); ``n_order_unknown`` (Int64): a/b choices left out because the
+          source does not say which response was shown first;
         - ``n_length`` (Int64), ``length_longer_share``, ``length_ci_low``, ``length_ci_high``,
           ``length_p``, ``length_p_adj`` (Float64): the same for "chose the longer response"
           (a/b choices whose responses differ in length);
@@ -696,7 +748,7 @@ def annotator_drift(
         if last >= 1 and (hi - lo) - last * width < width // 2:
             last -= 1  # merge a short trailing window into the one before it
     base = (f"SELECT *, least((epoch_us(t) - {int(lo)}) // {int(width)}, {int(last)})::BIGINT AS w "
-            f"FROM ({rows.base}) AS b")
+            f"FROM ({rows.base}) AS b WHERE t IS NOT NULL")
     ctes, select = _stats_ctes(["annotator", "w"], repeats=False, time_percentile=False)
     out = rows.run(ctes, select, base=base)
     out = _finish_common(out, ci_level, min_n=1)

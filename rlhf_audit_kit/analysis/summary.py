@@ -63,7 +63,10 @@ class Summary:
         The full :func:`~.annotators.annotator_report`, :func:`~.annotators.annotator_drift` and
         :func:`~.model.reward_hacking` tables (None when that part could not run).
     notes
-        Parts skipped and why, e.g. ``{"model": "no reward scores"}``.
+        Parts skipped and why, e.g. ``{"model": "no reward scores"}``, and what the data could not
+        support: ``"position bias"`` counts the a/b choices left out because their display order
+        is unknown, ``"annotator drift"`` the annotations without a time of their own (a loaded
+        dataset file's recording time is its ingest, not the annotators' time).
     """
 
     findings: pl.DataFrame
@@ -191,11 +194,13 @@ def summary(
                              evidence=why + (f" | also {also}" if also else "")))
     elif report is not None:
         notes["annotators"] = "no annotations"
+    if report is not None and report.height:
+        notes.update(_unsupported(report))
 
     try:
         drift = annotator_drift(ann_source, window=drift_window, since=since, until=until, alpha=alpha)
     except Exception as exc:  # noqa: BLE001
-        notes["annotator drift"] = _why(exc)
+        notes["annotator drift"] = _why(exc) + ("; " + notes["annotator drift"] if "annotator drift" in notes else "")
     if drift is not None and drift.height:
         for r in drift.filter("drifting").unique("annotator", keep="first").sort("annotator").iter_rows(named=True):
             rows.append(dict(severity="high", area="annotator drift", subject=r["annotator"],
@@ -222,6 +227,21 @@ def summary(
                                       _a=pl.col("area").replace_strict(area, default=9))
                 .sort("_r", "_a", "finding", "subject").drop("_r", "_a"))
     return Summary(findings=findings, annotators=report, drift=drift, hacking=hacking, notes=notes)
+
+
+def _unsupported(report: pl.DataFrame) -> dict[str, str]:
+    """Notes on what the annotations cannot support, with counts (nothing is plotted from them)."""
+    notes = {}
+    unknown, untimed = int(report["n_order_unknown"].sum()), int(report["n_untimed"].sum())
+    if unknown:
+        notes["position bias"] = (f"{unknown:,} a/b choices have no known display order (the source "
+                                  "puts one response first by construction, e.g. HH-RLHF's chosen): "
+                                  "position bias is tested on the others only")
+    if untimed:
+        notes["annotator drift"] = (f"{untimed:,} annotations have no time of their own (no shown_at "
+                                    "or submitted_at; the recording time of a loaded file is its ingest): "
+                                    "throughput, speed and drift leave them out")
+    return notes
 
 
 def _f(x: Any) -> float | None:

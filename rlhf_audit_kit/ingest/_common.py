@@ -6,9 +6,13 @@ which types and orders the columns exactly as :mod:`rlhf_audit_kit.schema` lists
 """
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import os
+import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from hashlib import sha256
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Union
 import polars as pl
 import pyarrow as pa
 
-from ..errors import ValidationError
+from ..errors import AuditKitError, ValidationError
 from ..schema import KINDS
 
 if TYPE_CHECKING:
@@ -27,8 +31,30 @@ if TYPE_CHECKING:
     Source = Union[str, os.PathLike[str], pl.DataFrame, pl.LazyFrame, pa.Table, pd.DataFrame,
                    datasets.Dataset, Sequence[Mapping[str, Any]]]
 
-__all__ = ["ID_HEX_CHARS", "MAP_INT", "content_ids", "finish", "id_prefix", "read_records",
-           "to_frame"]
+__all__ = ["ID_HEX_CHARS", "MAP_INT", "SkippedRowsWarning", "SourceError", "canonical_text",
+           "content_ids", "dataset_name", "finish", "id_prefix", "read_records", "to_frame"]
+
+
+class SourceError(AuditKitError, ValueError):
+    """A source file that cannot be read as data at all: a Git LFS pointer, a file type no loader
+    reads, a line that is not JSON. The message names the file (and line) and what to do."""
+
+
+class SkippedRowsWarning(UserWarning):
+    """A loader left rows out that hold no judgement (e.g. a deselected choice); ``count`` says
+    how many. The rest of the file loads: one odd row must not cost a user the file."""
+
+    def __init__(self, message: str, count: int):
+        super().__init__(message)
+        self.count = count
+
+
+def skipped(count: int, what: str, where: Sequence[str]) -> None:
+    """Warn that ``count`` rows were skipped, naming the first few (``where``)."""
+    if count:
+        more = f" and {count - 3} more" if count > 3 else ""
+        warnings.warn(SkippedRowsWarning(f"skipped {count:,} {what} ({', '.join(where[:3])}{more})",
+                                         count), stacklevel=3)
 
 #: Content ids are the first 16 hex digits (64 bits) of SHA-256 over the UTF-8 text: short enough
 #: to read, and a collision among 10^7 distinct texts has odds of about 3 in a million.
@@ -81,12 +107,12 @@ def read_records(source: Source) -> list[dict[str, Any]]:
     ``result`` items differ in shape per tag); other sources go through :func:`to_frame`.
     """
     if isinstance(source, (str, os.PathLike)):
-        raw = _read_bytes(Path(source))
-        text = raw.decode("utf-8").lstrip()
-        if text.startswith("["):
-            records = json.loads(text)
-        else:  # JSON lines
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        path = Path(source)
+        raw = _read_bytes(path)
+        text = raw.decode("utf-8-sig")
+        if _suffix(path) == ".csv":
+            return list(csv.DictReader(io.StringIO(text, newline="")))
+        records = _parse_json(path, text)
         if not all(isinstance(r, dict) for r in records):
             bad = next(i for i, r in enumerate(records) if not isinstance(r, dict))
             got = type(records[bad]).__name__
@@ -111,24 +137,67 @@ def _hf_table(ds: Any) -> pa.Table:
     return table
 
 
+_LFS = b"version https://git-lfs.github.com/spec/"
+
+
+def _suffix(path: Path) -> str:
+    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+
+
 def _read_bytes(path: Path) -> bytes:
     data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
+    if data.startswith(_LFS):  # what a clone without git-lfs holds in place of the data
+        raise SourceError(f"{path} is a Git LFS pointer ({len(data)} bytes), not the data: run "
+                          "`git lfs install && git lfs pull` in its repository, or download the file itself")
+    if path.suffix == ".gz":
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise SourceError(f"{path} is not a readable gzip file ({e})") from None
+    return data
+
+
+def _parse_json(path: Path, text: str) -> list[Any]:
+    """A JSON array, or JSON lines; a bad line raises SourceError naming the file and line."""
+    body = text.lstrip()
+    if body.startswith("["):
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise SourceError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from None
+    return out
 
 
 def _read_path(path: Path) -> pl.DataFrame:
-    suffix = Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+    suffix = _suffix(path)
     if suffix == ".parquet":
-        return pl.read_parquet(_read_bytes(path) if path.suffix == ".gz" else path)
+        data = _read_bytes(path)
+        try:
+            return pl.read_parquet(data)
+        except Exception as e:  # noqa: BLE001 - polars raises several types for a damaged file
+            raise SourceError(f"{path} is not a readable Parquet file ({type(e).__name__})") from None
     if suffix not in (".json", ".jsonl", ".ndjson"):
-        raise ValueError(f"unsupported file type {path.name!r}; expected .json, .jsonl, .ndjson or "
-                         ".parquet (optionally .gz)")
+        raise SourceError(f"unsupported file type {path.name!r}; expected .json, .jsonl, .ndjson or "
+                          ".parquet (optionally .gz)")
     data = _read_bytes(path)
     if not data.strip():
         return pl.DataFrame()
-    if data.lstrip()[:1] == b"[":
-        return pl.read_json(data, infer_schema_length=None)
-    return pl.read_ndjson(data, infer_schema_length=None)
+    try:
+        if data.lstrip()[:1] == b"[":
+            return pl.read_json(data, infer_schema_length=None)
+        return pl.read_ndjson(data, infer_schema_length=None)
+    except pl.exceptions.PolarsError:
+        # polars names neither line nor file: parse again to say where (raises), else let the
+        # rows through Python, whose mixed shapes the loaders check field by field
+        rows = _parse_json(path, data.decode("utf-8-sig"))
+        return pl.from_dicts(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
 
 # --------------------------------------------------------------------------- checks
@@ -163,12 +232,34 @@ def require_strings(frame: pl.DataFrame, columns: Iterable[str]) -> None:
 
 
 def check_dataset(dataset: str | None) -> None:
-    """``dataset`` must be None or ``name@version`` with both parts non-empty."""
+    """``dataset`` must be None, ``NAME`` or ``NAME@VERSION`` (no empty part, no ':', which
+    separates the dataset from the row in ids)."""
     if dataset is None:
         return
-    name, at, version = dataset.rpartition("@") if isinstance(dataset, str) else ("", "", "")
-    if not (at and name and version):
-        raise ValueError(f"dataset must be 'name@version', e.g. 'Anthropic/hh-rlhf@main'; got {dataset!r}")
+    ok = isinstance(dataset, str) and dataset.strip() == dataset and ":" not in dataset
+    if ok:
+        name, at, version = dataset.rpartition("@")
+        ok = bool(name and version) if at else bool(dataset)
+    if not ok:
+        raise ValueError("dataset must be NAME or NAME@VERSION without ':' or surrounding spaces, e.g. "
+                         f"'Anthropic/hh-rlhf@harmless-base-test'; got {dataset!r}")
+
+
+def dataset_name(source: Any, dataset: str | None) -> str | None:
+    """The dataset of a load: ``dataset`` if given (checked), else, for a file, its folder and
+    name without extensions (``harmless-base/test.jsonl.gz`` -> ``"harmless-base/test"``: the file's
+    name and split), so two files' ids never collide; None for in-memory data.
+
+    >>> dataset_name("data/harmless-base/test.jsonl.gz", None)
+    'harmless-base/test'
+    """
+    if dataset is not None or not isinstance(source, (str, os.PathLike)):
+        check_dataset(dataset)
+        return dataset
+    path = Path(source).resolve()
+    stem = path.name.split(".")[0] or path.name
+    name = f"{path.parent.name}/{stem}" if path.parent.name else stem
+    return name.replace(":", "_").replace("@", "_")
 
 
 def id_prefix(dataset: str | None, fmt: str) -> str:
@@ -177,11 +268,49 @@ def id_prefix(dataset: str | None, fmt: str) -> str:
 
 
 # --------------------------------------------------------------------------- ids and JSON
-def content_ids(frame: pl.DataFrame, ids: Mapping[str, str]) -> pl.DataFrame:
-    """Add content-id columns: ``{id_column: text_column}``, each the short SHA-256 hex of the text.
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+_ROLES = {"user": "Human", "human": "Human", "prompter": "Human", "assistant": "Assistant",
+          "gpt": "Assistant", "bot": "Assistant", "model": "Assistant", "system": "System"}
 
-    The same text always gets the same id, whatever the dataset, so a prompt shared by two
-    datasets joins on ``prompt_id``. A null text gets a null id.
+
+def canonical_text(text: str) -> str:
+    """The form of a text that content ids hash: one conversation, one form.
+
+    A conversation, whether an HH transcript (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) or
+    a JSON message list as the loaders store it (``[{"role": ..., "content": ...}, ...]``), becomes
+    ``"\\n\\nHuman: <content>\\n\\nAssistant: <content>..."`` with each content stripped and a
+    trailing empty assistant turn (the generation prompt) dropped; a single turn is its content.
+    Any other text is itself, stripped. So HH-RLHF, TRL's string layout and TRL's message layout
+    of the same conversation share their ids.
+
+    >>> canonical_text("\\n\\nHuman: Hi\\n\\nAssistant:") == canonical_text('[{"role":"user","content":"Hi"}]') == "Hi"
+    True
+    """
+    if text.startswith('[{"role":'):
+        try:
+            msgs = json.loads(text)
+            turns = [(_ROLES.get(str(m["role"]).lower(), str(m["role"]).title()), m["content"].strip())
+                     for m in msgs]
+        except (ValueError, TypeError, KeyError, AttributeError):  # not a plain message list
+            return text.strip()
+    elif text.startswith(("\n\nHuman:", "\n\nAssistant:")):
+        parts = _TURN.split(text)
+        turns = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2)]
+    else:
+        return text.strip()
+    if len(turns) > 1 and turns[-1] == ("Assistant", ""):
+        turns.pop()
+    if len(turns) == 1:
+        return turns[0][1]
+    return "".join(f"\n\n{role}: {content}" for role, content in turns)
+
+
+def content_ids(frame: pl.DataFrame, ids: Mapping[str, str]) -> pl.DataFrame:
+    """Add content-id columns: ``{id_column: text_column}``, each the short SHA-256 hex of the
+    text's :func:`canonical_text`.
+
+    The same content always gets the same id, whatever the dataset or layout, so a prompt shared
+    by two datasets joins on ``prompt_id``. A null text gets a null id.
 
     >>> content_ids(pl.DataFrame({"prompt": ["x"]}), {"prompt_id": "prompt"})["prompt_id"][0]
     '2d711642b726b044'
@@ -189,19 +318,28 @@ def content_ids(frame: pl.DataFrame, ids: Mapping[str, str]) -> pl.DataFrame:
     # hashlib in a comprehension, not DuckDB's sha256: measured on 160k HH-sized texts it is
     # 2x faster here (0.2 s vs 0.4 s on 2 cores), needs no connection, and keeps row order trivially.
     return frame.with_columns([
-        pl.Series(dst, [None if t is None else sha256(t.encode("utf-8")).hexdigest()[:ID_HEX_CHARS]
+        pl.Series(dst, [None if t is None else
+                        sha256(canonical_text(t).encode("utf-8")).hexdigest()[:ID_HEX_CHARS]
                         for t in frame[src].to_list()], dtype=pl.String)
         for dst, src in ids.items()])
 
 
-def messages_json(expr: pl.Expr) -> pl.Expr:
+#: ShareGPT and OpenAssistant speaker names -> the role names of TRL's message lists
+ROLE_NAMES = {"human": "user", "gpt": "assistant", "prompter": "user", "bot": "assistant"}
+
+
+def messages_json(expr: pl.Expr, role: str = "role", content: str = "content",
+                  rename: bool = False) -> pl.Expr:
     """Encode a ``list[struct{role, content}]`` column as compact JSON text, vectorised.
 
     The text equals ``json.dumps(msgs, ensure_ascii=False, separators=(",", ":"))`` with each
-    message's keys in the order role, content. Use :func:`messages_json_py` when messages carry
-    other keys.
+    message's keys in the order role, content. ``role``/``content`` name the struct fields to
+    read (ShareGPT's ``from``/``value``); ``rename`` maps speaker names by :data:`ROLE_NAMES`.
+    Use :func:`clean_messages` and :func:`dumps` when messages carry other keys.
     """
-    msg = pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
+    r = pl.element().struct.field(role)
+    msg = pl.struct((r.replace(ROLE_NAMES) if rename else r).alias("role"),
+                    pl.element().struct.field(content).alias("content"))
     return pl.concat_str(pl.lit("["), expr.list.eval(msg.struct.json_encode()).list.join(","),
                          pl.lit("]"))
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, check_dataset, common_prefix_len, content_ids, finish, id_prefix,
+from ._common import (ROW, common_prefix_len, content_ids, dataset_name, finish, id_prefix,
                       require_columns, to_frame, with_row)
 
 if TYPE_CHECKING:
@@ -30,9 +30,11 @@ def load_hh_rlhf(source: Source, *, dataset: str | None = None, annotator: str =
     is exactly ``chosen``) become ``response_a`` (chosen) and ``response_b`` (rejected), and
     ``choice`` is ``"a"``.
 
-    HH-RLHF records no display order, so a/b here is *not* what a rater saw: position-bias
-    statistics are meaningless for these rows. They carry ``task_id="hh-rlhf"`` so analyses
-    can exclude them.
+    HH-RLHF records no display order, so a/b here is *not* what a rater saw:
+    ``display_order_known`` is false and position statistics leave these rows out. HH rows have
+    no time of their own either (``shown_at``/``submitted_at`` stay null), so the analyses do not
+    take the ingest time for the annotators' time. A final turn may be empty (a few HH rows end
+    with ``"\\n\\nAssistant: "``): it is stored as it is.
 
     Parameters
     ----------
@@ -40,7 +42,8 @@ def load_hh_rlhf(source: Source, *, dataset: str | None = None, annotator: str =
         Path to the JSONL(.gz) file, or a DataFrame / Arrow table / ``datasets.Dataset``
         with ``chosen`` and ``rejected`` string columns.
     dataset
-        ``name@version`` recorded in the ``dataset`` column and used as the id prefix.
+        ``NAME`` or ``NAME@VERSION`` recorded in the ``dataset`` column and used as the id prefix
+        (default for a file: its folder and name, e.g. ``"harmless-base/test"``).
     annotator
         The rater recorded for every row (the source names none).
     task_id
@@ -51,7 +54,8 @@ def load_hh_rlhf(source: Source, *, dataset: str | None = None, annotator: str =
     polars.DataFrame
         The ``annotation`` kind's columns. ``annotation_id`` is ``"<dataset or 'hh-rlhf'>:<row>"``
         (0-based source row): HH-RLHF has duplicate rows, so a content hash would not be unique.
-        ``prompt_id``/``response_*_id`` are content hashes (see :func:`content_ids`).
+        ``prompt_id``/``response_*_id`` are content ids (see :func:`content_ids`), the same as
+        the TRL string and message layouts of the same conversation get.
 
     Raises
     ------
@@ -66,7 +70,7 @@ def load_hh_rlhf(source: Source, *, dataset: str | None = None, annotator: str =
     >>> rows.select("prompt", "response_a", "response_b", "choice").row(0)
     ('\\n\\nHuman: Hi\\n\\nAssistant:', ' Hello!', ' Go away.', 'a')
     """
-    check_dataset(dataset)
+    dataset = dataset_name(source, dataset)
     df = to_frame(source)
     require_columns(df, ["chosen", "rejected"])
     for c in ("chosen", "rejected"):
@@ -90,7 +94,7 @@ def load_hh_rlhf(source: Source, *, dataset: str | None = None, annotator: str =
     rows = rows.with_columns(
         annotation_id=pl.format("{}:{}", pl.lit(prefix), pl.col(ROW)),
         choice=pl.lit("a"), annotator=pl.lit(annotator), task_id=pl.lit(task_id),
-        dataset=pl.lit(dataset, dtype=pl.String))
+        dataset=pl.lit(dataset, dtype=pl.String), display_order_known=pl.lit(False))
     rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
                               "response_b_id": "response_b"})
     return finish(rows, "annotation")

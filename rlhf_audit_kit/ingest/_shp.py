@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, check_dataset, content_ids, finish, first_row, id_prefix,
+from ._common import (ROW, content_ids, dataset_name, finish, first_row, id_prefix,
                       require_columns, require_strings, to_frame, with_row)
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def load_shp(source: Source, *, dataset: str | None = None, annotator: str = "sh
     ``labels`` the choice (1 -> ``"a"``, 0 -> ``"b"``) and ``score_A``/``score_B`` (upvotes,
     the evidence behind the label) ``score_a``/``score_b``. The preference is collective (Reddit
     votes), so the default ``annotator`` is ``"shp:reddit"``; A/B is no display order, so
-    position-bias statistics are meaningless here too.
+    ``display_order_known`` is false and position statistics leave these rows out.
 
     Ids: ``annotation_id`` is ``"<dataset or 'shp'>:<post_id>:<c_root_id_A>:<c_root_id_B>"``,
     stable under any reordering of the rows; a pair appearing twice raises. ``task_id`` defaults
@@ -42,7 +42,8 @@ def load_shp(source: Source, *, dataset: str | None = None, annotator: str = "sh
         An SHP ``*.json`` file (JSON lines, despite the name), Parquet, DataFrame, Arrow table or
         ``datasets.Dataset``.
     dataset
-        ``name@version`` recorded in ``dataset`` and used as the id prefix.
+        ``NAME`` or ``NAME@VERSION`` recorded in ``dataset`` and used as the id prefix (default
+        for a file: its folder and name).
     annotator
         Recorded in ``annotator``.
     task_id
@@ -56,7 +57,7 @@ def load_shp(source: Source, *, dataset: str | None = None, annotator: str = "sh
     >>> load_shp([row]).select("annotation_id", "choice", "score_a", "task_id").row(0)
     ('shp:p1:ca:cb', 'a', 12.0, 'shp:askculinary_train')
     """
-    check_dataset(dataset)
+    dataset = dataset_name(source, dataset)
     df = to_frame(source)
     require_columns(df, _TEXT + _NUM)
     df = with_row(df)
@@ -89,7 +90,7 @@ def load_shp(source: Source, *, dataset: str | None = None, annotator: str = "sh
         choice=pl.when(pl.col("labels") == 1).then(pl.lit("a")).otherwise(pl.lit("b")),
         annotator=pl.lit(annotator), task_id=task,
         score_a=pl.col("score_A").cast(pl.Float64), score_b=pl.col("score_B").cast(pl.Float64),
-        dataset=pl.lit(dataset, dtype=pl.String))
+        dataset=pl.lit(dataset, dtype=pl.String), display_order_known=pl.lit(False))
     dup = first_row(rows, pl.col("annotation_id").is_duplicated()
                     & (pl.col(ROW) != pl.col(ROW).min().over("annotation_id")))
     if dup is not None:

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, check_dataset, clean_messages, common_prefix_len, content_ids, dumps,
+from ._common import (ROW, clean_messages, common_prefix_len, content_ids, dataset_name, dumps,
                       finish, first_row, id_prefix, is_messages, is_plain_messages, messages_json,
                       require_columns, to_frame, with_row)
+from ._hh_rlhf import MARK
 
 if TYPE_CHECKING:
     from ._common import Source
@@ -28,7 +29,13 @@ def load_trl_preference(source: Source, *, dataset: str | None = None,
     * implicit prompt: ``chosen`` and ``rejected`` only, each the full text or conversation.
       The prompt is their common prefix, split the way TRL's ``extract_prompt`` does it
       (a string prefix gives its trailing space back to the completions; a conversation
-      splits at the first differing message).
+      splits at the first differing message), except that a transcript with
+      ``"\\n\\nAssistant:"`` turns (HH-RLHF as TRL reads it) splits after the last such turn
+      inside the common prefix, exactly as :func:`~.load_hh_rlhf` does, never mid-word.
+
+    With a ``prompt`` column, completions that repeat the prompt's messages (UltraFeedback-
+    binarized stores the whole conversation in ``chosen``/``rejected``) lose that repeated
+    start, so each response holds only what was compared.
 
     Message lists are stored as compact JSON text,
     ``json.dumps(msgs, ensure_ascii=False, separators=(",", ":"))``, each message's keys ordered
@@ -37,16 +44,18 @@ def load_trl_preference(source: Source, *, dataset: str | None = None,
     message had them are dropped.
 
     ``chosen`` becomes ``response_a`` and ``choice`` is ``"a"``: TRL datasets keep no display
-    order, so position-bias statistics are meaningless for these rows (``task_id`` marks them).
+    order, so ``display_order_known`` is false and position statistics leave these rows out.
     ``score_chosen``/``score_rejected`` columns, when present (UltraFeedback-binarized has them),
-    become ``score_a``/``score_b``.
+    become ``score_a``/``score_b``, and equal scores make the choice ``"tie"``. An empty
+    completion (HH-RLHF has a few) is kept as it is.
 
     Parameters
     ----------
     source
         A JSON/JSONL/Parquet path, DataFrame, Arrow table or ``datasets.Dataset``.
     dataset
-        ``name@version`` recorded in ``dataset`` and used as the id prefix.
+        ``NAME`` or ``NAME@VERSION`` recorded in ``dataset`` and used as the id prefix (default
+        for a file: its folder and name, see :func:`~._common.dataset_name`).
     annotator
         The rater recorded for every row (TRL datasets name none).
     task_id
@@ -68,7 +77,7 @@ def load_trl_preference(source: Source, *, dataset: str | None = None,
     >>> load_trl_preference(conv)["prompt"][0]
     '[{"role":"user","content":"Sky?"}]'
     """
-    check_dataset(dataset)
+    dataset = dataset_name(source, dataset)
     df = to_frame(source)
     require_columns(df, ["chosen", "rejected"])
     cols = [c for c in ("prompt", "chosen", "rejected") if c in df.columns]
@@ -83,6 +92,7 @@ def load_trl_preference(source: Source, *, dataset: str | None = None,
         raise ValidationError(bad[0], bad[1], "is missing or null")
 
     if "prompt" in df.columns:
+        df = _drop_repeated_prompt(df)
         rows = df.select(ROW, *(_as_text(df, c).alias(n) for c, n in
                                 (("prompt", "prompt"), ("chosen", "response_a"), ("rejected", "response_b"))))
     else:
@@ -92,11 +102,13 @@ def load_trl_preference(source: Source, *, dataset: str | None = None,
               (("score_chosen", "score_a"), ("score_rejected", "score_b")) if s in df.columns]
     if scores:
         rows = rows.with_columns(df.select(scores).get_columns())
+    tie = (pl.col("score_a") == pl.col("score_b")).fill_null(False) if len(scores) == 2 else pl.lit(False)
     prefix = id_prefix(dataset, "trl-preference")
     rows = rows.with_columns(
         annotation_id=pl.format("{}:{}", pl.lit(prefix), pl.col(ROW)),
-        choice=pl.lit("a"), annotator=pl.lit(annotator), task_id=pl.lit(task_id),
-        dataset=pl.lit(dataset, dtype=pl.String))
+        choice=pl.when(tie).then(pl.lit("tie")).otherwise(pl.lit("a")), annotator=pl.lit(annotator),
+        task_id=pl.lit(task_id), dataset=pl.lit(dataset, dtype=pl.String),
+        display_order_known=pl.lit(False))
     rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
                               "response_b_id": "response_b"})
     return finish(rows, "annotation")
@@ -113,6 +125,22 @@ def _as_text(df: pl.DataFrame, col: str) -> pl.Expr:
     return pl.lit(pl.Series(col, texts, dtype=pl.String))
 
 
+def _drop_repeated_prompt(df: pl.DataFrame) -> pl.DataFrame:
+    """Completions given as whole conversations that start with the prompt's messages lose them."""
+    if not (is_messages(df.schema["chosen"]) and is_messages(df.schema["rejected"])):
+        return df
+    conv = is_messages(df.schema["prompt"])
+    heads = [clean_messages(p) if conv else [{"role": "user", "content": p}] for p in df["prompt"].to_list()]
+    out = {}
+    for col in ("chosen", "rejected"):
+        msgs = [clean_messages(m) for m in df[col].to_list()]
+        if not any(m[:len(h)] == h for m, h in zip(msgs, heads)):
+            return df
+        texts = [dumps(m[len(h):] if m[:len(h)] == h else m) for m, h in zip(msgs, heads)]
+        out[col] = pl.Series(col, texts, dtype=pl.String)
+    return df.with_columns(out.values())
+
+
 def _split_implicit(df: pl.DataFrame) -> pl.DataFrame:
     """Common-prefix split of full chosen/rejected texts or conversations (TRL's semantics)."""
     conv = is_messages(df.schema["chosen"])
@@ -125,7 +153,10 @@ def _split_implicit(df: pl.DataFrame) -> pl.DataFrame:
         if conv:
             a, b = clean_messages(a), clean_messages(b)
         n = common_prefix_len(a, b)
-        if not conv and 0 < n < min(len(a), len(b)) and a[n - 1] == " ":
+        k = -1 if conv else a.rfind(MARK, 0, n)
+        if k >= 0:  # a transcript: the prompt ends with the last assistant turn marker they share
+            n = k + len(MARK)
+        elif not conv and 0 < n < min(len(a), len(b)) and a[n - 1] == " ":
             n -= 1  # as TRL: the space before the differing word belongs to the completions
         if n == 0:
             raise ValidationError(i, "rejected", "shares no prefix with chosen, so there is no "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, check_dataset, content_ids, finish, id_prefix, require_columns,
+from ._common import (ROW, content_ids, dataset_name, finish, id_prefix, require_columns,
                       require_strings, to_frame, with_row)
 
 if TYPE_CHECKING:
@@ -31,14 +31,18 @@ def load_ultrafeedback(source: Source, *, dataset: str | None = None,
     gives honesty ``N/A`` for creative tasks) are left out of the map; a completion whose every
     rating is ``N/A`` yields no row, since a rating event without a rating records nothing.
     ``scale_min``/``scale_max`` are 1 and 5. The ratings are GPT-4's, hence the default
-    ``annotator``.
+    ``annotator``. The completion's ``critique`` becomes ``rationale``; everything else it holds
+    besides ``model`` and ``response`` (the per-aspect rationales in ``annotations``,
+    ``overall_score``, ``fine-grained_score``, ``principle``, ``custom_system_prompt``) is kept
+    in ``meta`` as it was.
 
     Parameters
     ----------
     source
         A JSON/JSONL/Parquet path, DataFrame, Arrow table or ``datasets.Dataset``.
     dataset
-        ``name@version`` recorded in ``dataset`` and used as the id prefix.
+        ``NAME`` or ``NAME@VERSION`` recorded in ``dataset`` and used as the id prefix (default
+        for a file: its folder and name).
     annotator
         Recorded in ``annotator``.
     task_id
@@ -68,7 +72,7 @@ def load_ultrafeedback(source: Source, *, dataset: str | None = None,
     >>> rows["aspects"].to_list()
     [[{'key': 'helpfulness', 'value': 4}]]
     """
-    check_dataset(dataset)
+    dataset = dataset_name(source, dataset)
     df = to_frame(source)
     require_columns(df, ["instruction", "completions"])
     df = with_row(df)
@@ -121,6 +125,10 @@ def load_ultrafeedback(source: Source, *, dataset: str | None = None,
         model = pl.col("models").list.get(pl.col("_ci"), null_on_oob=True).cast(pl.String)
     else:
         model = pl.lit(None, dtype=pl.String)
+    kept = [f for f in fields if f not in ("model", "response", "critique")]
+    meta = pl.struct([c.struct.field(f) for f in kept]).struct.json_encode()
+    rationale = (c.struct.field("critique").cast(pl.String) if "critique" in fields
+                 else pl.lit(None, dtype=pl.String))
     prefix = id_prefix(dataset, "ultrafeedback")
     rows = long.select(
         ROW,
@@ -128,7 +136,7 @@ def load_ultrafeedback(source: Source, *, dataset: str | None = None,
         prompt=pl.col("instruction"), response=c.struct.field("response").cast(pl.String),
         model=model, annotator=pl.lit(annotator), aspects=aspect_map,
         scale_min=pl.lit(SCALE[0]), scale_max=pl.lit(SCALE[1]), task_id=pl.lit(task_id),
-        dataset=pl.lit(dataset, dtype=pl.String), _ci=pl.col("_ci"))
+        dataset=pl.lit(dataset, dtype=pl.String), rationale=rationale, meta=meta, _ci=pl.col("_ci"))
     missing = rows.filter(pl.col("response").is_null()).head(1)
     if len(missing):
         row, ci = missing.select(ROW, "_ci").row(0)
