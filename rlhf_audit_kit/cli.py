@@ -23,7 +23,8 @@ from .errors import AuditKitError, ValidationError
 from .ingest._common import SourceError
 
 # Modules that add their own subcommands with register(subparsers).
-_PLUGINS = ("rlhf_audit_kit.cli_ledger", "rlhf_audit_kit.apps.serve", "rlhf_audit_kit.report.cli")
+_PLUGINS = ("rlhf_audit_kit.cli_ledger", "rlhf_audit_kit.cli_witness", "rlhf_audit_kit.apps.serve",
+            "rlhf_audit_kit.report.cli")
 
 
 def _cmd_init(args) -> int:

@@ -56,8 +56,10 @@ def _passphrase_existing(folder: Path) -> str | None:
 
 def _cmd_keys_init(args) -> int:
     from .keys import init_keys
+    from .witness_keys import init_witness_keys
     passphrase = None if args.no_passphrase else _passphrase_new()
-    info = init_keys(args.dir, args.name, passphrase=passphrase, no_passphrase=args.no_passphrase)
+    info = (init_witness_keys if getattr(args, "witness", False) else init_keys)(
+        args.dir, args.name, passphrase=passphrase, no_passphrase=args.no_passphrase)
     print(f"created keys folder {info.folder} (key {info.name}, id {info.key_id}, "
           f"{'encrypted' if info.encrypted else 'NOT encrypted'})")
     print(f"verifier key: {info.vkey}")
@@ -177,6 +179,8 @@ def register(subparsers) -> None:
     k.add_argument("--name", required=True, help="key name, e.g. your log's origin (no spaces or '+')")
     k.add_argument("--no-passphrase", action="store_true",
                    help="store the signing key unencrypted (tests, throwaway demos)")
+    k.add_argument("--witness", action="store_true",
+                   help="a witness keys folder: a cosigning key for `rlhf-audit witness` (no pseudonym key)")
     k.set_defaults(func=_cmd_keys_init)
 
     s = subparsers.add_parser("snapshot", help="sign the store's current tree; print the signed note")

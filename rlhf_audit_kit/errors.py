@@ -54,5 +54,32 @@ class KeysError(AuditKitError):
     """A keys folder, key file or passphrase is missing, wrong or unusable."""
 
 
+class ForkError(IntegrityError):
+    """A log showed a witness a checkpoint that contradicts one the witness already saw; not cosigned.
+
+    Two roots for one tree size, or a larger tree that does not extend the seen one (its consistency
+    proof fails). The message quotes both notes. Attributes: ``origin``, ``seen_note``, ``new_note``.
+    """
+
+    def __init__(self, message: str, *, origin: str = "", seen_note: str = "", new_note: str = "",
+                 damage: str = "fork"):
+        super().__init__(message, damage=damage)
+        self.origin, self.seen_note, self.new_note = origin, seen_note, new_note
+
+    def __reduce__(self):
+        import functools
+        return (functools.partial(type(self), origin=self.origin, seen_note=self.seen_note,
+                                  new_note=self.new_note, damage=self.damage), (str(self),))
+
+
+class RollbackError(ForkError):
+    """A checkpoint smaller than one the witness already cosigned: a witness never cosigns backwards.
+
+    >>> e = RollbackError("size 3 < 5", origin="o", seen_note="a", new_note="b", damage="rollback")
+    >>> isinstance(e, ForkError), e.damage, e.seen_note
+    (True, 'rollback', 'a')
+    """
+
+
 class BudgetExceededError(AuditKitError):
     """A differentially private release would exceed a privacy budget; nothing was recorded."""

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ..errors import KeysError, SignatureError
 
 __all__ = ["Checkpoint", "Signer", "Verifier", "key_id", "vkey_string", "open_note",
-           "verify_checkpoint", "sign_checkpoint", "validate_key_name", "MAX_SIGNATURES"]
+           "verify_checkpoint", "sign_checkpoint", "validate_key_name", "split_vkey", "MAX_SIGNATURES"]
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "  # em dash + space
@@ -181,6 +181,28 @@ class Checkpoint:
 
 # --- keys -------------------------------------------------------------------------------------
 
+def split_vkey(vkey: str, what: str = "verifier key") -> tuple[str, str, bytes]:
+    """``(name, hex key id, decoded key bytes)`` of a ``name+hexkeyid+base64`` key string; KeysError
+    if malformed. The key type byte and the key id are left to the caller to check.
+
+    >>> split_vkey("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")[2][0]
+    1
+    """
+    if not isinstance(vkey, str):
+        raise KeysError(f"a {what} must be a str")
+    parts = vkey.split("+", 2)  # the name has no '+', base64 may
+    if len(parts) != 3:
+        raise KeysError(f"malformed {what} {vkey!r}: need name+keyid+key")
+    name, hex_id, key_b64 = parts
+    validate_key_name(name)
+    if not _HEX_ID_RE.fullmatch(hex_id):
+        raise KeysError(f"malformed {what}: key id {hex_id!r} is not 8 lowercase hex")
+    try:
+        return name, hex_id, _b64decode(key_b64)
+    except ValueError as e:
+        raise KeysError(f"malformed {what}: {e}") from None
+
+
 class Verifier:
     """An Ed25519 note verifier: key name, 4-byte key id and public key.
 
@@ -204,19 +226,7 @@ class Verifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> Verifier:
         """Parse and validate ``name+hexkeyid+base64(0x01 || pub)``; KeysError if malformed."""
-        if not isinstance(vkey, str):
-            raise KeysError("a verifier key must be a str")
-        parts = vkey.split("+", 2)  # the name has no '+', base64 may
-        if len(parts) != 3:
-            raise KeysError(f"malformed verifier key {vkey!r}: need name+keyid+key")
-        name, hex_id, key_b64 = parts
-        validate_key_name(name)
-        if not _HEX_ID_RE.fullmatch(hex_id):
-            raise KeysError(f"malformed verifier key: key id {hex_id!r} is not 8 lowercase hex")
-        try:
-            raw = _b64decode(key_b64)
-        except ValueError as e:
-            raise KeysError(f"malformed verifier key: {e}") from None
+        name, hex_id, raw = split_vkey(vkey)
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise KeysError("verifier key is not an Ed25519 key (algorithm 0x01 + 32 bytes)")
         verifier = cls(name, raw[1:])
