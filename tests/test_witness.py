@@ -5,8 +5,6 @@ Real parts throughout: DuckDB stores, keys folders on disk, exported bundles, th
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,6 +19,7 @@ from rlhf_audit_kit.ledger.cosignature import WitnessSigner, verify_cosignatures
 from rlhf_audit_kit.ledger.witness import (COSIGNATURE_DIR, Witness, bundle_cosignatures, check_witness_policy,
                                            write_cosigned_note)
 from rlhf_audit_kit.witness_keys import init_witness_keys, load_witness_signer
+from test_cli import cli as run_cli
 
 ORIGIN = "example.com/witnessed-log"
 
@@ -242,11 +241,7 @@ def test_witness_key_is_encrypted_at_rest(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the CLI
 def cli(*args, check=True):
     env = {k: v for k, v in os.environ.items() if k != "RLHF_AUDIT_PASSPHRASE"}
-    res = subprocess.run([sys.executable, "-m", "rlhf_audit_kit.cli", *map(str, args)], capture_output=True,
-                         text=True, env=env, timeout=120)
-    if check and res.returncode != 0:
-        raise AssertionError(f"exit {res.returncode}: {res.stderr}")
-    return res
+    return run_cli(*args, env=env, check=check)
 
 
 def test_cli_witness_cosigns_and_refuses_a_fork(tmp_path, log_keys):
