@@ -56,6 +56,9 @@ from .schema import KINDS
 __all__ = ["Bundle", "open_bundle", "export_bundle", "BUNDLE_FORMAT", "is_bundle"]
 
 BUNDLE_FORMAT = "rlhf-audit-kit/bundle/v1"
+#: Manifest fields :meth:`Bundle.verify` checks (against the signed note, the log and the files); the
+#: others (key_name, key_id, store_id, encoding, ...) are statements no signature covers.
+SIGNED_MANIFEST_FIELDS = frozenset({"origin", "tree_size", "root_hash", "files"})
 NOTE_FILE, VKEY_FILE, MANIFEST_FILE, LOG_FILE = "checkpoint.note", "verifier.vkey", "manifest.json", "log.parquet"
 
 
@@ -258,6 +261,7 @@ class Bundle(RecordReader):
         with self._lock:
             report = verify_source(src, v, extra_notes=[self.note], workers=workers)
         self._check_manifest(report)
+        report.unsigned = {k: v for k, v in self.manifest.items() if k not in SIGNED_MANIFEST_FIELDS}
         self._verified = report
         return report
 
@@ -310,6 +314,10 @@ class Bundle(RecordReader):
         counts = self.counts()
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{v:,}</td></tr>"
                        for k, v in counts.items())
+        # the signer shown is the pinned key that verified; the manifest's key_name is not signed
+        signers = [Verifier.from_vkey(v).name for v in self._verified.signed_by] if self._verified else []
+        key = (f"signed by {html.escape(', '.join(signers))}" if signers else
+               f"key named in the manifest (not verified): {html.escape(str(self.manifest.get('key_name') or '?'))}")
         if self._verified is None:
             status = "<i>not verified yet: call .verify(vkey)</i>"
         elif self._verified.ok:
@@ -318,8 +326,7 @@ class Bundle(RecordReader):
             status = f"<span style='color:#cf222e'>{html.escape(self._verified.message)}</span>"
         return (f"<div><b>Snapshot bundle</b> <code>{html.escape(str(self.path))}</code><br>"
                 f"origin <code>{html.escape(self.origin)}</code> · {self._size:,} events · root "
-                f"<code>{html.escape(self.manifest.get('root_hash', '')[:16])}…</code> · key "
-                f"{html.escape(self.manifest.get('key_name', '?'))}<br>{status}"
+                f"<code>{html.escape(self.manifest.get('root_hash', '')[:16])}…</code> · {key}<br>{status}"
                 f"<table><tr><th>kind</th><th>events</th></tr>{rows}</table></div>")
 
 

@@ -101,11 +101,28 @@ def _cmd_verify(args) -> int:
     if report.ok:
         root = report.signed_root.hex() if report.signed_root else "-"
         print(f"{report.message}; root {root} ({report.elapsed:.2f} s)")
+        _print_identity(report)
         return 0
     print(report.message, file=sys.stderr)
     print(f"first bad seq: {report.first_bad_seq if report.first_bad_seq is not None else '-'}; "
           f"damage: {report.damage}")
     return 3
+
+
+def _print_identity(report) -> None:
+    """Who signed, from the pinned keys that verified; a bundle's unsigned manifest fields marked as such."""
+    from .report.identity import manifest_claims, signers
+    for v in signers(report.signed_by):
+        print(f"signed by the pinned key {v.name} (key id {v.key_id.hex()})")
+    if report.unsigned:  # printed with repr where not plain text: a manifest is anyone's to write
+        claims = manifest_claims(report.unsigned, signed_by=report.signed_by, entries_verified=True)
+        names = [c.field if c.field.isprintable() and len(c.field) <= 40 else repr(c.field[:40]) for c in claims]
+        more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
+        print("not verified (manifest.json fields no signature covers): " + ", ".join(names[:20]) + more)
+        for c, name in zip(claims, names):
+            if c.agrees is False:
+                print(f"warning: manifest.json states {name} {str(c.value)[:200]!r}, which is not signed and "
+                      f"{c.check}", file=sys.stderr)
 
 
 def _latest_snapshot(store, covering: int | None = None, size: int | None = None):

@@ -229,3 +229,114 @@ def test_cli_export_notebook(exported, tmp_path, capsys):
     rc = main(["export-notebook", str(tmp_path / "bundle"), "--out", str(tmp_path / "bad.ipynb"),
                "--vkey", "someone+00000000+AAAA", "--no-execute"])
     assert rc != 0
+
+
+# ------------------------------------------------------------------ a pinned key is required (17.3)
+def _resign(exported, tmp_path) -> Path:
+    """A bundle for the same origin signed by someone else, under the same key name: self-consistent."""
+    from factories import annotation
+    forger = init_keys(tmp_path / "forger-keys", "audit.example/test", no_passphrase=True)
+    with open_store(tmp_path / "forged.duckdb", pseudonymize=False, origin="audit.example/demo") as store:
+        store.extend([annotation(i) for i in range(30)])
+        store.snapshot(tmp_path / "forger-keys").export(tmp_path / "resigned").close()
+    assert forger.vkey != exported["keys"].vkey
+    return tmp_path / "resigned"
+
+
+def test_export_without_a_pinned_key_is_refused(exported, tmp_path, capsys):
+    from rlhf_audit_kit.cli import main
+    from rlhf_audit_kit.errors import KeysError
+    out = tmp_path / "nb" / "x.ipynb"
+    with pytest.raises(KeysError, match="verifier key you trust"):
+        export_compliance_notebook(exported["bundle"], out, execute=False, html=False)
+    assert not out.exists()
+    rc = main(["export-notebook", str(exported["bundle"]), "--out", str(out), "--no-execute"])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "--vkey" in err and "--keys" in err and "Traceback" not in err
+    rc = main(["export-notebook", str(exported["bundle"]), "--out", str(out), "--no-execute",
+               "--keys", str(exported["keys"].folder)])
+    assert rc == 0 and nbformat.read(out, as_version=4).metadata["rlhf_audit_kit"]["pinned"] is True
+
+
+def test_a_resigned_bundle_is_refused_under_the_pinned_key_and_marked_without_one(exported, tmp_path):
+    resigned = _resign(exported, tmp_path)
+    with pytest.raises(SignatureError):
+        export_compliance_notebook(resigned, tmp_path / "a" / "x.ipynb", verifier=exported["keys"].vkey,
+                                   execute=False, html=False)
+    p = export_compliance_notebook(resigned, tmp_path / "b" / "x.ipynb", trust_bundle_key=True)
+    nb = nbformat.read(p, as_version=4)
+    assert nb.metadata["rlhf_audit_kit"]["pinned"] is False
+    title = nb.cells[0].source
+    assert title.index("Nothing was pinned") < title.index("Snapshot of") and "color:#cf222e" in title
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "NOT PINNED" in first.source and first.outputs[0]["text"].startswith("Self-consistent only (NO key")
+    assert "signed by (the key shipped IN the bundle; NOT pinned)" in _outputs_text(nb)
+    html = p.with_suffix(".html").read_text(encoding="utf-8")
+    assert html.index("Nothing was pinned") < html.index("Snapshot binding and verification")
+
+
+# ------------------------------------------------------------------ the kernel (17.1)
+PLANTED = """import os, pathlib
+pathlib.Path(os.environ.get("MARK_DIR", "."), "planted-module-ran").write_text(repr(dict(os.environ)))
+raise SystemExit("planted module imported")
+"""
+
+
+def test_first_code_cell_drops_the_notebook_folder_from_sys_path_before_any_import(exported):
+    import ast
+    nb = nbformat.read(exported["notebook"], as_version=4)
+    body = ast.parse(next(c for c in nb.cells if c.cell_type == "code").source).body
+    assert ast.unparse(body[0]) == "import os, sys"
+    assert ast.unparse(body[1]).startswith("sys.path[:] = [p for p in sys.path if os.path.isabs(p)")
+    assert "os.getcwd()" in ast.unparse(body[1])
+    assert all(i > 1 for i, s in enumerate(body[1:], 1) if isinstance(s, (ast.Import, ast.ImportFrom)))
+
+
+def test_planted_module_next_to_the_notebook_is_not_imported_on_rerun(exported, tmp_path, monkeypatch):
+    """As JupyterLab runs it: kernel in the notebook's folder ('' on sys.path), environment inherited."""
+    from factories import annotation
+    from nbclient import NotebookClient
+    with open_store(tmp_path / "a.duckdb", pseudonymize=False) as store:  # small: the run is what is tested
+        store.extend([annotation(i) for i in range(30)])
+        snap = store.snapshot(exported["keys"].folder)
+        nb_path = export_compliance_notebook(snap, tmp_path / "report" / "evidence.ipynb", execute=False, html=False)
+    for name in ("polars.py", "duckdb.py", "pyarrow.py"):
+        (nb_path.parent / name).write_text(PLANTED)
+    monkeypatch.setenv("MARK_DIR", str(tmp_path))
+    nb = nbformat.read(nb_path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    assert not (tmp_path / "planted-module-ran").exists()
+    assert "Verified: OK" in next(c for c in nb.cells if c.cell_type == "code").outputs[0]["text"]
+
+
+def test_execute_notebook_gives_the_kernel_no_secrets_and_no_working_directory_on_sys_path(tmp_path, monkeypatch):
+    from nbformat.v4 import new_code_cell, new_notebook
+    (tmp_path / "polars.py").write_text(PLANTED)
+    secrets = {"RLHF_AUDIT_PASSPHRASE": "hunter2", "RLHF_AUDIT_KEYS": str(tmp_path / "keys"),
+               "PANEL_COOKIE_SECRET": "c00kie", "GITHUB_TOKEN": "ghp_x", "AWS_SECRET_ACCESS_KEY": "aws"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MARK_DIR", str(tmp_path))
+    nb = new_notebook(cells=[new_code_cell(
+        "import os, sys\nimport polars\n"
+        f"print(sorted(k for k in {sorted(secrets)!r} if k in os.environ), '' in sys.path, os.getcwd() in sys.path,"
+        " polars.__file__.endswith('polars/__init__.py'), os.environ['PATH'] == '' )")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    execute_notebook(nb, tmp_path, timeout=120)
+    assert nb.cells[0].outputs[0]["text"].strip() == "[] False False True False"
+    assert not (tmp_path / "planted-module-ran").exists()
+
+
+def test_a_notebook_inside_its_bundle_folder_is_refused(exported, tmp_path):
+    from rlhf_audit_kit.errors import AuditKitError
+    shutil.copytree(exported["bundle"], tmp_path / "bundle")
+    for target in (tmp_path / "bundle" / "evidence.ipynb", tmp_path / "bundle" / "sub" / "evidence.ipynb"):
+        with pytest.raises(AuditKitError, match="inside the bundle folder"):
+            export_compliance_notebook(tmp_path / "bundle", target, verifier=exported["keys"].vkey, html=False)
+        assert not target.exists()
+    nb = nbformat.read(exported["notebook"], as_version=4)
+    nb.metadata["rlhf_audit_kit"]["bundle"] = "."
+    with pytest.raises(AuditKitError, match="inside the bundle folder"):
+        execute_notebook(nb, tmp_path / "bundle")

@@ -97,7 +97,11 @@ class VerifyReport:
     ``first_bad_seq``/``damage``/``message`` describe the first finding (smallest ``seq``);
     ``findings`` lists every check that failed. ``signed_size`` is the largest tree size vouched for
     by a verified checkpoint, ``signed_root`` its root; events past it are checked for internal
-    consistency only (nothing signed covers them yet).
+    consistency only (nothing signed covers them yet). ``verifier`` names the pinned key(s);
+    ``signed_by`` the vkeys of the pinned keys whose signature verified a checkpoint: the only
+    signer identity a report vouches for. ``unsigned``: what the source states that no signature
+    covers (a bundle's manifest fields other than origin, size, root and file hashes), for display
+    as unverified only.
 
     >>> r = VerifyReport(source="x", events=3, checkpoints_verified=1, signed_size=3)
     >>> r.ok, r.first_bad_seq
@@ -115,6 +119,8 @@ class VerifyReport:
     elapsed: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     verifier: str | None = None
+    signed_by: list[str] = field(default_factory=list)
+    unsigned: dict[str, Any] = field(default_factory=dict)
 
     @property
     def first(self) -> Finding | None:
@@ -678,6 +684,22 @@ class _Cp:
     row: dict | None
 
 
+def _note_signers(note: str, verifiers: list[Verifier]) -> list[Verifier]:
+    """The pinned keys with a signature line in ``note`` (call after it verified: each one was checked)."""
+    from .checkpoint import SIG_PREFIX, _b64decode
+    known = {(v.name, v.key_id): v for v in verifiers}
+    out = []
+    for line in note[note.rfind("\n\n") + 2:].splitlines():
+        name, _, b64 = line.removeprefix(SIG_PREFIX).partition(" ")
+        try:
+            v = known.get((name, _b64decode(b64)[:4]))
+        except ValueError:
+            continue
+        if v is not None:
+            out.append(v)
+    return out
+
+
 def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: Sequence[str],
                        verifiers: list[Verifier], tree: TreeLevels, n: int,
                        findings: list[Finding], report: VerifyReport,
@@ -728,6 +750,7 @@ def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: S
                                     lower, checkpoint.size))
             continue
         good.append((checkpoint.size, checkpoint.root_hash, cp.seq))
+        report.signed_by += [v.vkey for v in _note_signers(cp.note, verifiers) if v.vkey not in report.signed_by]
     # consistency: every verified checkpoint extends the previous ones (proofs made and checked)
     good.sort(key=lambda g: g[0])
     stored_reader = None

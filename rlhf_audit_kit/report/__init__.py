@@ -5,12 +5,14 @@
 PosixPath('evidence.ipynb')
 
 The notebook opens with a notice (evidence support, not legal advice), verifies its bundle in the
-first code cell and stops if anything does not match; see :mod:`rlhf_audit_kit.report.compliance`.
+first code cell against the key you pinned and stops if anything does not match; see
+:mod:`rlhf_audit_kit.report.compliance` and, for what is verified and what is only displayed,
+:mod:`rlhf_audit_kit.report.identity`.
 """
 from __future__ import annotations
 
 from .compliance import (NOTICE, TEMPLATES, build_compliance_notebook, execute_notebook,
-                         export_compliance_notebook, render_html)
+                         export_compliance_notebook, kernel_environment, render_html)
 
 __all__ = ["NOTICE", "TEMPLATES", "build_compliance_notebook", "execute_notebook",
-           "export_compliance_notebook", "render_html"]
+           "export_compliance_notebook", "kernel_environment", "render_html"]

@@ -15,7 +15,18 @@ level), 8. reward model and policy training record, 9. evaluation (gap unless lo
 15. gaps and manual attestations.
 
 The notebook pins only public values (the verifier key string, origin, size and root): no secret
-is ever written. It is executed offline with nbclient; its outputs are deterministic (no wall-clock
+is ever written. The key must be one you trust, given by you (``verifier=``): the key shipped in a
+bundle proves only that the bundle is self-consistent, so a notebook made with
+``trust_bundle_key=True`` says so in red at its top.
+
+What the record holds is data, never markup: every string shown goes through
+:func:`~rlhf_audit_kit.report.sections.md_escape`, and values in code cells are pinned with
+``repr``. The kernel that runs the notebook imports nothing from the notebook's folder (its first
+code cell drops ``''`` and the working directory from ``sys.path`` before any import, also when an
+auditor re-runs it in JupyterLab), and :func:`execute_notebook` starts it without the kit's secret
+environment variables. A notebook is never written inside its bundle's folder (docs/security.md).
+
+The notebook is executed offline with nbclient; its outputs are deterministic (no wall-clock
 times, sorted tables, fixed float formatting), so re-executing it gives the same outputs and
 ``pytest --nbval`` passes on it. The HTML rendering (nbconvert) uses plain markdown tables and an
 inline SVG chart, so it reads offline.
@@ -31,10 +42,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuditKitError
+from ..errors import AuditKitError, KeysError
+from .sections import NOT_PINNED, md_code
 
 __all__ = ["export_compliance_notebook", "build_compliance_notebook", "render_html", "execute_notebook",
-           "TEMPLATES", "NOTICE"]
+           "kernel_environment", "TEMPLATES", "NOTICE"]
 
 #: The notice every compliance notebook opens with (wording of the compliance map).
 NOTICE = (
@@ -110,12 +122,23 @@ Attested by: _name, role, date_.
 TEMPLATES: dict[str, str] = {"eu-ai-act": "EU AI Act, with NIST AI RMF / AI 600-1, ISO/IEC 42001 and GDPR crosswalk"}
 
 
-def _first_cell(rel_bundle: str, vkey: str, origin: str, size: int, root: str) -> str:
-    return f'''\
+# Runs before any import: a module file in the notebook's folder (say a polars.py planted next to
+# a bundle) must never shadow an installed package. sys and os are always loaded already.
+_SYS_PATH_GUARD = """\
+import os, sys  # noqa: E401 - loaded with the interpreter: importing them reads no file
+sys.path[:] = [p for p in sys.path if os.path.isabs(p) and os.path.realpath(p) != os.path.realpath(os.getcwd())]
+"""
+
+
+def _first_cell(rel_bundle: str, vkey: str, origin: str, size: int, root: str, pinned: bool = True) -> str:
+    key_comment = ("the verifier key you pinned" if pinned else
+                   "NOT PINNED: the key shipped in the bundle itself, which proves only self-consistency")
+    verified = "Verified" if pinned else "Self-consistent only (NO key was pinned)"
+    return _SYS_PATH_GUARD + f'''
 # Binding and verification: this cell stops the notebook if anything does not match.
 # Only public values are pinned here (the verifier key is a public key); no secret is needed.
 BUNDLE = {rel_bundle!r}  # the snapshot bundle, relative to this notebook (change it if you moved the bundle)
-PINNED_VKEY = {vkey!r}
+PINNED_VKEY = {vkey!r}  # {key_comment}
 PINNED_ORIGIN = {origin!r}
 PINNED_SIZE = {size!r}
 PINNED_ROOT = {root!r}
@@ -134,7 +157,7 @@ if (cp.origin, cp.size, cp.root_hash.hex()) != (PINNED_ORIGIN, PINNED_SIZE, PINN
     raise IntegrityError(f"INTEGRITY CHECK FAILED: the bundle's checkpoint (origin {{cp.origin!r}}, size "
                          f"{{cp.size}}, root {{cp.root_hash.hex()}}) is not the one this notebook is bound to "
                          f"(origin {{PINNED_ORIGIN!r}}, size {{PINNED_SIZE}}, root {{PINNED_ROOT}}).")
-print(f"Verified: {{report.message}}")
+print(f"{verified}: {{report.message}}")
 print(f"Bound to: origin {{cp.origin}}, size {{cp.size:,}}, root {{cp.root_hash.hex()}}")
 print(f"Signed by: {{PINNED_VKEY}}")
 '''
@@ -142,11 +165,12 @@ print(f"Signed by: {{PINNED_VKEY}}")
 
 def build_compliance_notebook(bundle, *, notebook_dir: str | os.PathLike, vkey: str,
                               template: str = "eu-ai-act", include_texts: bool = False,
-                              bundle_ref: str | None = None):
+                              bundle_ref: str | None = None, pinned: bool = True):
     """The (unexecuted) compliance notebook of an open, verified ``bundle`` as a ``NotebookNode``.
 
     ``bundle_ref``: how the first cell names the bundle (default: its path relative to
-    ``notebook_dir``).
+    ``notebook_dir``). ``pinned=False``: ``vkey`` is the bundle's own key, not one the exporter
+    trusts; the notebook then says in red at its top that nothing was pinned.
     """
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -156,14 +180,16 @@ def build_compliance_notebook(bundle, *, notebook_dir: str | os.PathLike, vkey: 
     cp = bundle.checkpoint
     ref = bundle_ref if bundle_ref is not None else Path(
         os.path.relpath(Path(bundle.path).resolve(), Path(notebook_dir).resolve())).as_posix()
-    title = (f"# Compliance evidence notebook\n\nSnapshot of `{cp.origin}`: {cp.size:,} events, root "
+    title = ("# Compliance evidence notebook\n\n" + ("" if pinned else NOT_PINNED + "\n\n")
+             + f"Snapshot of {md_code(cp.origin)}: {cp.size:,} events, root "
              f"`{cp.root_hash.hex()}`. Template: {template} ({TEMPLATES[template]}).\n\n"
              + NOTICE + "\n" + _SCOPE)
     md, code = new_markdown_cell, new_code_cell
     cells = [
         md(title.strip()),
-        code(_first_cell(ref, vkey, cp.origin, cp.size, cp.root_hash.hex())),
-        code("from rlhf_audit_kit.report import sections as S\n\nS.section_identity(bundle, report)"),
+        code(_first_cell(ref, vkey, cp.origin, cp.size, cp.root_hash.hex(), pinned)),
+        code("from rlhf_audit_kit.report import sections as S\n\nS.section_identity(bundle, report"
+             + (")" if pinned else ", pinned=False)")),
         md(_APPLICABILITY.strip()),
         code("S.section_system_identity(bundle)"),
         code("S.section_training(bundle)"),
@@ -189,21 +215,53 @@ def build_compliance_notebook(bundle, *, notebook_dir: str | os.PathLike, vkey: 
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["rlhf_audit_kit"] = {"template": template, "origin": cp.origin, "tree_size": cp.size,
-                                     "root_hash": cp.root_hash.hex(), "vkey": vkey, "bundle": ref,
-                                     "include_texts": bool(include_texts)}
+                                     "root_hash": cp.root_hash.hex(), "vkey": vkey, "pinned": bool(pinned),
+                                     "bundle": ref, "include_texts": bool(include_texts)}
     nbformat.validate(nb)
     return nb
+
+
+# Environment variables a kernel never gets: the kit's own (passphrase, keys folder, ...) and
+# anything named like a secret (tokens, passwords, cookie secrets, API keys, agent sockets).
+_SECRET_ENV = re.compile(r"^RLHF_AUDIT_|PASS(WORD|WD|PHRASE)|SECRET|TOKEN|CREDENTIAL|PRIVATE|AUTH|"
+                         r"API_?KEY|ACCESS_?KEY|SIGNING_?KEY|_KEYS?$|^KEYS?$", re.IGNORECASE)
+
+
+def kernel_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a compliance notebook's kernel runs with: ``environ`` (default ``os.environ``)
+    without secret-like variables, and with ``PYTHONSAFEPATH=1`` (no working directory on ``sys.path``).
+
+    >>> sorted(kernel_environment({"PATH": "/bin", "RLHF_AUDIT_PASSPHRASE": "x", "GITHUB_TOKEN": "y"}))
+    ['PATH', 'PYTHONSAFEPATH']
+    """
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if not _SECRET_ENV.search(k)}
+    env["PYTHONSAFEPATH"] = "1"
+    return env
+
+
+def _check_outside_bundle(notebook_dir: Path, bundle_dir: Path) -> None:
+    nb_dir, b_dir = notebook_dir.resolve(), bundle_dir.resolve()
+    if nb_dir == b_dir or b_dir in nb_dir.parents:
+        raise AuditKitError(f"the notebook's folder {notebook_dir} is inside the bundle folder {bundle_dir}: "
+                            "a kernel started there could import files planted in the bundle; write the "
+                            "notebook elsewhere (e.g. next to the bundle)")
 
 
 def execute_notebook(nb, notebook_dir: str | os.PathLike, *, timeout: int = 600,
                      kernel_name: str = "python3"):
     """Execute ``nb`` in place with nbclient, with ``notebook_dir`` as the working directory.
 
-    Raises ``nbclient.exceptions.CellExecutionError`` when a cell fails (e.g. the first cell's
-    integrity check); the cells after the failing one are then left without outputs.
+    The kernel gets :func:`kernel_environment` (no secrets of the kit or the caller), does not put
+    its working directory on ``sys.path``, and is refused (AuditKitError) when ``notebook_dir`` lies
+    inside the bundle the notebook names. Raises ``nbclient.exceptions.CellExecutionError`` when a
+    cell fails (e.g. the first cell's integrity check); the cells after the failing one are then
+    left without outputs.
     """
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
+    ref = nb.metadata.get("rlhf_audit_kit", {}).get("bundle")
+    if ref:
+        _check_outside_bundle(Path(notebook_dir), Path(notebook_dir) / ref)
     for c in nb.cells:  # no stale evidence: a run that stops early leaves the later cells empty
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
@@ -212,7 +270,8 @@ def execute_notebook(nb, notebook_dir: str | os.PathLike, *, timeout: int = 600,
         km.transport_encryption = "auto"  # CurveZMQ where libzmq has it: evidence never crosses TCP in clear
     try:
         NotebookClient(nb, km=km, timeout=timeout, kernel_name=kernel_name,
-                       resources={"metadata": {"path": str(notebook_dir)}}).execute()
+                       extra_arguments=["--IPKernelApp.ignore_cwd=True"],  # IPython would add '' to sys.path
+                       resources={"metadata": {"path": str(notebook_dir)}}).execute(env=kernel_environment())
     finally:
         if km.has_kernel:
             km.shutdown_kernel(now=True)
@@ -246,7 +305,7 @@ def _resolve_vkey(verifier: Any) -> str:
 def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike, template: str = "eu-ai-act", *,
                                verifier: Any = None, include_texts: bool = False, html: bool = True,
                                execute: bool = True, bundle_folder: str | os.PathLike | None = None,
-                               timeout: int = 600) -> Path:
+                               timeout: int = 600, trust_bundle_key: bool = False) -> Path:
     """Write a compliance notebook bound to a snapshot bundle; execute it and render it to HTML.
 
     Parameters
@@ -261,9 +320,13 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
     template
         A key of :data:`TEMPLATES`.
     verifier
-        The verifier key to pin (a vkey string, a vkey file, a keys folder or a Verifier). Default:
-        the snapshot's key, or for a bundle the key shipped in it (which only proves the bundle is
-        self-consistent: pin the key you trust when you have it).
+        The verifier key you trust, pinned in the notebook (a vkey string, a vkey file, a keys folder
+        or a Verifier). Default for a snapshot: the key that signed it in this process. A bundle
+        needs it (KeysError without it), unless ``trust_bundle_key``.
+    trust_bundle_key
+        Explicit opt-out for a bundle without ``verifier``: check it against the key shipped inside
+        it. That proves only that the bundle is self-consistent (whoever altered it could re-sign
+        it), and the notebook says so in red at its top.
     include_texts
         Add an appendix with prompt and response texts (off by default: they may hold personal data).
     html
@@ -280,6 +343,10 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
     ------
     IntegrityError, SignatureError
         The bundle does not verify under the pinned key (nothing is written).
+    KeysError
+        No key was pinned (and no ``trust_bundle_key``).
+    AuditKitError
+        ``path`` lies inside the bundle's folder (a kernel there could import planted files).
     """
     import nbformat
 
@@ -289,6 +356,10 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
     path = Path(path)
     if path.suffix != ".ipynb":
         raise ValueError(f"the notebook path must end in .ipynb, got {path}")
+    if html and not execute:
+        raise ValueError("html=True needs execute=True (the HTML shows the outputs)")
+    if verifier is not None and trust_bundle_key:
+        raise ValueError("pass either verifier= (the key you trust) or trust_bundle_key=True, not both")
     path.parent.mkdir(parents=True, exist_ok=True)
     opened = None
     if isinstance(bundle_or_snapshot, Snapshot):
@@ -312,11 +383,16 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
     else:
         raise TypeError(f"expected a Bundle, a bundle folder or a Snapshot, got {type(bundle_or_snapshot).__name__}")
     try:
-        vkey = _resolve_vkey(verifier if verifier is not None else bundle.vkey)
+        _check_outside_bundle(path.parent, Path(bundle.path))
+        if verifier is None and not trust_bundle_key:
+            raise KeysError("a compliance notebook needs the verifier key you trust: pass verifier= (a vkey "
+                            "string or file, or a keys folder); the key shipped in a bundle proves nothing "
+                            "about who made it (trust_bundle_key=True exports anyway, marked NOT PINNED)")
+        vkey = _resolve_vkey(verifier if verifier is not None else bundle.verifier)
         # refuse to write a notebook bound to a bundle that does not verify now
         bundle.verify(vkey, workers=0).raise_for_status()
         nb = build_compliance_notebook(bundle, notebook_dir=path.parent, vkey=vkey, template=template,
-                                       include_texts=include_texts)
+                                       include_texts=include_texts, pinned=verifier is not None)
     finally:
         if opened is not None:
             opened.close()
@@ -324,7 +400,5 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
         execute_notebook(nb, path.parent, timeout=timeout)
     nbformat.write(nb, path)
     if html:
-        if not execute:
-            raise ValueError("html=True needs execute=True (the HTML shows the outputs)")
         render_html(nb, path.with_suffix(".html"))
     return path

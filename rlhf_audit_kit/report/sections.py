@@ -12,12 +12,18 @@ response texts (unless the notebook was generated with ``include_texts=True``).
 
 Every table names the log sequence numbers (``seq``) its figures come from, so each figure can be
 traced to signed events.
+
+Every string from the record (names, ids, reasons, texts, the origin) is written through
+:func:`md_escape` (or :func:`md_code`), whatever renders the Markdown: nbconvert's mistune, JupyterLab's
+marked, GitHub. A string signed into the log is still only data: it must never become markup, a
+link, an image that fetches a URL, or script in the exported HTML.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +33,7 @@ import polars as pl
 from ..schema import KINDS
 
 __all__ = [
-    "Evidence", "md_table", "fmt", "svg_lines",
+    "Evidence", "SafeMarkdown", "md_table", "md_escape", "md_code", "fmt", "svg_lines",
     "section_identity", "section_system_identity", "section_training", "section_data_governance",
     "section_annotators_privacy", "section_bias", "section_training_record", "section_oversight",
     "section_lineage", "section_record_keeping", "section_texts", "section_crosswalk",
@@ -44,7 +50,10 @@ class Evidence:
     svg: str | None = field(default=None, repr=False)
 
     def _repr_markdown_(self) -> str:
-        return self.markdown
+        # Below its heading, the text sits in a block MathJax skips: JupyterLab typesets the
+        # rendered DOM, where an escaped "$" from the record is a "$" again.
+        head, sep, body = self.markdown.partition("\n") if self.markdown.startswith("#") else ("", "", self.markdown)
+        return f'{head}{sep}\n<div class="tex2jax_ignore mathjax_ignore">\n\n{body}\n\n</div>'
 
     def __repr__(self) -> str:  # text/plain: the same words, deterministic
         return self.markdown
@@ -53,7 +62,7 @@ class Evidence:
         # two outputs, so that HTML renderers show both the text and the chart (one output shows
         # only its highest-priority representation)
         from IPython.display import SVG, Markdown, display
-        display(Markdown(self.markdown))
+        display(Markdown(self._repr_markdown_()))
         if self.svg:
             display(SVG(self.svg))
 
@@ -81,9 +90,45 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+# Characters that are markup in Markdown, HTML or MathJax, or start an autolink, written as numeric
+# character references (every CommonMark/GFM renderer shows the character itself). Links and images
+# need "[", raw HTML and autolinks "<", bare autolinks "://" or "www."; "_" between letters and
+# "(", ")", "!", "'" alone are plain text and stay readable.
+_MD_SPECIAL = re.compile(r"[\\`*{}\[\]#+|~<>&\"$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|:(?=/)|(?<=www)\.",
+                         re.IGNORECASE)
+_MD_LEAD = re.compile(r"^(\d*)((?<=\d)\.|(?<!\d)[-=\s])")  # a list item, heading underline or code block
+
+
+class SafeMarkdown(str):
+    """Markdown the sections built themselves (never from the record): :func:`md_table` keeps it as is."""
+
+
+def md_escape(value: Any) -> str:
+    """Text from the record, safe anywhere inline in Markdown: shown as written, never as markup.
+
+    HTML, links, images, emphasis, code spans, table pipes, math and autolinks are all neutralised
+    with numeric character references; line breaks become spaces.
+
+    >>> md_escape('<img src=x onerror="alert(1)"> ![x](http://h/) `a|b` snake_case')
+    '&#60;img src=x onerror=&#34;alert(1)&#34;&#62; !&#91;x&#93;(http&#58;//h/) &#96;a&#124;b&#96; snake_case'
+    """
+    text = _MD_SPECIAL.sub(lambda m: f"&#{ord(m.group())};", " ".join(str(value).splitlines()))
+    return _MD_LEAD.sub(lambda m: f"{m.group(1)}&#{ord(m.group(2))};", text)
+
+
+def md_code(value: Any) -> SafeMarkdown:
+    """A string from the record in code font (``<code>``; a backtick span could be closed by the value)."""
+    return SafeMarkdown(f"<code>{md_escape(value)}</code>")
+
+
 def _cell(v: Any, digits: int, plain_int: bool = False) -> str:
-    text = str(v) if plain_int and isinstance(v, int) and not isinstance(v, bool) else fmt(v, digits)
-    return text.replace("|", "\\|").replace("\n", " ")
+    if isinstance(v, SafeMarkdown):
+        return v
+    if plain_int and isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    text = fmt(v, digits)
+    # numbers and times are formatted here; anything else is text from the record
+    return text if v is None or isinstance(v, (int, float, dt.datetime)) else md_escape(text)
 
 
 def _is_id_column(name: str) -> bool:
@@ -95,7 +140,7 @@ def md_table(df: pl.DataFrame, *, digits: int = 3, max_rows: int | None = None) 
     """A polars frame as a markdown table (rows as given; callers sort them)."""
     if df.height == 0:
         return "*(no rows)*"
-    head = "| " + " | ".join(df.columns) + " |"
+    head = "| " + " | ".join(md_escape(c) for c in df.columns) + " |"
     sep = "|" + "|".join("---:" if df[c].dtype.is_numeric() else "---" for c in df.columns) + "|"
     rows = df.rows() if max_rows is None else df.head(max_rows).rows()
     plain = [_is_id_column(c) for c in df.columns]
@@ -105,9 +150,19 @@ def md_table(df: pl.DataFrame, *, digits: int = 3, max_rows: int | None = None) 
     return "\n".join([head, sep, *body, *more])
 
 
-def _kv(rows: Sequence[tuple[str, Any]], digits: int = 3) -> str:
-    return "\n".join(["| item | value |", "|---|---|"]
-                     + [f"| {k} | {_cell(v, digits)} |" for k, v in rows])
+#: The red notice of a notebook whose exporter pinned no key (HTML: red in every renderer that allows it).
+NOT_PINNED = SafeMarkdown(
+    '<div style="color:#cf222e;border:2px solid #cf222e;padding:6px 10px">'
+    "<b>⚠ Nothing was pinned.</b> This notebook was generated without a verifier key you trust: it "
+    "checks the bundle against the key shipped inside it, which whoever altered the bundle could "
+    "have replaced. &#34;Verified&#34; below only means the bundle is self-consistent. Regenerate it "
+    "with the signer's public key: <code>rlhf-audit export-notebook BUNDLE --vkey VKEY</code>.</div>")
+
+
+def _kv(rows: Sequence[tuple[str, Any]], digits: int = 3, header: Sequence[str] = ("item", "value")) -> str:
+    """A table of (label, value, ...) rows: labels are the sections' own words, values go through _cell."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join([k, *(_cell(v, digits) for v in vs)]) + " |" for k, *vs in rows])
 
 
 def _seq_range(seqs: pl.Series) -> str:
@@ -174,32 +229,67 @@ def _esc(s: str) -> str:
 
 
 # ------------------------------------------------------------------------------ 1. identity
-def section_identity(bundle, report) -> Evidence:
-    """Snapshot binding: what was verified, under which key (Art 12, Annex IV 2(h))."""
+def _signer_text(vkeys: Sequence[str]) -> SafeMarkdown:
+    from .identity import signers
+    keys = signers(vkeys)
+    return SafeMarkdown(", ".join(f"{md_code(v.name)} (key id {md_code(v.key_id.hex())})" for v in keys)
+                    if keys else "**none**: no checkpoint verified")
+
+
+def section_identity(bundle, report, pinned: bool = True) -> Evidence:
+    """Snapshot binding: what was verified, under which key (Art 12, Annex IV 2(h)).
+
+    Only verified facts are shown as such: the signer is the pinned key that verified the
+    checkpoint, never the ``key_name`` the manifest states; manifest fields no signature covers
+    are listed apart, marked unverified (see :mod:`rlhf_audit_kit.report.identity`).
+    ``pinned=False``: the notebook checks the bundle against the key shipped inside it.
+    """
+    from ..encoding import ENCODING_NAME
+    from .identity import manifest_claims, store_id_from_origin
     cp = bundle.checkpoint
     m = bundle.manifest
     files = m.get("files", {})
     snaps = bundle.sql("SELECT seq, tree_size, root_hash, key_name, key_id FROM snapshot ORDER BY seq")
-    rows = [("origin", cp.origin), ("tree size (events covered)", cp.size),
-            ("root hash (SHA-256, RFC 9162)", f"`{cp.root_hash.hex()}`"),
-            ("signing key", f"{m.get('key_name')} (key id {m.get('key_id')})"),
-            ("pinned verifier key", f"`{report.verifier}`"),
-            ("canonical encoding", m.get("encoding")), ("bundle format", m.get("format")),
-            ("store id", m.get("store_id")), ("files checked against the manifest", len(files)),
+    sid = store_id_from_origin(cp.origin)
+    key_label = "signed by (the pinned key)" if pinned else "signed by (the key shipped IN the bundle; NOT pinned)"
+    rows = [("origin", md_code(cp.origin)), ("tree size (events covered)", cp.size),
+            ("root hash (SHA-256, RFC 9162)", md_code(cp.root_hash.hex())),
+            (key_label, _signer_text(report.signed_by)),
+            ("pinned verifier key" if pinned else "verifier key used (from the bundle)", md_code(report.verifier)),
+            ("canonical encoding of every entry", SafeMarkdown(f"{md_code(ENCODING_NAME)} (each entry re-encoded "
+                                                           "from its typed row and compared byte for byte)")),
+            ("store id", SafeMarkdown(f"{md_code(sid)} (named by the signed origin)") if sid
+             else SafeMarkdown("not signed: the origin does not name it")),
+            ("files checked against the manifest", len(files)),
             ("signed checkpoints verified", report.checkpoints_verified),
             ("verification", report.message)]
-    md = ["### 1. Snapshot binding and verification", "",
-          "This notebook is bound to one signed snapshot. Its first code cell re-derived every leaf "
-          "hash from the canonical entries in `log.parquet`, re-encoded every typed row, rebuilt the "
-          "RFC 9162 root, checked the Ed25519 signature of the checkpoint note against the pinned "
-          "verifier key, checked each file against its SHA-256 in `manifest.json`, and compared the "
-          "checkpoint with the (origin, size, root) pinned when the notebook was generated.", "",
-          _kv(rows)]
+    claims = manifest_claims(m, signed_by=report.signed_by, origin=cp.origin, entries_verified=report.ok)
+    stated = [c.value if isinstance(c.value, str) else json.dumps(c.value) for c in claims]
+    unverified = pl.DataFrame({"field": [c.field for c in claims], "value": stated, "check": [c.check for c in claims]},
+                              schema=dict.fromkeys(("field", "value", "check"), pl.String))
+    md = ["### 1. Snapshot binding and verification", ""]
+    if not pinned:
+        md += [NOT_PINNED, ""]
+    md += ["This notebook is bound to one signed snapshot. Its first code cell re-derived every leaf "
+           "hash from the canonical entries in `log.parquet`, re-encoded every typed row, rebuilt the "
+           "RFC 9162 root, checked the Ed25519 signature of the checkpoint note against the "
+           + ("pinned verifier key" if pinned else "verifier key shipped in the bundle")
+           + ", checked each file against its SHA-256 in `manifest.json`, and compared the "
+           "checkpoint with the (origin, size, root) pinned when the notebook was generated.", "",
+           "**Verified** (covered by the checkpoint's signature, or re-derived from the signed entries):", "",
+           _kv(rows)]
+    if claims:
+        md += ["", "**Not verified.** These fields of `manifest.json` are covered by no signature: "
+                   "whoever handled the bundle can change them. They are shown for reference only, "
+                   "compared with the verified facts where there are any:", "",
+               _kv([(md_code(c.field), v, SafeMarkdown(f"**{md_escape(c.check)}**") if c.agrees is False else c.check)
+                    for c, v in zip(claims, stated)],
+                   header=("manifest field", "value as stated (not verified)", "check"))]
     if snaps.height:
         md += ["", "Earlier signed checkpoints recorded inside the log (each verified, and each "
                    "shown by an RFC 9162 consistency proof to be a prefix of the next):", "",
                md_table(snaps.with_columns(pl.col("root_hash").str.slice(0, 16) + "…"))]
-    return Evidence("\n".join(md), {"snapshots": snaps})
+    return Evidence("\n".join(md), {"snapshots": snaps, "unverified_manifest": unverified})
 
 
 # ------------------------------------------------------------------------------ 3. system identity
@@ -235,7 +325,7 @@ def section_training(bundle) -> Evidence:
     md += ["Training runs recorded (one `train_step` event per optimisation step):", "", md_table(runs), "",
            "Metrics logged per run:", ""]
     for run_id, names in metrics.rows():
-        md.append(f"- `{run_id}`: " + ", ".join(f"`{n}`" for n in names))
+        md.append(f"- {md_code(run_id)}: " + ", ".join(md_code(n) for n in names))
     compute = [n for names in metrics["metrics"].to_list() for n in names
                if any(k in n.lower() for k in ("flop", "gpu", "energy", "kwh"))]
     md.append("")
@@ -243,7 +333,7 @@ def section_training(bundle) -> Evidence:
         md.append(_gap("no compute metric (FLOPs, GPU-hours, energy) is logged, so the one-third "
                        "compute indicator of the GPAI guidelines cannot be computed from this log."))
     else:
-        md.append("Compute-related metrics present: " + ", ".join(f"`{c}`" for c in sorted(set(compute))) + ".")
+        md.append("Compute-related metrics present: " + ", ".join(md_code(c) for c in sorted(set(compute))) + ".")
     return Evidence("\n".join(md), {"runs": runs})
 
 
@@ -332,7 +422,7 @@ def section_annotators_privacy(bundle) -> Evidence:
     md += ["**Pseudonymisation.** Person fields (`annotator`, `reviewer`) were replaced on ingest by "
            "keyed pseudonyms `p-<key id>-<24 hex>` (HMAC-SHA256). The key is held in a separate keys "
            "folder and never enters the store, the bundle or this notebook. Pseudonym key id(s) "
-           "observed in this snapshot: " + (", ".join(f"`{k}`" for k in keys) if keys else "none") + ".",
+           "observed in this snapshot: " + (", ".join(md_code(k) for k in keys) if keys else "none") + ".",
            "", "**Annotator pool statistics** are shown only as the differentially private releases "
            "recorded in the log (`privacy_spend` events, charged to declared budgets before the answer "
            "was returned). This notebook computes no per-annotator figure and no exact pool figure "
@@ -558,14 +648,15 @@ def section_lineage(bundle) -> Evidence:
 # ------------------------------------------------------------------------------ 12. record keeping
 def section_record_keeping(bundle) -> Evidence:
     """What the log records, its time span and integrity proof (Art 12, 17-19, 26(6))."""
+    from ..encoding import ENCODING_NAME
     from ..ledger import merkle
     per_kind = bundle.sql("""SELECT kind, count(*) AS events, min(seq) AS first_seq, max(seq) AS last_seq,
                                     min(ts) AS first_recorded, max(ts) AS last_recorded
                              FROM log GROUP BY kind ORDER BY kind""")
     first, last = bundle.time_span()
     md = ["### 12. Record-keeping and retention", "",
-          "Every event is one canonical entry (RFC 8785 JSON, encoding `"
-          + str(bundle.manifest.get("encoding")) + "`) in an append-only log, hashed into an RFC 9162 "
+          f"Every event is one canonical entry (RFC 8785 JSON, encoding `{ENCODING_NAME}`, checked for "
+          "every entry) in an append-only log, hashed into an RFC 9162 "
           "Merkle tree whose root is signed. Events per kind and recording times (UTC):", "",
           md_table(per_kind), "",
           f"The log was recorded from {fmt(first)} to {fmt(last)} UTC.", "", "What each kind records:", ""]
@@ -603,8 +694,9 @@ def section_texts(bundle, limit: int = 5) -> Evidence:
     s = bundle.sql(f"""SELECT seq, prompt, response_a, response_b, choice FROM annotation
                        ORDER BY seq LIMIT {int(limit)}""")
     for seq, prompt, a, b, choice in s.rows():
-        md += [f"**seq {seq}** (choice: {choice})", "", "> " + prompt.replace("\n", "\n> "), "",
-               "- A: " + a.replace("\n", " "), "- B: " + b.replace("\n", " "), ""]
+        quoted = "\n".join("> " + md_escape(line) for line in prompt.splitlines() or [""])
+        md += [f"**seq {seq}** (choice: {md_escape(choice)})", "", quoted, "",
+               "- A: " + md_escape(a), "- B: " + md_escape(b), ""]
     return Evidence("\n".join(md), {"texts": s})
 
 
