@@ -1,6 +1,7 @@
 """The Panel viewers, the dashboard, the serve command and the ipywidgets, without a browser."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -147,17 +148,84 @@ def test_dashboard_header_and_lazy_tabs(demo):
 
 
 def test_serve_cli_guards(demo, tmp_path, capsys):
+    from rlhf_audit_kit.apps._auth import MIN_ITERATIONS, set_password
     from rlhf_audit_kit.apps.serve import is_loopback, read_basic_auth
     from rlhf_audit_kit.cli import main
     assert main(["serve", str(demo.bundle), "--address", "0.0.0.0"]) == 1
     assert "refusing" in capsys.readouterr().err
     f = tmp_path / "users"
-    f.write_text("# users\nalice:pw1\nbob:pw:2\n")
-    assert read_basic_auth(f) == {"alice": "pw1", "bob": "pw:2"}
-    f.write_text("nopassword\n")
-    with pytest.raises(AuditKitError):
+    set_password(f, "alice", "pw1 long enough", iterations=MIN_ITERATIONS)
+    assert list(read_basic_auth(f)) == ["alice"]
+    f.write_text("alice:pw1\n")
+    with pytest.raises(AuditKitError, match="not hashed"):
         read_basic_auth(f)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
+
+
+def _doc_text(view) -> str:
+    """Every property value of the Bokeh models a view renders to, as one string."""
+    root = pn.panel(view).get_root()
+    return " ".join(str(m.properties_with_values(include_defaults=False)) for m in root.references())
+
+
+def test_integrity_never_echoes_a_non_key_file(demo, tmp_path):
+    import shutil
+
+    from rlhf_audit_kit.errors import KeysError
+    secret = (demo.keys / "pseudonym.key").read_text().strip()
+    bad = tmp_path / "bundle"
+    shutil.copytree(demo.bundle, bad)
+    (bad / "verifier.vkey").write_text(secret + "\n")  # a secret where the verifier key belongs
+    view = Integrity(bad)
+    text = _doc_text(view)
+    assert secret not in text and secret[:16] not in text
+    assert "not a valid verifier key (its content is not shown)" in text
+    assert view._src.vkey() is None
+    good = Integrity(demo.bundle)
+    assert demo.vkey in _doc_text(good)  # a real key is shown, parsed
+    with pytest.raises(KeysError) as e:  # a secret given as --verifier is refused, not quoted
+        Integrity(demo.bundle, verifier=demo.keys / "pseudonym.key").__panel__()
+    assert secret not in str(e.value) and "does not hold a verifier key" in str(e.value)
+
+
+def test_malformed_note_is_named_not_shown(demo, tmp_path):
+    import shutil
+    bad = tmp_path / "bundle"
+    shutil.copytree(demo.bundle, bad)
+    (bad / "checkpoint.note").write_text("not a checkpoint: secret-looking-text\n")
+    d = AuditDashboard(bad)
+    assert "the latest checkpoint note does not parse" in d.header_html()
+    text = _doc_text(d.integrity)
+    assert "the checkpoint note does not parse" in text and "secret-looking-text" not in text
+
+
+def test_hostile_names_are_escaped(demo, tmp_path):
+    import shutil
+    payload = '<img src=x onerror="window.__pwned=1">'
+    bundle = tmp_path / payload
+    shutil.copytree(demo.bundle, bundle)
+    d = AuditDashboard(bundle)
+    assert d.template().title == "RLHF audit: &lt;img src=x onerror=&quot;window.__pwned=1&quot;&gt;"
+    assert payload not in d.header_html() and "&lt;img src=x" in d.header_html()
+
+
+@pytest.mark.parametrize("n", [0, 1, 10])
+def test_tiny_stores_render_not_enough_data(tmp_path, n):
+    from factories import annotation
+    from rlhf_audit_kit.store import open_store
+    with open_store(tmp_path / "tiny.duckdb", pseudonymize=False) as s:
+        if n:  # every pair of equal length: no length statistic; one annotator per item: no agreement
+            s.extend([annotation(i, response_a="same", response_b="same") for i in range(n)])
+    d = AuditDashboard(tmp_path / "tiny.duckdb")
+    d.build_all()
+    texts = {name: _doc_text(v) for name, v in d.views.items()}
+    assert "not enough data: no item was judged by two annotators" in texts["Annotators"]
+    assert "not enough data: no a/b choice between responses of different lengths" in texts["Annotators"]
+    assert bool(re.search("not enough data: no a/b choice(?! between)", texts["Annotators"])) == (n == 0)
+    assert "not enough data: no reward scores" in texts["Model drift"]
+    assert "not enough data: no privacy budget declared" in texts["Privacy"]
+    if n:
+        assert d.annotators.table()["share_longer"].null_count() == d.annotators.table().height
 
 
 def test_widgets(demo):

@@ -61,8 +61,11 @@ def card(title: str, body_html: str, colour: str = "#444") -> str:
             f"<div style='font-weight:600;color:{colour}'>{esc(title)}</div>{body_html}</div>")
 
 
-def empty_plot(message: str):
-    """A placeholder when there is nothing to plot (keeps the layout stable)."""
-    import holoviews as hv
-    return hv.Text(0.5, 0.5, message).opts(xaxis=None, yaxis=None, toolbar=None, height=PLOT_OPTS["height"],
-                                             width=420, show_frame=False)
+NOT_ENOUGH = "not enough data"
+
+
+def not_enough(title: str, why: str, width: int = 470, height: int = PLOT_OPTS["height"]):
+    """The placeholder of a chart whose statistic cannot be computed from the data (escaped HTML)."""
+    import panel as pn
+    return pn.pane.HTML(card(title, f"<div class='not-enough-data' style='color:#666'>{NOT_ENOUGH}: {esc(why)}</div>",
+                             "#999"), width=width, height=height)

@@ -188,28 +188,31 @@ class Source:
                 "ts": ts, "key_name": _note_key_name(note)}
 
     def vkey(self) -> str | None:
-        """The verifier key string used as trust anchor (given, else shipped with the bundle/keys)."""
+        """The verifier key used as trust anchor (given, else shipped with the bundle or keys folder),
+        as a parsed ``name+keyid+base64`` string; None if there is none. Text that does not parse as
+        a verifier key is never returned (it could be a secret key file put in its place);
+        :attr:`vkey_problem` then says so, without quoting it."""
         v = self._verifier_arg
         if v is not None:
             return _vkey_from(v)
         for attr in ("vkey", "verifier_key"):
-            x = getattr(self.obj, attr, None)
-            if isinstance(x, str) and x:
-                return x
+            if hasattr(self.obj, attr):  # a bundle says itself whether its verifier.vkey is a key
+                vk = _parsed_vkey(getattr(self.obj, attr), self)
+                folder = getattr(self.obj, "path", None) or getattr(self.obj, "folder", None)
+                if vk is None and folder is not None and os.path.lexists(Path(folder) / "verifier.vkey"):
+                    self.vkey_problem = _VKEY_PROBLEM
+                return vk
         manifest = getattr(self.obj, "manifest", None)
         if isinstance(manifest, dict):
             for k in ("vkey", "verifier_key", "verifier"):
                 if isinstance(manifest.get(k), str):
-                    return manifest[k]
-        folder = getattr(self.obj, "folder", None) or getattr(self.obj, "path", None)
-        if folder is not None and Path(folder).is_dir():
-            for name in ("verifier.vkey", "checkpoint.vkey"):
-                if (Path(folder) / name).is_file():
-                    return (Path(folder) / name).read_text().strip()
+                    return _parsed_vkey(manifest[k], self)
         keys = getattr(self.obj, "keys_folder", None)
         if keys is not None and (Path(keys) / "verifier.vkey").is_file():
-            return (Path(keys) / "verifier.vkey").read_text().strip()
+            return _parsed_vkey(Path(keys) / "verifier.vkey", self)
         return None
+
+    vkey_problem: str | None = None
 
     def verify(self) -> VerifyStatus:
         """Verify the whole chain (typed rows, entries, leaves, signed root) and say where it breaks."""
@@ -286,16 +289,27 @@ def _note_key_name(note: str) -> str | None:
 
 
 def _vkey_from(v: Any) -> str:
+    """The vkey string of a Verifier, vkey string, ``.vkey`` file or keys folder (KeysError if not
+    one; a file's content is never quoted)."""
+    from ..keys import load_verifier
+    return load_verifier(v).vkey
+
+
+_VKEY_PROBLEM = "the shipped verifier key is not a valid verifier key (its content is not shown)"
+
+
+def _parsed_vkey(v: Any, src: Source) -> str | None:
+    """``v`` (a string or a file) as a checked vkey string, else None with ``src.vkey_problem`` set."""
+    from ..errors import KeysError
+    from ..keys import load_verifier
     from ..ledger.checkpoint import Verifier
-    if isinstance(v, Verifier):
-        return v.vkey
-    s = str(v)
-    p = Path(s)
-    if "+" in s and not p.exists():
-        return s.strip()
-    if p.is_dir():
-        p = p / "verifier.vkey"
-    return p.read_text().strip()
+    if v is None or v == "":
+        return None
+    try:  # a string is only ever parsed, never opened as a path
+        return load_verifier(v).vkey if isinstance(v, Path) else Verifier.from_vkey(str(v).strip()).vkey
+    except KeysError:
+        src.vkey_problem = _VKEY_PROBLEM
+        return None
 
 
 def _verifier(src: Source):

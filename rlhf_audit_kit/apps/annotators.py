@@ -13,7 +13,7 @@ from typing import Any
 import param
 import polars as pl
 
-from ._common import ACCENT, PLOT_OPTS, card, esc, require_panel, short_labels, wilson
+from ._common import ACCENT, PLOT_OPTS, card, esc, not_enough, require_panel, short_labels, wilson
 from ._viewer import SourceViewer
 from ._data import Source
 
@@ -148,7 +148,10 @@ def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
               .with_columns(share_a=pl.col("n_a") / pl.col("n_ab"), share_a_lo=pa_lo, share_a_hi=pa_hi,
                             share_longer=pl.col("n_longer") / pl.col("n_len"), share_longer_lo=pl_lo,
                             share_longer_hi=pl_hi, share_a_early=e_share, share_a_late=l_share,
-                            drift_z=(l_share - e_share) / se))
+                            drift_z=(l_share - e_share) / se)
+              # 0/0 (no a/b choice, all pairs of equal length, too few items) is "not known": null,
+              # which no flag matches (NaN compares greater than any threshold in polars)
+              .with_columns(pl.col(pl.Float64).fill_nan(None)))
     reasons = [
         pl.when(pl.col("share_a_lo") > FLAG_POSITION).then(
             pl.format("position bias: picks A in {}% (95% CI {}-{}%)", *(
@@ -449,14 +452,24 @@ class AnnotatorBehaviour(SourceViewer):
         self._items.param.watch(self._on_item_select, "selection")
         self._items.on_click(self._on_item_click)
         self.param.watch(self._refresh_tables, ["time_window", "task", "annotator"])
+        # A chart whose statistic the whole record cannot give (a filter only narrows) is a note.
+        t, ann = self.table(), self._ann
+        has = {c: c in t.columns and t[c].drop_nulls().len() > 0 for c in ("share_a", "share_longer")}
+
+        def chart(fn, ok: bool, title: str, why: str, height: int = 230):
+            return (pn.pane.HoloViews(hv.DynamicMap(fn), linked_axes=False) if ok
+                    else not_enough(title, why, height=height))
         self._layout = pn.Column(
             pn.Row(*widgets, sizing_mode="stretch_width"),
             self.summary,
-            pn.Row(pn.pane.HoloViews(hv.DynamicMap(self.heatmap), linked_axes=False),
-                   pn.Column(pn.pane.HoloViews(hv.DynamicMap(self.position_bias), linked_axes=False),
-                             pn.pane.HoloViews(hv.DynamicMap(self.length_bias), linked_axes=False))),
-            pn.Row(pn.pane.HoloViews(hv.DynamicMap(self.throughput), linked_axes=False),
-                   pn.pane.HoloViews(hv.DynamicMap(self.time_per_item), linked_axes=False)),
+            pn.Row(chart(self.heatmap, self._pairs.height > 0, "Pairwise agreement",
+                         "no item was judged by two annotators", PLOT_OPTS["height"] + 60),
+                   pn.Column(chart(self.position_bias, has["share_a"], "Position bias", "no a/b choice"),
+                             chart(self.length_bias, has["share_longer"], "Length bias",
+                                   "no a/b choice between responses of different lengths"))),
+            pn.Row(chart(self.throughput, ann.height > 0, "Throughput", "no annotations"),
+                   chart(self.time_per_item, ann["secs"].drop_nulls().len() > 0, "Time per item",
+                         "no annotation has both shown_at and submitted_at")),
             pn.pane.Markdown("#### Annotators (flagged first; click a row to drill down)", margin=(5, 10, 0, 10)),
             self._flags,
             pn.pane.Markdown("#### Items of the selected annotator (click one to see the pair)",

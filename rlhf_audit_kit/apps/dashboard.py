@@ -6,6 +6,7 @@ and each view loads and caches its own data on first use, so opening the dashboa
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import param
@@ -22,6 +23,14 @@ pn = require_panel()
 __all__ = ["AuditDashboard"]
 
 TITLE = "RLHF audit"
+
+
+@functools.cache
+def _offline_fast():
+    """Panel's Fast design without its Google Fonts stylesheet, so a served page makes no request
+    off the server. It keeps the class name, which Panel uses in its resource paths."""
+    from panel.theme.fast import Fast as _Fast
+    return type("Fast", (_Fast,), {"_resources": {**_Fast._resources, "font": {}}})
 
 
 class AuditDashboard(SourceViewer):
@@ -56,9 +65,13 @@ class AuditDashboard(SourceViewer):
         """Identity of the record: kind, name, origin, size and the latest signed snapshot."""
         s = self.src
         snap = s.latest_snapshot()
-        snap_txt = ("no signed snapshot" if snap is None else
-                    f"signed snapshot: size {snap['tree_size']:,}, root <code>{esc((snap['root_hash'] or '')[:16])}…</code>"
-                    + (f", key {esc(snap.get('key_name'))}" if snap.get("key_name") else ""))
+        if snap is None:
+            snap_txt = "no signed snapshot"
+        elif snap["tree_size"] is None:
+            snap_txt = "<span class='bad-note'>the latest checkpoint note does not parse</span>"
+        else:
+            snap_txt = (f"signed snapshot: size {snap['tree_size']:,}, root <code>{esc(snap['root_hash'][:16])}…</code>"
+                        + (f", key {esc(snap.get('key_name'))}" if snap.get("key_name") else ""))
         return (f"<div class='audit-header' style='font-size:13px'><b>{esc(s.kind)}</b> <code>{esc(s.label)}</code>"
                 f" · origin <code>{esc(s.origin)}</code> · {s.size:,} events · {snap_txt}</div>")
 
@@ -97,10 +110,12 @@ class AuditDashboard(SourceViewer):
 
     def template(self) -> pn.template.FastListTemplate:
         """The dashboard in a FastListTemplate (what ``rlhf-audit serve`` shows)."""
+        # The template puts its title into the page unescaped: escape the store/bundle name here
+        # (the browser tab then shows entities for a hostile name, which is harmless).
         return pn.template.FastListTemplate(
-            title=f"{TITLE}: {self.src.label}", header_background=ACCENT, accent_base_color=ACCENT,
+            title=f"{TITLE}: {esc(self.src.label)}", header_background=ACCENT, accent_base_color=ACCENT,
             main=[pn.pane.HTML(self.header_html(), sizing_mode="stretch_width"), self.tabs()],
-            main_layout=None, theme_toggle=False)
+            main_layout=None, theme_toggle=False, design=_offline_fast())
 
     def servable(self, title: str | None = None, location: bool = True, area: str = "main", target=None):
         """Serve in the template under ``panel serve``; inline (notebook) as the plain layout."""

@@ -12,7 +12,7 @@ import numpy as np
 import param
 import polars as pl
 
-from ._common import ACCENT, require_panel
+from ._common import ACCENT, not_enough, require_panel
 from ._viewer import SourceViewer
 from ._data import Source
 
@@ -264,12 +264,19 @@ class ModelDrift(SourceViewer):
             pn.widgets.Select.from_param(self.param.reward_metric, label="Reward metric", width=180),
             pn.widgets.RadioButtonGroup.from_param(self.param.detector, label="Detector"),
             sizing_mode="stretch_width")
-        dm = lambda f: pn.pane.HoloViews(hv.DynamicMap(f), linked_axes=False)  # noqa: E731
+        # A chart the whole record has no data for (a selection only narrows it) is a note.
+        scores, metrics = self._rewards.height > 0, bool(metric_names(self._src))
+
+        def dm(f, ok: bool, title: str, why: str):
+            return (pn.pane.HoloViews(hv.DynamicMap(f), linked_axes=False) if ok
+                    else not_enough(title, why, width=500, height=300))
         self._layout = pn.Column(
             widgets,
-            pn.Row(dm(self.distributions), dm(self.drift_over_checkpoints)),
-            pn.Row(dm(self.kl_over_steps), dm(self.reward_over_steps)),
-            pn.Row(dm(self.reward_vs_length),
+            pn.Row(dm(self.distributions, scores, "Reward distribution", "no reward scores"),
+                   dm(self.drift_over_checkpoints, scores, "Drift of reward scores", "no reward scores")),
+            pn.Row(dm(self.kl_over_steps, metrics, "KL over steps", "no training metrics"),
+                   dm(self.reward_over_steps, metrics, "Reward over steps", "no training metrics")),
+            pn.Row(dm(self.reward_vs_length, scores, "Reward vs response length", "no reward scores"),
                    pn.Column(pn.pane.Markdown("#### Drift per checkpoint (vs the reference step)"), table,
                              sizing_mode="stretch_width"), sizing_mode="stretch_width"),
             sizing_mode="stretch_width", name="Model drift")

@@ -121,8 +121,12 @@ class Integrity(SourceViewer):
     def _identity_html(self) -> str:
         s = self._src
         latest = s.latest_snapshot()
-        snap = ("<i>no signed snapshot yet</i>" if latest is None else
-                f"tree size <b>{latest['tree_size']:,}</b>, root <code>{esc(latest['root_hash'])}</code>")
+        if latest is None:
+            snap = "<i>no signed snapshot yet</i>"
+        elif latest["tree_size"] is None:
+            snap = "<i class='bad-note'>the checkpoint note does not parse</i>"
+        else:
+            snap = f"tree size <b>{latest['tree_size']:,}</b>, root <code>{esc(latest['root_hash'])}</code>"
         return card(f"{s.kind.capitalize()} {s.label}",
                     f"<div>origin <code>{esc(s.origin)}</code> · {s.size:,} events</div><div>latest checkpoint: {snap}</div>",
                     ACCENT)
@@ -141,8 +145,12 @@ class Integrity(SourceViewer):
         copy_btn = pn.widgets.Button(label="Copy key", width=100)
         copy_btn.js_on_click(args={"k": key_box}, code="navigator.clipboard && navigator.clipboard.writeText(k.value)")
         if not vkey:
-            key_box.placeholder = "no verifier key known: pass verifier=... (or --verifier) to check signatures"
-        note = self._src.checkpoint_note() or ""
+            key_box.placeholder = ((self._src.vkey_problem or "no verifier key known")
+                                   + ": pass verifier=... (or --verifier) to check signatures")
+        # Only a note that parses as a checkpoint is shown: never raw file content.
+        latest = self._src.latest_snapshot()
+        note = (latest["note"] if latest and latest["tree_size"] is not None
+                else "(no signed checkpoint)" if latest is None else "(the checkpoint note does not parse)")
         if self.verify_on_load:
             self.verify()
         self._layout = pn.Column(

@@ -15,7 +15,7 @@ import math
 import param
 import polars as pl
 
-from ._common import ACCENT, card, esc, require_panel
+from ._common import ACCENT, card, esc, not_enough, require_panel
 from ._viewer import SourceViewer
 from ._data import Source
 
@@ -177,6 +177,8 @@ class PrivacySpend(SourceViewer):
     def burn_down(self):
         """Remaining epsilon per scope after each release (steps), budget exhausted at 0."""
         self._load()
+        if self._sel(self._budgets).height == 0:
+            return not_enough("Budget burn-down", "no privacy budget declared", width=560, height=300)
         ch = self._sel(self._charges).join(self._budgets.select("scope", "epsilon_budget"), on="scope", how="left")
         start = (self._sel(self._budgets).select("scope", pl.col("seq"), pl.col("epsilon_budget").alias("remaining"))
                  .with_columns(pl.lit("budget set").alias("query")))
@@ -195,6 +197,8 @@ class PrivacySpend(SourceViewer):
     def timeline(self):
         """Every release: when, which mechanism, its epsilon."""
         self._load()
+        if self._sel(self._charges).height == 0:
+            return not_enough("Releases", "no release recorded", width=560, height=300)
         d = (self._sel(self._charges).unique("release_id", keep="first", maintain_order=True)
              .select("seq", "ts", "query", "mechanism", "epsilon", "delta").to_pandas())
         pts = hv.Scatter(d, "seq", ["epsilon", "mechanism", "query", "delta", "ts"]).opts(
@@ -206,6 +210,8 @@ class PrivacySpend(SourceViewer):
     @param.depends("scope")
     def remaining_bars(self):
         """Spent and remaining epsilon per scope."""
+        if self.remaining()["epsilon_budget"].drop_nulls().len() == 0:
+            return not_enough("Remaining budget", "no privacy budget declared", width=420, height=300)
         t = self.remaining().select("scope", pl.col("epsilon_spent").alias("spent"),
                                     pl.col("remaining").clip(lower_bound=0)).to_pandas()
         long = t.melt(id_vars="scope", var_name="part", value_name="epsilon")

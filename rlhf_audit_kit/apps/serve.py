@@ -5,44 +5,73 @@ A folder is served as a snapshot bundle (Parquet, read only); a file as a store 
 writer holds it: serve a bundle, or stop the writer). Every browser session gets its own
 :class:`~rlhf_audit_kit.apps.AuditDashboard`; sessions share one read-only source and its cache.
 
-Bound to anything but a loopback address (127.0.0.1, localhost, ::1) the server refuses to start
-without ``--basic-auth FILE`` (lines ``user:password``; Panel's login page and signed cookie)
-unless ``--insecure`` is given. Basic auth sends passwords in the clear: put TLS in front of it.
+Bound to anything but a loopback address (127.0.0.0/8, ::1, localhost) the server refuses to
+start without ``--basic-auth FILE`` unless ``--insecure`` is given. FILE holds hashed
+``user:pbkdf2_sha256$...`` lines (make them with ``rlhf-audit serve-passwd FILE USER``; the
+file must not be readable by group or others). With a login, every route but ``/login``,
+``/logout`` and ``/liveness`` (a fixed answer) needs it; failed logins are logged and slowed
+down. Basic auth sends passwords in the clear: put TLS in front of it.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import getpass
+import inspect
+import ipaddress
 import os
 import secrets
+import sys
 import threading
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import AuditKitError
+from ._auth import checked_users, read_password_file, set_password
 
-__all__ = ["register", "serve", "read_basic_auth", "is_loopback"]
+__all__ = ["register", "serve", "read_basic_auth", "is_loopback", "InsecureServeError"]
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+PUBLIC_ROUTES = ("/login", "/logout", "/liveness")
 
 
-def is_loopback(address: str) -> bool:
-    return address.strip().lower() in LOOPBACK or address.startswith("127.")
+class InsecureServeError(AuditKitError):
+    """Refused to serve the record on a non-loopback address without a login (``insecure=False``)."""
+
+
+def is_loopback(address: str | None) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ``::1``, ``[::1]``).
+
+    >>> [is_loopback(a) for a in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "127.0.0.1.example.invalid")]
+    [True, True, True, False, False]
+    """
+    if address is None:  # Bokeh binds every interface
+        return False
+    a = address.strip().lower()
+    if a == "localhost":
+        return True
+    if a.startswith("[") and a.endswith("]"):
+        a = a[1:-1]
+    try:
+        return ipaddress.ip_address(a).is_loopback
+    except ValueError:
+        return False
 
 
 def read_basic_auth(path: str | os.PathLike) -> dict[str, str]:
-    """Read ``user:password`` lines (blank lines and ``#`` comments ignored) into a dict."""
-    users: dict[str, str] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, password = line.partition(":")
-        if not sep or not user or not password:
-            raise AuditKitError(f"{path}:{n}: expected 'user:password'")
-        users[user] = password
-    if not users:
-        raise AuditKitError(f"{path}: no 'user:password' lines")
-    return users
+    """The ``{user: hashed entry}`` of a password file (see :mod:`rlhf_audit_kit.apps._auth`)."""
+    return read_password_file(path)
+
+
+def _users(basic_auth: Any) -> dict[str, str] | None:
+    if basic_auth is None:
+        return None
+    if isinstance(basic_auth, Mapping):
+        return checked_users(basic_auth)
+    if isinstance(basic_auth, (str, os.PathLike)):
+        return read_password_file(basic_auth)
+    raise AuditKitError("basic_auth must be a password file or a {user: hashed entry} mapping")
 
 
 def _warm_imports() -> None:  # the privacy accountant (dp-accounting) takes seconds to import
@@ -53,19 +82,33 @@ def _warm_imports() -> None:  # the privacy accountant (dp-accounting) takes sec
         pass
 
 
-def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_auth: dict | str | None = None,
-          verifier: Any = None, show: bool = False, threaded: bool = False, warm: bool = False, **kw: Any):
+def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_auth: Any = None,
+          insecure: bool = False, verifier: Any = None, show: bool = False, threaded: bool = False,
+          warm: bool = False, **kw: Any):
     """Serve the dashboard of ``source`` (path, store or bundle); returns Panel's server (thread).
 
+    ``basic_auth``: a password file or ``{user: hashed entry}`` (see ``rlhf-audit serve-passwd``);
+    required on a non-loopback ``address`` unless ``insecure=True`` (else InsecureServeError).
     Each session builds its own :class:`AuditDashboard` over one shared read-only source.
     ``warm=True`` builds every tab once before serving, so the shared per-source caches (the
     aggregated frames each view plots) are loaded at start-up and no visitor pays for them.
+
+    >>> serve("bundle/", address="0.0.0.0")   # doctest: +SKIP
+    Traceback (most recent call last):
+    InsecureServeError: refusing to serve on 0.0.0.0 without a login ...
     """
+    if not is_loopback(address) and basic_auth is None and not insecure:
+        raise InsecureServeError(f"refusing to serve on {address} without a login: give basic_auth "
+                                 f"(--basic-auth FILE), or insecure=True (--insecure) to serve the record "
+                                 f"to anyone who can reach it")
+    users = _users(basic_auth)
     import panel as pn
 
+    from ._auth import login_provider
     from ._data import as_source
     from .dashboard import AuditDashboard
     src = as_source(source, verifier=verifier)
+    src.vkey()  # a --verifier that is not a key fails now, not in a visitor's session
 
     def app():
         pn.extension("tabulator")
@@ -76,12 +119,97 @@ def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_au
     else:
         threading.Thread(target=_warm_imports, daemon=True).start()
     host = "localhost" if is_loopback(address) else address
-    origins = [f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"]
-    if basic_auth is not None and not os.environ.get("PANEL_COOKIE_SECRET"):
-        kw.setdefault("cookie_secret", secrets.token_urlsafe(32))
-    return pn.serve({"/": app}, port=port, address=address, show=show, threaded=threaded,
-                    websocket_origin=kw.pop("websocket_origin", origins), basic_auth=basic_auth,
-                    title=f"RLHF audit: {src.label}", liveness=True, verbose=False, **kw)
+    kw.setdefault("websocket_origin", [f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"])
+    kw["extra_patterns"] = [(r"/liveness", _liveness_handler()), *kw.get("extra_patterns", [])]
+    if users is not None:
+        kw["auth_provider"] = login_provider(users)
+        if not os.environ.get("PANEL_COOKIE_SECRET"):
+            kw.setdefault("cookie_secret", secrets.token_urlsafe(32))
+    kw.update(port=port, address=address, show=show, title="RLHF audit", liveness=False, verbose=False)
+    if not threaded:
+        return _run({"/": app}, login=users is not None, **kw)
+    from panel.io.state import state
+    from panel.io.threads import StoppableThread
+    from tornado.ioloop import IOLoop
+    loop, sid = IOLoop(make_current=False), uuid.uuid4().hex
+    thread = StoppableThread(target=_run, io_loop=loop, args=({"/": app},), owns_loop=True,
+                             kwargs=dict(kw, login=users is not None, loop=loop, server_id=sid))
+    state._threads[sid] = thread  # as pn.serve(threaded=True) does: thread.stop() finds its server
+    thread.start()
+    return thread
+
+
+def _run(apps: dict, *, login: bool, start: bool = True, **kw: Any):
+    """Panel's server with our route guard applied before it answers any request."""
+    from panel.io.server import get_server
+    server = get_server(apps, start=False, **kw)
+    _guard_routes(server._tornado, login)
+    if start:
+        server.start()
+        try:
+            server.io_loop.start()
+        except RuntimeError:  # the loop is already running (e.g. under Jupyter)
+            pass
+    return server
+
+
+def _guard_routes(app: Any, login: bool) -> None:
+    """Make every route but :data:`PUBLIC_ROUTES` require the login cookie, and stop Panel's
+    ``/components/<module>/...`` route from importing modules that are not loaded yet."""
+    from panel.io.server import ComponentResourceHandler
+    from tornado.web import RequestHandler
+    for rule in app.wildcard_router.rules:
+        target = rule.target
+        if not (isinstance(target, type) and issubclass(target, RequestHandler)):
+            continue
+        pattern = getattr(rule.matcher, "regex", None)
+        if pattern is not None and pattern.pattern.rstrip("$") in PUBLIC_ROUTES:
+            continue
+        bases = (_LoadedModulesOnly,) if issubclass(target, ComponentResourceHandler) else ()
+        bases += (_LoginRequired,) if login else ()
+        if bases:
+            rule.target = type(target.__name__, (*bases, target), {})
+
+
+class _LoginRequired:
+    """Mixin: refuse a request without the signed login cookie (GET/HEAD: redirect to the login)."""
+
+    async def prepare(self):
+        from panel.config import config
+        from tornado.httputil import url_concat
+        from tornado.web import HTTPError
+        from tornado.websocket import WebSocketHandler
+        if not self.get_secure_cookie("user", max_age_days=config.oauth_expiry):
+            if self.request.method in ("GET", "HEAD") and not isinstance(self, WebSocketHandler):
+                self.redirect(url_concat(self.application.auth_provider.login_url, {"next": self.request.uri}))
+                return
+            raise HTTPError(403)
+        result = super().prepare()
+        if inspect.isawaitable(result):
+            await result
+
+
+class _LoadedModulesOnly:
+    """Mixin for Panel's component resource route: serve resources of loaded modules only."""
+
+    def parse_url_path(self, path: str) -> str:
+        from tornado.web import HTTPError
+        if path.split("/", 1)[0] not in sys.modules:
+            raise HTTPError(404, "Module not found")
+        return super().parse_url_path(path)
+
+
+@functools.cache
+def _liveness_handler():  # tornado comes with panel: imported only when serving
+    from tornado.web import RequestHandler
+
+    class Liveness(RequestHandler):
+        """A fixed answer: the process is up (it builds nothing, whatever the query)."""
+
+        def get(self):
+            self.set_header("Content-Type", "application/json")
+            self.write({"/liveness": True})
+    return Liveness
 
 
 def _warm_dashboard(src: Any, verifier: Any) -> None:
@@ -101,17 +229,33 @@ def _warm_dashboard(src: Any, verifier: Any) -> None:
 def _cmd_serve(args) -> int:
     address = args.address
     if not is_loopback(address) and not args.basic_auth and not args.insecure:
-        raise AuditKitError(f"refusing to serve on {address} without --basic-auth FILE "
-                            f"(or --insecure to serve the record to anyone who can reach it)")
-    auth = read_basic_auth(args.basic_auth) if args.basic_auth else None
+        raise InsecureServeError(f"refusing to serve on {address} without --basic-auth FILE "
+                                 f"(or --insecure to serve the record to anyone who can reach it)")
+    auth = read_password_file(args.basic_auth) if args.basic_auth else None
     path = Path(args.source)
     if not path.exists():
         raise FileNotFoundError(f"no store or bundle at {path}")
     host = "localhost" if is_loopback(address) else address
     kind = "bundle" if path.is_dir() else "store (read-only)"
     print(f"serving {kind} {path} at http://{host}:{args.port}/"
-          + (" (basic auth)" if auth else ""), flush=True)
-    serve(path, port=args.port, address=address, basic_auth=auth, verifier=args.verifier, show=False, warm=True)
+          + (" (login required)" if auth else ""), flush=True)
+    serve(path, port=args.port, address=address, basic_auth=auth, insecure=args.insecure,
+          verifier=args.verifier, show=False, warm=True)
+    return 0
+
+
+def _read_new_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise AuditKitError("the two passwords differ; nothing written")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _cmd_passwd(args) -> int:
+    set_password(args.file, args.user, _read_new_password())
+    print(f"{args.file}: password of {args.user!r} set (mode 600)")
     return 0
 
 
@@ -122,9 +266,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("source", metavar="STORE_OR_BUNDLE", help="a store file (opened read-only) or a bundle folder")
     s.add_argument("--port", type=int, default=5006)
     s.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    s.add_argument("--basic-auth", metavar="FILE", help="file of 'user:password' lines; enables a login page")
+    s.add_argument("--basic-auth", metavar="FILE",
+                   help="password file of hashed 'user:pbkdf2_sha256$...' lines (see serve-passwd); "
+                        "enables a login page")
     s.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without --basic-auth")
     s.add_argument("--verifier", metavar="VKEY", default=None,
                    help="verifier key string, .vkey file or keys folder to trust (default: the bundle's key)")
     s.set_defaults(func=_cmd_serve)
+    p = subparsers.add_parser(
+        "serve-passwd", help="add a user to a password file for serve --basic-auth (or change their password)",
+        description="Hash a password (PBKDF2-HMAC-SHA256, 600,000 iterations) into FILE as a "
+                    "'USER:pbkdf2_sha256$...' line; the file is created or rewritten with mode 600. "
+                    "The password is asked twice on a terminal, else read as one line from stdin. "
+                    "At least 12 characters.")
+    p.add_argument("file", metavar="FILE", help="password file (created if missing)")
+    p.add_argument("user", metavar="USER", help="user name (no spaces, no ':')")
+    p.set_defaults(func=_cmd_passwd)
