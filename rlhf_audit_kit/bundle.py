@@ -36,6 +36,7 @@ import hashlib
 import html
 import json
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -44,21 +45,21 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from . import encoding
-from .errors import AuditKitError, IntegrityError
+from .bundle_files import (Limits, check_name, check_parquet, duckdb_path, file_digest, open_file, read_small,
+                           show_name, unlisted)
+from .errors import AuditKitError, BundleError, IntegrityError, KeysError
 from .ledger.checkpoint import Checkpoint, Verifier
 from .ledger.snapshot import Snapshot
 from .ledger.verify import DuckSource, Finding, VerifyReport, resolve_verifiers, verify_source
 from .reader import RecordReader, _quote, cursor_sql, typed_columns, typed_select_list
 from .schema import KINDS
 
-__all__ = ["Bundle", "open_bundle", "export_bundle", "BUNDLE_FORMAT", "is_bundle"]
+__all__ = ["Bundle", "open_bundle", "verify_bundle", "export_bundle", "BUNDLE_FORMAT", "is_bundle", "Limits"]
 
 BUNDLE_FORMAT = "rlhf-audit-kit/bundle/v1"
-#: Manifest fields :meth:`Bundle.verify` checks (against the signed note, the log and the files); the
-#: others (key_name, key_id, store_id, encoding, ...) are statements no signature covers.
-SIGNED_MANIFEST_FIELDS = frozenset({"origin", "tree_size", "root_hash", "files"})
 NOTE_FILE, VKEY_FILE, MANIFEST_FILE, LOG_FILE = "checkpoint.note", "verifier.vkey", "manifest.json", "log.parquet"
 
 
@@ -75,8 +76,53 @@ def _sha256_file(path: Path) -> str:
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a folder holding a bundle manifest."""
-    return (Path(path) / MANIFEST_FILE).is_file()
+    """True if ``path`` is a folder with an entry named ``manifest.json`` (of any type: opening checks it)."""
+    return Path(path).is_dir() and os.path.lexists(Path(path) / MANIFEST_FILE)
+
+
+# Errors of decoding hostile data inside a bundle that passed the checks of opening it: a finding.
+_DECODE_ERRORS = (duckdb.Error, pa.ArrowException, pl.exceptions.PolarsError, ValueError, TypeError, OverflowError)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _one_line(e: BaseException) -> str:
+    return show_name(f"{type(e).__name__}: {e}".splitlines()[0], 200)
+
+
+def _parse_manifest(raw: bytes) -> dict[str, Any]:
+    """The manifest, checked field by field (a hostile one must not reach the code as odd types)."""
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{MANIFEST_FILE} {what}; refused", damage="malformed-bundle", file=MANIFEST_FILE)
+    try:
+        m = json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise bad(f"is not UTF-8 JSON ({show_name(str(e), 120)})") from None
+    if not isinstance(m, dict):
+        raise bad("is not a JSON object")
+    if m.get("format") != BUNDLE_FORMAT:
+        raise bad(f"has bundle format '{show_name(m.get('format'), 60)}', not {BUNDLE_FORMAT}")
+    for key, ok in (("origin", lambda v: isinstance(v, str) and 0 < len(v) <= 1024 and v.isprintable()),
+                    ("tree_size", lambda v: type(v) is int and v >= 0),
+                    ("root_hash", lambda v: isinstance(v, str) and _HEX64.fullmatch(v)),
+                    ("files", lambda v: isinstance(v, dict) and v)):
+        if not ok(m.get(key)):
+            raise bad(f"field '{key}' is missing or malformed")
+    for key in ("snapshot_seq",):
+        if m.get(key) is not None and not (type(m[key]) is int and m[key] >= 0):
+            raise bad(f"field '{key}' is malformed")
+    for key in ("key_name", "key_id", "encoding", "store_id", "created_at"):
+        if m.get(key) is not None and not (isinstance(m[key], str) and len(m[key]) <= 1024):
+            raise bad(f"field '{key}' is malformed")
+    tables = {"log", *KINDS}
+    for name, info in m["files"].items():
+        check_name(name)
+        if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and _HEX64.fullmatch(info["sha256"])
+                and all(info.get(k) is None or (type(info[k]) is int and info[k] >= 0) for k in ("bytes", "rows"))
+                and info.get("table", "log") in tables):
+            raise bad(f"entry of '{show_name(name)}' is malformed (needs sha256, bytes, rows and a known table)")
+    if not any(info.get("table") == "log" for info in m["files"].values()) or NOTE_FILE not in m["files"]:
+        raise bad(f"does not list a log table ({LOG_FILE}) and {NOTE_FILE}")
+    return m
 
 
 # ---------------------------------------------------------------- export
@@ -157,43 +203,123 @@ class Bundle(RecordReader):
     DuckDB MAPs, JSON as JSON), ``table(kind)``, ``annotations()``, ..., ``counts()``, ``size``,
     ``origin``. ``snapshot`` is the bundle's signed checkpoint (unverified until you call
     :meth:`verify`).
+
+    A bundle may come from anyone, so opening reads only the files its manifest names, each a
+    regular file inside the folder (no link followed, no FIFO or device opened), and bounds every
+    Parquet file's decoding cost from its footer and page headers (see :mod:`rlhf_audit_kit.bundle_files`
+    and ``limits``). Anything else raises :class:`~rlhf_audit_kit.errors.BundleError` before a value
+    is decoded; :meth:`verify` reports what it finds in an opened bundle as findings.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, limits: Limits | None = None):
         self.path = Path(path)
+        self.limits = limits or Limits()
+        if not self.path.is_dir():
+            raise BundleError(f"{self.path} is not a snapshot bundle folder", damage="malformed-bundle")
+        # the caller's own path may hold links; inside the bundle nothing is followed
+        self._root = Path(os.path.realpath(self.path))
         try:
-            self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST_FILE).read_text(encoding="utf-8"))
+            raw = read_small(self._root, MANIFEST_FILE, self.limits.max_manifest_bytes)
         except FileNotFoundError:
-            raise AuditKitError(f"{self.path} is not a snapshot bundle (no {MANIFEST_FILE})") from None
-        except ValueError as e:
-            raise AuditKitError(f"{self.path / MANIFEST_FILE} is not valid JSON: {e}") from None
-        if self.manifest.get("format") != BUNDLE_FORMAT:
-            raise AuditKitError(f"{self.path} has bundle format {self.manifest.get('format')!r}, "
-                                f"not {BUNDLE_FORMAT}")
-        self.note: str = (self.path / NOTE_FILE).read_text(encoding="utf-8")
-        self.vkey: str = (self.path / VKEY_FILE).read_text(encoding="utf-8").strip()
+            raise BundleError(f"{self.path} is not a snapshot bundle (no {MANIFEST_FILE})") from None
+        self.manifest: dict[str, Any] = _parse_manifest(raw)
+        self.note: str = self._text(NOTE_FILE, required=True)
+        self._vkey, self._vkey_problem = self._read_vkey()
         self.origin: str = self.manifest["origin"]
         self._lock = threading.RLock()
+        self._missing = self._check_files()
         self._con = duckdb.connect(":memory:")
-        self._con.execute("SET TimeZone = 'UTC'")
-        self._kinds: set[str] = set()
-        self._create_views()
-        self._size = self._con.sql("SELECT count(*) FROM log").fetchall()[0][0]
+        try:
+            self._con.execute("SET TimeZone = 'UTC'")
+            self._kinds: set[str] = set()
+            self._create_views()
+            self._size = self._con.sql("SELECT count(*) FROM log").fetchall()[0][0]
+        except BaseException:
+            self._con.close()
+            raise
         self._verified: VerifyReport | None = None
+
+    def _text(self, name: str, *, required: bool = False) -> str | None:
+        try:
+            raw = read_small(self._root, name, self.limits.max_text_bytes)
+        except FileNotFoundError:
+            if required:
+                raise BundleError(f"{name} is missing from the bundle", damage="malformed-bundle", file=name) from None
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BundleError(f"{name} is not UTF-8 text; refused", damage="malformed-bundle", file=name) from None
+
+    def _read_vkey(self) -> tuple[str | None, str | None]:
+        """The shipped verifier key, parsed; never kept or shown raw when it is not one."""
+        if VKEY_FILE not in self.manifest["files"]:
+            return None, f"the bundle ships no {VKEY_FILE}"
+        try:
+            text = self._text(VKEY_FILE)
+        except BundleError as e:
+            if e.damage == "unsafe-file":
+                raise
+            text = ""
+        if text is None:
+            return None, f"{VKEY_FILE} is missing from the bundle"
+        try:
+            return Verifier.from_vkey(text.strip()).vkey, None
+        except KeysError:
+            return None, f"{VKEY_FILE} does not hold a verifier key (name+keyid+base64); its content is not shown"
+
+    def _check_files(self) -> set[str]:
+        """Check every file the manifest names before decoding any; return the missing ones.
+
+        Refuses (BundleError) links, FIFOs, devices and folders, files and Parquet pages over the
+        limits; missing files are left to :meth:`verify` (a table without its file is empty).
+        """
+        files, lim = self.manifest["files"], self.limits
+        missing: set[str] = set()
+        on_disk = decoded = 0
+        for name, info in files.items():
+            try:
+                os.close(open_file(self._root, name))  # type and link checks; nothing is read
+            except FileNotFoundError:
+                missing.add(name)
+                continue
+            if "table" in info:
+                cost = check_parquet(self._root, name, lim)
+                decoded += cost.decoded_bytes
+            on_disk += os.lstat(self._root / name).st_size
+            if max(on_disk, decoded) > lim.max_total_bytes:
+                raise BundleError(f"the bundle's files exceed {lim.max_total_bytes:,} bytes (on disk or decoded); "
+                                  "refused before decoding (pass larger limits to open it)", damage="oversized",
+                                  file=name)
+        if any(files[n].get("table") == "log" for n in missing):
+            raise BundleError(f"{LOG_FILE} is missing from the bundle", damage="malformed-bundle", file=LOG_FILE)
+        return missing
+
+    def _table_files(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, info in self.manifest["files"].items():
+            if "table" in info and name not in self._missing:
+                out.setdefault(info["table"], []).append(duckdb_path(self._root, name))
+        return out
 
     def _create_views(self) -> None:
         from .store import typed_table_ddl
-        con = self._con
-        con.execute(f"CREATE VIEW log AS SELECT * FROM read_parquet({_sql_str(self.path / LOG_FILE)})")
-        for kind in KINDS.values():
-            f = self.path / f"{kind.name}.parquet"
-            if not f.is_file():
-                con.execute(typed_table_ddl(kind))  # empty, so every kind is queryable
-                continue
-            self._kinds.add(kind.name)
-            cols = typed_columns(kind, maps="map_from_entries", json="JSON")  # Parquet back to typed rows
-            con.execute(f"CREATE VIEW {_quote(kind.name)} AS SELECT {', '.join(cols)} "
-                        f"FROM read_parquet({_sql_str(f)})")
+        con, tables = self._con, self._table_files()
+
+        def source(table: str) -> str:  # explicit, glob-escaped file list: a path is taken literally
+            return f"read_parquet([{', '.join(_sql_str(f) for f in tables[table])}])"
+        try:
+            con.execute(f"CREATE VIEW log AS SELECT seq, kind, ts, entry, leaf_hash FROM {source('log')}")
+            for kind in KINDS.values():
+                if kind.name not in tables:
+                    con.execute(typed_table_ddl(kind))  # empty, so every kind is queryable
+                    continue
+                self._kinds.add(kind.name)
+                cols = typed_columns(kind, maps="map_from_entries", json="JSON")  # Parquet back to typed rows
+                con.execute(f"CREATE VIEW {_quote(kind.name)} AS SELECT {', '.join(cols)} FROM {source(kind.name)}")
+        except duckdb.Error as e:
+            raise BundleError(f"a table of the bundle does not have the bundle's columns ({_one_line(e)}); refused",
+                              damage="malformed-bundle") from None
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -218,9 +344,20 @@ class Bundle(RecordReader):
         return snap
 
     @property
+    def vkey(self) -> str | None:
+        """The shipped verifier key (``name+keyid+base64``) if ``verifier.vkey`` holds one, else None."""
+        return self._vkey
+
+    @property
     def verifier(self) -> Verifier:
-        """The verifier key shipped in the bundle. Pin your own key instead when you can."""
-        return Verifier.from_vkey(self.vkey)
+        """The verifier key shipped in the bundle. Pin your own key instead when you can.
+
+        Raises :class:`~rlhf_audit_kit.errors.BundleError` when the bundle ships no usable key; the
+        message never shows the file's content.
+        """
+        if self._vkey is None:
+            raise BundleError(self._vkey_problem or f"no {VKEY_FILE}", damage="malformed-bundle", file=VKEY_FILE)
+        return Verifier.from_vkey(self._vkey)
 
     # ---------------------------------------------------------------- read API (as the store)
     def sql(self, query: str, params: Any = None) -> pl.DataFrame:
@@ -255,33 +392,46 @@ class Bundle(RecordReader):
         ``verifier.vkey`` is used, which only proves the bundle is self-consistent: anyone can
         re-sign a forged bundle with their own key. An auditor should always pin the key.
         """
-        v = resolve_verifiers(verifier if verifier is not None else self.vkey)
+        v = resolve_verifiers(verifier if verifier is not None else self.verifier)
         src = DuckSource(self._con, origin=self.origin, description=f"bundle {self.path}",
                          kinds=self._kinds, has_nodes=False)
         with self._lock:
-            report = verify_source(src, v, extra_notes=[self.note], workers=workers)
+            try:
+                report = verify_source(src, v, extra_notes=[self.note], workers=workers)
+            except _DECODE_ERRORS as e:  # hostile data past the open checks: fail closed, as a finding
+                report = VerifyReport(source=src.description, events=self._size,
+                                      verifier=", ".join(x.vkey for x in v))
+                report.findings.append(Finding("malformed-bundle", f"the bundle's data does not decode as a "
+                                                                   f"bundle ({_one_line(e)})"))
         self._check_manifest(report)
-        report.unsigned = {k: v for k, v in self.manifest.items() if k not in SIGNED_MANIFEST_FIELDS}
         self._verified = report
         return report
 
     def _check_manifest(self, report: VerifyReport) -> None:
         m = self.manifest
         problems = []
-        for name, info in m.get("files", {}).items():
-            p = self.path / name
-            if not p.is_file():
+        for name, info in m["files"].items():  # names were checked when the bundle was opened
+            try:
+                digest, size = file_digest(self._root, name)
+            except FileNotFoundError:
                 problems.append(f"{name} is missing")
-            elif _sha256_file(p) != info.get("sha256"):
+                continue
+            except BundleError as e:  # swapped for a link or FIFO since opening
+                report.findings.append(Finding(e.damage, str(e)))
+                continue
+            if digest != info["sha256"] or info.get("bytes", size) != size:
                 problems.append(f"{name} does not match its SHA-256 in the manifest")
-            elif "rows" in info and info.get("table") in KINDS and info["table"] not in self._kinds:
-                problems.append(f"{name} is not a table of the bundle")
-        listed = set(m.get("files", {}))
-        for p in self.path.glob("*.parquet"):
-            if p.name not in listed:
-                problems.append(f"{p.name} is not listed in the manifest")
         if problems:
             report.findings.append(Finding("manifest-mismatch", "; ".join(problems)))
+        # witnesses' cosigned notes live in cosignatures/ (read by rlhf_audit_kit.ledger.witness): not bundle files
+        stray = [n for n in unlisted(self._root, [*m["files"], MANIFEST_FILE]) if n != "cosignatures"]
+        if stray:
+            shown = ", ".join(show_name(n) for n in stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10
+                                                                    else "")
+            report.findings.append(Finding("unlisted-file", f"the bundle holds {len(stray)} file(s) its manifest "
+                                                            f"does not name (not read): {shown}"))
+        if self._vkey_problem and VKEY_FILE in m["files"]:
+            report.findings.append(Finding("malformed-bundle", self._vkey_problem))
         try:
             cp = Checkpoint.parse(self.note[:self.note.rfind("\n\n") + 1])
             meta_ok = (m.get("origin") == cp.origin and m.get("tree_size") == cp.size == self._size
@@ -314,10 +464,6 @@ class Bundle(RecordReader):
         counts = self.counts()
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{v:,}</td></tr>"
                        for k, v in counts.items())
-        # the signer shown is the pinned key that verified; the manifest's key_name is not signed
-        signers = [Verifier.from_vkey(v).name for v in self._verified.signed_by] if self._verified else []
-        key = (f"signed by {html.escape(', '.join(signers))}" if signers else
-               f"key named in the manifest (not verified): {html.escape(str(self.manifest.get('key_name') or '?'))}")
         if self._verified is None:
             status = "<i>not verified yet: call .verify(vkey)</i>"
         elif self._verified.ok:
@@ -326,10 +472,35 @@ class Bundle(RecordReader):
             status = f"<span style='color:#cf222e'>{html.escape(self._verified.message)}</span>"
         return (f"<div><b>Snapshot bundle</b> <code>{html.escape(str(self.path))}</code><br>"
                 f"origin <code>{html.escape(self.origin)}</code> · {self._size:,} events · root "
-                f"<code>{html.escape(self.manifest.get('root_hash', '')[:16])}…</code> · {key}<br>{status}"
+                f"<code>{html.escape(self.manifest.get('root_hash', '')[:16])}…</code> · key "
+                f"{html.escape(self.manifest.get('key_name') or '?')}<br>{status}"
                 f"<table><tr><th>kind</th><th>events</th></tr>{rows}</table></div>")
 
 
-def open_bundle(folder: str | os.PathLike) -> Bundle:
-    """Open a snapshot bundle read-only (nothing is verified until :meth:`Bundle.verify`)."""
-    return Bundle(folder)
+def open_bundle(folder: str | os.PathLike, *, limits: Limits | None = None) -> Bundle:
+    """Open a snapshot bundle read-only (nothing is verified until :meth:`Bundle.verify`).
+
+    Raises :class:`~rlhf_audit_kit.errors.BundleError` for a bundle that cannot be read safely
+    (see :class:`Bundle`); ``limits`` (:class:`~rlhf_audit_kit.bundle_files.Limits`) raises the size limits.
+    """
+    return Bundle(folder, limits=limits)
+
+
+def verify_bundle(folder: str | os.PathLike, verifier: Any, *, workers: int | None = None,
+                  limits: Limits | None = None) -> VerifyReport:
+    """Open and verify a bundle against the pinned ``verifier``; never raises for a damaged bundle.
+
+    A bundle refused when opening (:class:`~rlhf_audit_kit.errors.BundleError`) is a failed report
+    with that one finding, so callers handle every hostile bundle the same way.
+
+    >>> verify_bundle("/nonexistent", "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").damage
+    'malformed-bundle'
+    """
+    vs = resolve_verifiers(verifier)
+    try:
+        bundle = Bundle(folder, limits=limits)
+    except BundleError as e:
+        return VerifyReport(source=f"bundle {folder}", events=0, verifier=", ".join(v.vkey for v in vs),
+                            findings=[Finding(e.damage, str(e))])
+    with bundle:
+        return bundle.verify(vs, workers=workers)

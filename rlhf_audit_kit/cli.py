@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import AuditKitError, ValidationError
+from .errors import AuditKitError, BundleError, ValidationError
 from .ingest._common import SourceError
 
 # Modules that add their own subcommands with register(subparsers).
@@ -88,9 +88,9 @@ def _flags_in(message: str) -> str:
 
 
 def _cmd_info(args) -> int:
-    from .store import open_store
-    with open_store(args.store, read_only=True, pseudonymize=False) as store:
-        print(f"store   {store.path}")
+    from .cli_ledger import _open_target
+    with _open_target(args.store) as store:  # a store file or a bundle folder
+        print(f"{'bundle' if Path(args.store).is_dir() else 'store':<7} {store.path}")
         print(f"origin  {store.origin}")
         print(f"events  {store.size:,}")
         for k, n in store.counts().items():
@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as e:  # a file that is no data (LFS pointer, a line that is not JSON)
         print(f"rlhf-audit: {e}", file=sys.stderr)
         return 2
+    except BundleError as e:  # a hostile bundle: one FAILED line, exit 3 as verify
+        from .cli_ledger import print_failure
+        return print_failure(f"FAILED [{e.damage}]: {e}", None, e.damage)
     except (AuditKitError, FileNotFoundError, PermissionError) as e:
         print(f"rlhf-audit: {e}", file=sys.stderr)
         return 1

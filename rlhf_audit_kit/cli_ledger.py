@@ -20,9 +20,15 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import AuditKitError, KeysError
+from .errors import AuditKitError, BundleError, KeysError
 
-__all__ = ["register", "main"]
+__all__ = ["register", "main", "EXIT_DAMAGED"]
+
+#: Exit status of ``verify`` (and of any command given a bundle it refuses): the record is damaged,
+#: or the bundle is unsafe, oversized or malformed. 1 is for usage, key and file errors.
+EXIT_DAMAGED = 3
+_VERIFY_EPILOG = ("exit status: 0 verified; 3 damaged, or a bundle refused as unsafe, oversized or malformed "
+                  "(one line 'FAILED ... [damage]: ...' on stderr); 1 usage, key or file errors")
 
 
 def _passphrase_new() -> str:
@@ -90,39 +96,30 @@ def _open_target(path: str):
 
 
 def _cmd_verify(args) -> int:
+    from .bundle import is_bundle, verify_bundle
     from .ledger.verify import resolve_verifiers
     verifiers = resolve_verifiers(args.vkey)
-    target = _open_target(args.target)
-    try:
-        kw = {"workers": args.workers} if args.workers is not None else {}
-        report = target.verify(verifiers, **kw)
-    finally:
-        target.close()
+    kw = {"workers": args.workers} if args.workers is not None else {}
+    if is_bundle(args.target):  # a bundle refused on opening is a failed report too
+        report = verify_bundle(args.target, verifiers, **kw)
+    else:
+        target = _open_target(args.target)
+        try:
+            report = target.verify(verifiers, **kw)
+        finally:
+            target.close()
     if report.ok:
         root = report.signed_root.hex() if report.signed_root else "-"
         print(f"{report.message}; root {root} ({report.elapsed:.2f} s)")
-        _print_identity(report)
         return 0
-    print(report.message, file=sys.stderr)
-    print(f"first bad seq: {report.first_bad_seq if report.first_bad_seq is not None else '-'}; "
-          f"damage: {report.damage}")
-    return 3
+    return print_failure(report.message, report.first_bad_seq, report.damage)
 
 
-def _print_identity(report) -> None:
-    """Who signed, from the pinned keys that verified; a bundle's unsigned manifest fields marked as such."""
-    from .report.identity import manifest_claims, signers
-    for v in signers(report.signed_by):
-        print(f"signed by the pinned key {v.name} (key id {v.key_id.hex()})")
-    if report.unsigned:  # printed with repr where not plain text: a manifest is anyone's to write
-        claims = manifest_claims(report.unsigned, signed_by=report.signed_by, entries_verified=True)
-        names = [c.field if c.field.isprintable() and len(c.field) <= 40 else repr(c.field[:40]) for c in claims]
-        more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
-        print("not verified (manifest.json fields no signature covers): " + ", ".join(names[:20]) + more)
-        for c, name in zip(claims, names):
-            if c.agrees is False:
-                print(f"warning: manifest.json states {name} {str(c.value)[:200]!r}, which is not signed and "
-                      f"{c.check}", file=sys.stderr)
+def print_failure(message: str, first_bad_seq: int | None, damage: str | None) -> int:
+    """Print a failed verification (one line on stderr, the seq and damage on stdout); return exit status 3."""
+    print(message, file=sys.stderr)
+    print(f"first bad seq: {first_bad_seq if first_bad_seq is not None else '-'}; damage: {damage}")
+    return EXIT_DAMAGED
 
 
 def _latest_snapshot(store, covering: int | None = None, size: int | None = None):
@@ -206,7 +203,8 @@ def register(subparsers) -> None:
                    help="keys folder (default $RLHF_AUDIT_KEYS); passphrase from $RLHF_AUDIT_PASSPHRASE")
     s.set_defaults(func=_cmd_snapshot)
 
-    s = subparsers.add_parser("verify", help="verify a store or a snapshot bundle against a pinned key")
+    s = subparsers.add_parser("verify", help="verify a store or a snapshot bundle against a pinned key",
+                              epilog=_VERIFY_EPILOG)
     s.add_argument("target", metavar="STORE_OR_BUNDLE")
     s.add_argument("--vkey", required=True, help="verifier key string, or a file / keys folder holding it")
     s.add_argument("--workers", type=int, default=None, help="hashing processes (default: cores - 1)")
@@ -235,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BundleError as e:
+        return print_failure(f"FAILED [{e.damage}]: {e}", None, e.damage)
     except (AuditKitError, FileNotFoundError, PermissionError) as e:
         print(f"rlhf-audit: {e}", file=sys.stderr)
         return 1

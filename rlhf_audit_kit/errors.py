@@ -83,3 +83,28 @@ class RollbackError(ForkError):
 
 class BudgetExceededError(AuditKitError):
     """A differentially private release would exceed a privacy budget; nothing was recorded."""
+
+
+class BundleError(IntegrityError):
+    """A snapshot bundle was refused before anything in the offending file was decoded.
+
+    Raised by :func:`rlhf_audit_kit.bundle.open_bundle` when a bundle cannot be read safely: a file
+    that is not a regular file inside the bundle folder (symbolic link, FIFO, device, folder), a
+    manifest name outside the folder, a file or Parquet page over the size limits, or a malformed
+    manifest or note. :func:`rlhf_audit_kit.bundle.verify_bundle` turns it into a failed report.
+
+    Attributes: ``damage`` (``"unsafe-file"``, ``"oversized"`` or ``"malformed-bundle"``) and
+    ``file`` (the bundle file at fault, if one).
+
+    >>> e = BundleError("log.parquet is a named pipe (FIFO)", damage="unsafe-file", file="log.parquet")
+    >>> e.damage, e.file, isinstance(e, IntegrityError)
+    ('unsafe-file', 'log.parquet', True)
+    """
+
+    def __init__(self, message: str, *, damage: str = "malformed-bundle", file: str | None = None):
+        super().__init__(message, damage=damage)
+        self.file = file
+
+    def __reduce__(self):  # keep damage and file across pickling
+        import functools
+        return (functools.partial(type(self), damage=self.damage, file=self.file), (str(self),))

@@ -16,6 +16,12 @@ e. ``bad-signature``, ``origin-mismatch``, ``snapshot-mismatch``: every checkpoi
    checkpoint extends the earlier ones (RFC 9162 consistency proofs are generated and checked);
    ``bad-node``: the stored subtree hashes (``merkle_node``) equal the recomputed ones.
 
+Bundles add (:mod:`rlhf_audit_kit.bundle`): ``unsafe-file`` (a link, FIFO, device or name outside
+the folder, refused unread), ``oversized`` (a file or decoded Parquet page over the limits, refused
+before decoding), ``malformed-bundle`` (manifest, note, key or Parquet data that does not parse),
+``manifest-mismatch`` (a file missing or not matching its SHA-256), ``unlisted-file`` (a file the
+manifest does not name) and ``bundle-metadata-mismatch``.
+
 Every check runs; the report names the smallest bad ``seq`` found (ties: the earlier check above).
 The work is columnar: typed rows are re-encoded per kind with polars and compared as Binary columns;
 leaf hashes and all subtree hashes are computed from the Arrow buffer of the entries by forked
@@ -68,7 +74,7 @@ DAMAGE_KINDS: tuple[str, ...] = (
     "seq-order", "unknown-kind", "typed-row-mismatch", "missing-typed-row", "typed-row-without-entry",
     "duplicate-typed-row", "log-ts-mismatch", "leaf-hash-mismatch", "bad-signature", "origin-mismatch",
     "snapshot-mismatch", "truncated", "root-mismatch", "inconsistent-checkpoints", "bad-node",
-    "manifest-mismatch", "bundle-metadata-mismatch",
+    "unsafe-file", "oversized", "malformed-bundle", "manifest-mismatch", "unlisted-file", "bundle-metadata-mismatch",
 )
 _ORDER = {d: i for i, d in enumerate(DAMAGE_KINDS)}
 _SIG_DAMAGE = {"bad-signature"}
