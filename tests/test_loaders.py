@@ -166,6 +166,19 @@ def test_content_ids_are_short_sha256_of_the_canonical_utf8(texts):
     assert [canonical_text(t) for t in plain] == plain  # an ordinary text is hashed as it is
 
 
+_PIECES = ["\n\nHuman:", "\n\nAssistant:", " ", "\n", "\t", "\u00a0", "\u3000", "\x1c", "\x00", "word", ":",
+           "\n\n", "Human:", '[{"role":"user","content":" a "}]', "é"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["", "\n\nHuman:", "\n\nAssistant:", '[{"role":']),
+                          st.lists(st.sampled_from(_PIECES), max_size=10)), min_size=1, max_size=8))
+def test_vectorised_canonical_form_equals_the_reference(parts):
+    from rlhf_audit_kit.ingest._common import canonical_series
+    texts = [head + "".join(body) for head, body in parts] + [None]
+    assert canonical_series(pl.Series(texts)).to_list() == [None if t is None else canonical_text(t) for t in texts]
+
+
 def test_canonical_text_of_one_conversation_in_three_forms():
     hh = H + "Hi there " + A + " Hello!" + H + "Bye" + A
     msgs = json.dumps([{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
@@ -549,3 +562,152 @@ def test_ultrafeedback_keeps_critique_scores_and_aspect_rationales():
     assert r["rationale"] == records("ultrafeedback.jsonl")[0]["completions"][0]["critique"]
     assert (meta["overall_score"], meta["fine-grained_score"]) == (9.0, 4.5)
     assert meta["annotations"]["helpfulness"]["Rationale"] == "Clear and relevant."
+
+
+# --------------------------------------------------------------------------- formats added for real data
+def _j(msgs: list[dict]) -> str:
+    """Messages as the loaders store them: compact JSON, keys role then content."""
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in msgs], ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+def test_ultrafeedback_binarized_stores_the_question_once_and_ties_as_ties():
+    rows = load_trl_preference(FIX / "ultrafeedback_binarized.jsonl", dataset="uf")
+    src = records("ultrafeedback_binarized.jsonl")
+    assert rows["prompt"].to_list() == [s["prompt"] for s in src]
+    assert rows["response_a"].to_list() == [_j(s["chosen"][1:]) for s in src]  # the user turn left out
+    assert rows["response_b"].to_list() == [_j(s["rejected"][1:]) for s in src]
+    assert rows.select("choice", "score_a", "score_b").rows() == [("a", 9.0, 2.0), ("tie", 7.5, 7.5)]
+    assert rows["response_a_id"][0] == cid("They weigh the same: one kilogram each.")
+
+
+@pytest.mark.parametrize("name", ["trl_unpaired.jsonl", "trl_unpaired_conversational.jsonl"])
+def test_kto_unpaired_rows_are_thumbs_up_or_down_ratings(name):
+    kind, rows = load(FIX / name, "kto", dataset="toy/kto")
+    src = records(name)
+    assert kind == "rating"
+    assert rows["rating_id"].to_list() == ["toy/kto:0", "toy/kto:1"]
+    assert rows["aspects"].to_list() == [[{"key": "desirable", "value": 1}], [{"key": "desirable", "value": 0}]]
+    assert rows.select("scale_min", "scale_max", "annotator", "task_id").unique().rows() == [(0, 1, "kto:unknown", "kto")]
+    text = (lambda v: v) if isinstance(src[0]["prompt"], str) else _j
+    assert rows["prompt"].to_list() == [text(s["prompt"]) for s in src]
+    assert rows["response"].to_list() == [text(s["completion"]) for s in src]
+    assert rows["sample_id"][0] == cid("blue." if "conv" not in name else "It is blue.")
+
+
+def test_kto_bad_label_and_short_messages():
+    with raises_at(0, "label"):
+        load("kto", "kto") if False else FORMATS["kto"].loader([{"prompt": "p", "completion": "c", "label": "yes"}])
+    with raises_at(1, "messages"):
+        FORMATS["kto"].loader([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                "label": True}, {"messages": [{"role": "user", "content": "a"}], "label": False}])
+
+
+@pytest.mark.parametrize("name", ["oasst_flat.jsonl", "oasst_tree_labels.jsonl"])
+def test_oasst_ranked_siblings_become_pairs_with_tree_and_labels_kept(name):
+    kind, rows = load(FIX / name, "oasst", dataset="oa")
+    assert kind == "annotation"
+    assert set(rows["display_order_known"]) == {False} and set(rows["annotator"]) == {"oasst:rankers"}
+    meta = [json.loads(m) for m in rows["meta"]]
+    if name == "oasst_flat.jsonl":
+        # 3 ranked replies to the root give 3 pairs, 2 ranked replies to the follow-up give 1
+        assert rows.height == 4
+        assert rows["choice"].to_list() == ["a", "a", "b", "a"]  # rank 0 beats 2 and 1; 1 beats 2; 0 beats 1
+        assert [(m["a"]["rank"], m["b"]["rank"]) for m in meta] == [(0, 2), (0, 1), (2, 1), (0, 1)]
+        assert meta[2]["a"]["labels"] == {"name": ["spam", "quality"], "value": [0.0, 0.25], "count": [3, 3]}
+        deep = rows.row(3, named=True)
+        assert json.loads(deep["prompt"]) == [
+            {"role": "user", "content": "Can you explain what a hash table is?"},
+            {"role": "assistant", "content": "A hash table stores key-value pairs in an array, using a hash function "
+                                             "to turn each key into an index."},
+            {"role": "user", "content": "What happens when two keys hash to the same index?"}]
+        assert meta[3]["parent_id"] == "0f1e2d3c-4b5a-6978-8a9b-acbdcedfe0f1"
+        assert deep["task_id"] == "oa:6ab24d72-0181-4594-a9cd-deaf170242fb"
+        assert deep["annotation_id"] == "oa:1a2b3c4d-5e6f-4a8b-9cad-becfd0e1f2a3:2b3c4d5e-6f7a-4b9c-8dbe-cfd0e1f2a3b4"
+    else:  # the deleted, unranked reply takes part in no pair
+        assert rows.select("choice", "response_b").row(0) == (
+            "b", _j([{"role": "assistant", "content": "Cheerful, joyful, content or glad all work."}]))
+        assert meta[0]["b"]["labels"] == {"spam": {"value": 0.0, "count": 3}, "helpfulness": {"value": 0.92, "count": 3}}
+        assert meta[0]["b"]["emojis"] == {"+1": 4} and meta[0]["message_tree_id"] == rows["task_id"][0][3:]
+
+
+def test_oasst_flat_row_with_unknown_parent():
+    src = records("oasst_flat.jsonl")
+    src[4]["parent_id"] = "nope"
+    with raises_at(4, "parent_id"):
+        FORMATS["oasst"].loader(src)
+
+
+def test_chatbot_arena_and_mt_bench_judgments():
+    rows = load(FIX / "chatbot_arena.jsonl", "chatbot-arena", dataset="arena")[1]
+    src = records("chatbot_arena.jsonl")
+    assert rows["choice"].to_list() == ["b", "tie", "a"]
+    assert rows.select("model_a", "model_b").rows() == [(s["model_a"], s["model_b"]) for s in src]
+    assert rows["annotator"].to_list() == [s["judge"] for s in src]
+    assert rows["submitted_at"][0] == datetime.fromtimestamp(src[0]["tstamp"], UTC)
+    assert rows["display_order_known"].to_list() == [True] * 3  # model A is the left panel
+    assert json.loads(rows["meta"][1])["winner"] == "tie (bothbad)"
+    # a two-turn conversation: the shared first question is the prompt, the rest are the responses
+    assert rows["prompt"][2] == _j(src[2]["conversation_a"][:1])
+    assert rows["response_b"][2] == _j(src[2]["conversation_b"][1:])
+    assert rows["task_id"][0] == "arena:58210e39b3fd4441a2bd4a518bb44c2d"
+    mt = load(FIX / "mt_bench_human.jsonl", "chatbot-arena", dataset="mt")[1]
+    mt_src = records("mt_bench_human.jsonl")
+    # turn 1 judges the first answer only; turn 2 the whole two-turn conversation
+    assert mt["response_a"].to_list() == [_j(mt_src[0]["conversation_a"][1:2]), _j(mt_src[1]["conversation_a"][1:])]
+    assert mt["choice"].to_list() == ["b", "tie"] and mt["submitted_at"].null_count() == 2
+
+
+def test_chatbot_arena_bad_winner():
+    src = records("chatbot_arena.jsonl")
+    src[1]["winner"] = "model_c"
+    with raises_at(1, "winner"):
+        FORMATS["chatbot-arena"].loader(src)
+
+
+def test_pku_saferlhf_keeps_better_and_safer_apart():
+    rows = load(FIX / "pku_saferlhf.jsonl", "pku-saferlhf", dataset="pku")[1]
+    assert rows.select("annotation_id", "task_id", "choice").rows() == [
+        ("pku:0:better", "pku:better", "b"), ("pku:0:safer", "pku:safer", "a"),
+        ("pku:1:better", "pku:better", "a"), ("pku:1:safer", "pku:safer", "a")]
+    assert rows.select("model_a", "model_b").row(0) == ("Alpaca-7B", "Alpaca3-8B")
+    meta = json.loads(rows["meta"][1])
+    assert (meta["criterion"], meta["is_response_1_safe"], meta["response_1_severity_level"]) == ("safer", False, 2)
+    assert meta["response_1_harm_category"] == {"Cybercrime": True, "Privacy Violation": True}
+    assert set(rows["display_order_known"]) == {False}
+    src = records("pku_saferlhf.jsonl")
+    src[1]["safer_response_id"] = 2
+    with raises_at(1, "safer_response_id"):
+        FORMATS["pku-saferlhf"].loader(src)
+
+
+def test_summarize_from_feedback_comparisons():
+    rows = load(FIX / "summarize_from_feedback.jsonl", "summarize-from-feedback", dataset="tldr")[1]
+    src = records("summarize_from_feedback.jsonl")
+    info = src[0]["info"]
+    assert rows["prompt"][0] == (f"SUBREDDIT: r/{info['subreddit']}\n\nTITLE: {info['title']}\n\n"
+                                 f"POST: {info['post']}\n\nTL;DR:")  # as TRL's tldr-preference writes it
+    assert rows["prompt"][1] == f"Article:\n{src[1]['info']['article']}\n\nTL;DR:"
+    assert rows.select("choice", "annotator", "strength", "model_a", "model_b", "task_id").rows() == [
+        ("a", src[0]["worker"], 8, "sup2", "ref", "tldr:batch3"),
+        ("b", src[1]["worker"], 3, "sup4_ppo_rm4_t.7", "sup4_t.7", "tldr:cnndm0")]
+    assert rows["response_a"][0] == src[0]["summaries"][0]["text"]  # stored as it is, leading space too
+    assert rows["response_a_id"][0] == cid(src[0]["summaries"][0]["text"].strip())  # TRL strips it
+    assert json.loads(rows["meta"][0]) == {"info_id": "t3_34xale", "split": "train", "batch": "batch3",
+                                           "notes": [None, "too short"]}
+    src[0]["choice"] = 2
+    with raises_at(0, "choice"):
+        FORMATS["summarize-from-feedback"].loader(src)
+
+
+@pytest.mark.parametrize("name,fmt", [
+    ("trl_unpaired.jsonl", "kto"), ("oasst_flat.jsonl", "oasst"), ("chatbot_arena.jsonl", "chatbot-arena"),
+    ("pku_saferlhf.jsonl", "pku-saferlhf"), ("summarize_from_feedback.jsonl", "summarize-from-feedback"),
+    ("ultrafeedback_binarized.jsonl", "trl-preference")])
+def test_new_formats_go_into_a_store_and_verify(name, fmt, store, keys_dir):
+    kind, rows = load(FIX / name, fmt)
+    assert rows.columns == KINDS[kind].names
+    store.extend(rows, kind=kind)
+    assert store.counts()[kind] == rows.height
+    store.snapshot()
+    assert store.verify(keys_dir).ok

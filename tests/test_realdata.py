@@ -248,6 +248,50 @@ def test_a_second_hh_file_gets_its_own_ids_and_the_same_file_twice_is_refused(re
     assert again.returncode == 2 and "duplicate" in again.stderr and "Traceback" not in again.stderr
 
 
+# --------------------------------------------------------------------------- formats added
+def _j(msgs: list[dict]) -> str:
+    return json.dumps(msgs, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_sharegpt_dpo_demo_file_field_by_field(real):
+    src = json.loads((real / "dpo_en_demo.json").read_text(encoding="utf-8"))
+    kind, rows = load(real / "dpo_en_demo.json", "sharegpt-dpo")
+    assert kind == "annotation" and rows.height == 300
+    role = {"human": "user", "gpt": "assistant", "system": "system"}
+    for r, s in zip(rows.iter_rows(named=True), src):
+        assert r["prompt"] == _j([{"role": role[m["from"]], "content": m["value"]} for m in s["conversations"]])
+        assert r["response_a"] == _j([{"role": "assistant", "content": s["chosen"]["value"]}])
+        assert r["response_b"] == _j([{"role": "assistant", "content": s["rejected"]["value"]}])
+    assert sum(len(s["conversations"]) > 1 for s in src) == 186
+    assert set(rows["choice"]) == {"a"} and set(rows["display_order_known"]) == {False}
+    assert rows["annotation_id"][0] == "realdata/dpo_en_demo:0"
+
+
+def test_kto_demo_file_is_300_thumbs_up_or_down_ratings(real):
+    src = json.loads((real / "kto_en_demo.json").read_text(encoding="utf-8"))
+    kind, rows = load(real / "kto_en_demo.json", "kto")
+    assert kind == "rating" and rows.height == 300
+    ups = rows["aspects"].list.first().struct.field("value")
+    assert ups.to_list() == [int(s["label"]) for s in src] and ups.sum() == 150
+    for r, s in zip(rows.iter_rows(named=True), src):
+        msgs = [{"role": m["role"], "content": m["content"]} for m in s["messages"]]
+        assert (r["prompt"], r["response"]) == (_j(msgs[:-1]), _j(msgs[-1:]))
+
+
+def test_oasst_trees_give_one_pair_per_two_ranked_siblings(real):
+    kind, rows = load(real / "oasst_en_100_tree.jsonl", "oasst")
+    assert kind == "annotation" and rows.height == _oasst_pairs(real)
+    meta = [json.loads(m) for m in rows["meta"]]
+    # the better rank wins every pair, and every tree with a ranked pair is a task
+    for m, choice in zip(meta, rows["choice"]):
+        assert choice == ("a" if m["a"]["rank"] < m["b"]["rank"] else "b")
+    trees = {json.loads(line)["message_tree_id"] for line in
+             (real / "oasst_en_100_tree.jsonl").read_text(encoding="utf-8").splitlines()}
+    assert {t.split(":", 1)[1] for t in rows["task_id"]} <= trees
+    assert {m["message_tree_id"] for m in meta} == {t.split(":", 1)[1] for t in rows["task_id"]}
+    assert rows["annotation_id"].is_unique().all()
+
+
 # --------------------------------------------------------------------------- acceptance
 def test_every_real_file_through_the_cli_into_one_store_then_snapshot_verify_and_summary(real, tmp_path,
                                                                                          keys_dir):

@@ -30,7 +30,9 @@ def load_chatbot_arena(source: Source, *, dataset: str | None = None,
     set, ``tstamp`` (Unix seconds), ``anony``, ``language``, ``openai_moderation``,
     ``toxic_chat_tag``.
 
-    The prompt is what the two conversations share (their first differing message starts the
+    A judgment of turn ``turn`` covers the conversations up to that turn's assistant message
+    (MT-bench's files hold both turns in each row, and judge each turn in its own row). The
+    prompt is what the two conversations share (their first differing message starts the
     responses, as TRL splits a conversational pair), so a multi-turn judgment keeps every turn
     it judged. Both ties are ``"tie"``; the raw ``winner`` stays in ``meta`` (so a ``"tie
     (bothbad)"`` is still told apart), with every column that has no field of its own.
@@ -75,7 +77,7 @@ def load_chatbot_arena(source: Source, *, dataset: str | None = None,
                 raise ValidationError(i, k, "is missing or null")
         if r["winner"] not in _WINNER:
             raise ValidationError(i, "winner", f"expected one of {', '.join(_WINNER)}; got {r['winner']!r}")
-        a, b = (_conversation(i, k, r[k]) for k in ("conversation_a", "conversation_b"))
+        a, b = (_upto(_conversation(i, k, r[k]), r.get("turn")) for k in ("conversation_a", "conversation_b"))
         n = common_prefix_len(a, b)
         if n == 0 or n == len(a) or n == len(b):
             raise ValidationError(i, "conversation_b", "must share its first message(s) with conversation_a "
@@ -102,6 +104,18 @@ def _conversation(i: int, field: str, value: Any) -> list[dict[str, Any]]:
     if not (isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value)):
         raise ValidationError(i, field, "expected a non-empty list of {role, content} messages")
     return clean_messages(value) or []
+
+
+def _upto(conv: list[dict[str, Any]], turn: Any) -> list[dict[str, Any]]:
+    """The conversation up to and including the ``turn``-th assistant message."""
+    if not isinstance(turn, int) or isinstance(turn, bool) or turn < 1:
+        return conv
+    seen = 0
+    for k, m in enumerate(conv):
+        seen += m.get("role") == "assistant"
+        if seen == turn:
+            return conv[:k + 1]
+    return conv
 
 
 def _time(i: int, value: Any) -> datetime | None:
