@@ -100,6 +100,20 @@ def value_for(f):
     raise AssertionError(t)
 
 
+def fit_kind_rules(kind_name, r):
+    """Make a generated row obey the kind-specific rules the generic strategy does not know."""
+    if kind_name == "annotation" and r.get("shown_at") and r.get("submitted_at"):
+        r["shown_at"] = min(r["shown_at"], r["submitted_at"])
+    if kind_name == "rating":
+        r.pop("scale_min", None), r.pop("scale_max", None)
+    if kind_name == "checkpoint":
+        r["content_hash"] = "sha256:" + "0" * 64
+    if kind_name == "custom":
+        r["name"] = "x_" + str(abs(hash(r["name"])) % 1000)
+    if kind_name == "oversight":
+        r["subject_seq"] = 3
+
+
 def row_strategy(kind):
     req = {f.name: value_for(f) for f in kind.fields if f.required}
     opt = {f.name: value_for(f) for f in kind.fields if not f.required}
@@ -113,15 +127,8 @@ def row_strategy(kind):
 def test_columnar_encoder_matches_scalar_reference(kind_name, data):
     kind = KINDS[kind_name]
     rows = data.draw(st.lists(row_strategy(kind), min_size=1, max_size=5))
-    for r in rows:  # kind-specific rules the generic strategy does not know
-        if kind_name == "annotation" and r.get("shown_at") and r.get("submitted_at"):
-            r["shown_at"] = min(r["shown_at"], r["submitted_at"])
-        if kind_name == "rating":
-            r.pop("scale_min", None), r.pop("scale_max", None)
-        if kind_name == "checkpoint":
-            r["content_hash"] = "sha256:" + "0" * 64
-        if kind_name == "custom":
-            r["name"] = "x_" + str(abs(hash(r["name"])) % 1000)
+    for r in rows:
+        fit_kind_rules(kind_name, r)
     for cols in kind.unique:  # make unique keys unique
         for i, r in enumerate(rows):
             r[cols[0]] = f"{r[cols[0]]}-{i}" if isinstance(r[cols[0]], str) else r[cols[0]] + i * 0
@@ -224,16 +231,7 @@ def test_single_event_entry_equals_the_batch_entry(kind_name, data):
     from rlhf_audit_kit.single import check_event, entry_of
     kind = KINDS[kind_name]
     row = data.draw(row_strategy(kind))
-    if kind_name == "annotation" and row.get("shown_at") and row.get("submitted_at"):
-        row["shown_at"] = min(row["shown_at"], row["submitted_at"])
-    if kind_name == "rating":
-        row.pop("scale_min", None), row.pop("scale_max", None)
-    if kind_name == "checkpoint":
-        row["content_hash"] = "sha256:" + "0" * 64
-    if kind_name == "custom":
-        row["name"] = "x_" + str(abs(hash(row["name"])) % 1000)
-    if kind_name == "oversight":
-        row["subject_seq"] = 3
+    fit_kind_rules(kind_name, row)
     seq = data.draw(st.integers(0, 2**40))
     ts = "2026-05-06T07:08:09.123456Z"
     batch = encode_frame(kind, normalise([row], kind_name)[kind_name], pl.Series([seq]), ts).to_list()[0]
