@@ -106,6 +106,30 @@ def test_full_queue_blocks_log_and_drops_nothing(plain):
     assert plain.table("train_step")["step"].to_list() == list(range(40))
 
 
+def test_close_wakes_a_log_blocked_on_a_full_queue(plain):
+    rec = plain.recorder(batch_size=2, max_queue=2, interval=0.01)
+    failed = []
+
+    def produce():
+        try:
+            for i in range(10):
+                rec.log(step(i))
+        except AuditKitError as e:
+            failed.append(str(e))
+
+    with plain._lock:
+        t = threading.Thread(target=produce)
+        t.start()
+        time.sleep(0.3)  # the producer is blocked: the writer holds a group it cannot commit
+        closer = threading.Thread(target=rec.close)
+        closer.start()
+        t.join(10)
+        assert failed == ["this recorder is closed"]
+    closer.join(30)
+    written = plain.table("train_step")["step"].to_list()
+    assert written == list(range(len(written))) and rec.logged == len(written)  # every accepted event
+
+
 def test_the_interval_commits_without_flush(plain):
     rec = plain.recorder(interval=0.05)
     rec.log(step(0))
