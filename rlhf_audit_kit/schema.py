@@ -79,7 +79,7 @@ ANNOTATION = Kind(
         _f("response_a", "text", True, allow_empty=True, doc="may be empty: an empty reply is data"),
         _f("model_a", "id", doc="model/policy that produced response a"),
         _f("response_b_id", "id", True),
-        _f("response_b", "text", True, allow_empty=True),
+        _f("response_b", "text", True, allow_empty=True, doc="may be empty"),
         _f("model_b", "id"),
         _f("choice", "id", True, choices=CHOICES),
         _f("strength", "int", min=0, max=100, doc="optional ordinal strength of the preference"),
