@@ -105,6 +105,8 @@ class Recorder:
         if self._store._pseudonymize and any(f.person and values[f.name] is not None for f in spec.fields):
             self._store.pseudonymizer  # no key: KeysError now, not in the writer
         with self._cond:
+            while len(self._queue) >= self._max and self._fatal is None and not self._closing:
+                self._cond.wait()  # backpressure: the writer is behind
             self._raise_errors("log")
             if self._closing:
                 raise AuditKitError("this recorder is closed")
@@ -117,11 +119,6 @@ class Recorder:
                         raise ValidationError(self._logged, cols[0],
                                               f"duplicate {'/'.join(cols)}: already queued")
                     keys.append((seen, key))
-            while len(self._queue) >= self._max and self._fatal is None and not self._closing:
-                self._cond.wait()  # backpressure: the writer is behind
-            self._raise_errors("log")
-            if self._closing:  # closed by another thread while this call waited
-                raise AuditKitError("this recorder is closed")
             for seen, key in keys:
                 seen.add(key)
             if not self._queue:
