@@ -87,6 +87,17 @@ def test_hh_display_order_is_unknown_and_raises_no_position_alarm(real, fmt, tmp
     assert "2,312 a/b choices" in s.notes["position bias"]
 
 
+def test_dashboard_position_bias_leaves_unknown_order_out_and_counts_it(real, tmp_path, keys_dir):
+    from rlhf_audit_kit.apps._data import as_source
+    from rlhf_audit_kit.apps.annotators import annotator_pairs, annotator_table, load_annotations
+    assert ingest(real / HH, "hh-rlhf", tmp_path / "s.duckdb", keys_dir) == 0
+    with open_store(tmp_path / "s.duckdb", keys=keys_dir) as store:
+        ann = load_annotations(as_source(store))
+    table = annotator_table(ann, annotator_pairs(ann))
+    assert table.select("n_ab", "n_order_unknown", "share_a").row(0) == (0, 2312, None)
+    assert "position bias" not in table["flags"][0]
+
+
 def test_a_loaded_file_has_no_annotation_time_so_no_throughput_speed_or_drift(real, tmp_path, keys_dir):
     """HH rows carry no time of their own: the recording time is the ingest, which says nothing
     about the annotators, so throughput and drift are not computed and summary() says why."""

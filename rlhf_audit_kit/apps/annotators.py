@@ -35,18 +35,21 @@ FLAG_DRIFT = 0.15      # rise of the share of "a" from the first to the last qua
 
 # ---------------------------------------------------------------------------- data
 def load_annotations(src: Source) -> pl.DataFrame:
-    """One slim row per annotation: ``seq, annotator, task_id, t, choice, len_a, len_b, secs, item``."""
+    """One slim row per annotation: ``seq, annotator, task_id, t, choice, len_a, len_b, secs, item,
+    order_known`` (``display_order_known``, null taken as known)."""
     def load() -> pl.DataFrame:
         if src.count("annotation") == 0:
             return pl.DataFrame(schema={"seq": pl.Int64, "annotator": pl.Utf8, "task_id": pl.Utf8,
                                         "t": pl.Datetime("us"), "choice": pl.Utf8, "len_a": pl.Int64,
-                                        "len_b": pl.Int64, "secs": pl.Float64, "item": pl.UInt64})
+                                        "len_b": pl.Int64, "secs": pl.Float64, "item": pl.UInt64,
+                                        "order_known": pl.Boolean})
         return src.sql(
             "SELECT seq, annotator, coalesce(task_id, '') AS task_id, "
             "coalesce(submitted_at, shown_at, ts) AS t, choice, "
             "strlen(response_a)::BIGINT AS len_a, strlen(response_b)::BIGINT AS len_b, "
             "date_diff('millisecond', shown_at, submitted_at) / 1000.0 AS secs, "
-            "hash(prompt_id, response_a_id, response_b_id) AS item FROM annotation")
+            "hash(prompt_id, response_a_id, response_b_id) AS item, "
+            "coalesce(display_order_known, true) AS order_known FROM annotation")
     return src.cached("annotations/slim", load)
 
 
@@ -115,21 +118,23 @@ def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     if ann.height == 0:
         return pl.DataFrame(schema={"annotator": pl.Utf8, "n": pl.UInt32, "flags": pl.Utf8})
     ab = pl.col("choice").is_in(["a", "b"])
+    pos = ab & pl.col("order_known")  # position bias only where the rater's display order is known
     longer_known = ab & (pl.col("len_a") != pl.col("len_b"))
     chose_longer = (pl.col("choice") == "a") == (pl.col("len_a") > pl.col("len_b"))
     ranked = ann.with_columns((pl.col("t").rank("ordinal").over("annotator")
                                / pl.len().over("annotator")).alias("_q"))
     stats = ranked.group_by("annotator").agg(
         pl.len().alias("n"),
-        ab.sum().alias("n_ab"),
-        (pl.col("choice") == "a").sum().alias("n_a"),
+        pos.sum().alias("n_ab"),
+        (pos & (pl.col("choice") == "a")).sum().alias("n_a"),
+        (ab & ~pl.col("order_known")).sum().alias("n_order_unknown"),
         longer_known.sum().alias("n_len"),
         (longer_known & chose_longer).sum().alias("n_longer"),
         pl.col("secs").median().alias("median_s"),
-        (ab & (pl.col("_q") <= 0.25)).sum().alias("_e_ab"),
-        (ab & (pl.col("_q") <= 0.25) & (pl.col("choice") == "a")).sum().alias("_e_a"),
-        (ab & (pl.col("_q") > 0.75)).sum().alias("_l_ab"),
-        (ab & (pl.col("_q") > 0.75) & (pl.col("choice") == "a")).sum().alias("_l_a"),
+        (pos & (pl.col("_q") <= 0.25)).sum().alias("_e_ab"),
+        (pos & (pl.col("_q") <= 0.25) & (pl.col("choice") == "a")).sum().alias("_e_a"),
+        (pos & (pl.col("_q") > 0.75)).sum().alias("_l_ab"),
+        (pos & (pl.col("_q") > 0.75) & (pl.col("choice") == "a")).sum().alias("_l_a"),
         pl.col("t").min().alias("first"), pl.col("t").max().alias("last"),
     )
     if "n" in pairs.columns:
@@ -315,8 +320,12 @@ class AnnotatorBehaviour(SourceViewer):
 
     @param.depends("time_window", "task", "annotator")
     def position_bias(self):
-        """Share of "a" among a/b choices per annotator, Wilson 95% CI; flagged in red."""
-        return self._bias("share_a", "Position bias: share of A (95% CI)")
+        """Share of "a" among a/b choices per annotator, Wilson 95% CI; flagged in red. Choices whose
+        display order is unknown (a dataset's chosen-first a/b) are left out, and the title counts them."""
+        t = self.table()
+        unknown = int(t["n_order_unknown"].sum()) if "n_order_unknown" in t.columns else 0
+        note = f"; {unknown:,} a/b choices of unknown display order left out" if unknown else ""
+        return self._bias("share_a", f"Position bias: share of A (95% CI){note}")
 
     @param.depends("time_window", "task", "annotator")
     def length_bias(self):
