@@ -32,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from .schema import MAX_SAFE_INT, Kind
+from .schema import MAX_JSON_DEPTH, MAX_SAFE_INT, Kind
 
 ENCODING_VERSION = 1
 ENCODING_NAME = "rlhf-audit-kit/jcs-v1"
@@ -99,12 +99,25 @@ def _utf16_key(s: str) -> bytes:
     return s.encode("utf-16-be", "surrogatepass")
 
 
-def canonical_json(obj: Any) -> str:
-    """Serialise a JSON value by RFC 8785. Raises ValueError/TypeError for non-JSON values.
+def canonical_json(obj: Any, *, max_depth: int = MAX_JSON_DEPTH) -> str:
+    """Serialise a JSON value by RFC 8785. Raises ValueError/TypeError for non-JSON values, and
+    ValueError for arrays and objects nested deeper than ``max_depth`` (long before Python's
+    recursion limit would end the process of a hostile input with a RecursionError).
 
     >>> canonical_json({"z": [1, 2.5], "a": "x\\ny"})
     '{"a":"x\\\\ny","z":[1,2.5]}'
     """
+    try:
+        return _canonical(obj, max_depth)
+    except _TooDeep:
+        raise ValueError(f"arrays/objects nested deeper than {max_depth} levels") from None
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _canonical(obj: Any, room: int) -> str:
     if obj is None:
         return "null"
     if obj is True:
@@ -116,14 +129,16 @@ def canonical_json(obj: Any) -> str:
         return _escape_str(obj)
     if isinstance(obj, (int, float)):
         return es_number(obj)
+    if isinstance(obj, (dict, list, tuple)) and room <= 0:
+        raise _TooDeep
     if isinstance(obj, dict):
         for k in obj:
             if not isinstance(k, str):
                 raise TypeError(f"object keys must be strings, got {type(k).__name__}")
         items = sorted(obj.items(), key=lambda kv: _utf16_key(kv[0]))
-        return "{" + ",".join(canonical_json(k) + ":" + canonical_json(v) for k, v in items) + "}"
+        return "{" + ",".join(_canonical(k, room) + ":" + _canonical(v, room - 1) for k, v in items) + "}"
     if isinstance(obj, (list, tuple)):
-        return "[" + ",".join(canonical_json(v) for v in obj) + "]"
+        return "[" + ",".join(_canonical(v, room - 1) for v in obj) + "]"
     raise TypeError(f"{type(obj).__name__} is not a JSON value")
 
 
@@ -134,7 +149,7 @@ def encode_event(kind: str, seq: int, ts: str, data: dict[str, Any]) -> bytes:
     b'{"data":{"name":"x","payload":{}},"kind":"custom","seq":0,"ts":"2026-01-01T00:00:00.000000Z","v":1}'
     """
     env = {"data": data, "kind": kind, "seq": seq, "ts": ts, "v": ENCODING_VERSION}
-    return canonical_json(env).encode("utf-8")
+    return canonical_json(env, max_depth=MAX_JSON_DEPTH + 2).encode("utf-8")  # + envelope and data
 
 
 def _parse_int(text: str) -> int | float:

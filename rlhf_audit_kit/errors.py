@@ -108,3 +108,47 @@ class BundleError(IntegrityError):
     def __reduce__(self):  # keep damage and file across pickling
         import functools
         return (functools.partial(type(self), damage=self.damage, file=self.file), (str(self),))
+
+
+class StoreLockedError(AuditKitError):
+    """Another process holds the store's file open for writing, so it cannot be opened here.
+
+    DuckDB lets one process write a database file, and no other process read it meanwhile.
+
+    Attributes: ``path`` (the store file), ``pid`` (the holder's process id, or None when DuckDB did
+    not say) and ``holder`` (the holder's program, or None).
+
+    >>> e = StoreLockedError("audit.duckdb", pid=4242, holder="/usr/bin/python3")
+    >>> e.pid, str(e).startswith("audit.duckdb is locked by process 4242 (/usr/bin/python3)")
+    (4242, True)
+    """
+
+    def __init__(self, path: str, *, pid: int | None = None, holder: str | None = None):
+        self.path, self.pid, self.holder = str(path), pid, holder
+        who = f"process {pid}" + (f" ({holder})" if holder else "") if pid else "another process"
+        super().__init__(
+            f"{self.path} is locked by {who}, which has it open for writing: wait until that process "
+            "closes the store (or stop it), or read a snapshot bundle or published folder of the store instead")
+
+    def __reduce__(self):
+        import functools
+        return (functools.partial(type(self), pid=self.pid, holder=self.holder), (self.path,))
+
+
+class StoreInUseError(AuditKitError):
+    """The store is already open in this process in a way that conflicts with the request.
+
+    Raised by :func:`rlhf_audit_kit.open_store` when the file is already open for writing here with
+    other options, or open read-only here while a writer is asked for, and by a write that meets a
+    concurrent write through a second handle of the same file. Nothing was written.
+
+    Attributes: ``path`` (the store file, resolved) and ``holder`` (a description of the open store).
+    """
+
+    def __init__(self, message: str, *, path: str = "", holder: str = ""):
+        self.path, self.holder = path, holder
+        super().__init__(message)
+
+    def __reduce__(self):
+        import functools
+        return (functools.partial(type(self), path=self.path, holder=self.holder), (str(self),))

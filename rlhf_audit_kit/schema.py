@@ -10,6 +10,7 @@ itself, so reordering fields here never changes a hash.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 # Documented limits (see docs/events.md). Ids and names are short; texts may be long.
@@ -17,6 +18,12 @@ MAX_ID_CHARS = 512
 MAX_TEXT_CHARS = 1_000_000
 MAX_MAP_ENTRIES = 1_000
 MAX_SAFE_INT = 2**53 - 1  # RFC 8785 numbers are IEEE doubles: larger ints would not round-trip
+MAX_JSON_CHARS = 1_000_000  # canonical JSON text of one json field
+MAX_JSON_DEPTH = 64  # nested objects/arrays in one json field ({} is depth 1)
+# Every timestamp field (UTC): the log is append-only, so a date that the readers (Python datetime,
+# pandas, the dashboard, the notebooks) cannot represent would break them for good.
+MIN_TIMESTAMP = dt.datetime(1970, 1, 1)
+MAX_TIMESTAMP = dt.datetime(2199, 12, 31, 23, 59, 59, 999999)
 
 CHOICES = ("a", "b", "tie", "skip")
 OVERSIGHT_DECISIONS = ("approve", "reject", "halt", "rollback", "override", "flag", "note")

@@ -26,7 +26,7 @@ from typing import Any
 from .encoding import ENCODING_VERSION, _escape_str, _utf16_key, canonical_json
 from .errors import ValidationError
 from .schema import KINDS, MAX_ID_CHARS, MAX_MAP_ENTRIES, MAX_SAFE_INT, MAX_TEXT_CHARS, STORE_COLUMNS, Field, Kind
-from .validate import _parse_ts, _py_value_error, _to_utc_naive
+from .validate import _parse_ts, _py_value_error, _to_utc_naive, json_field_text
 
 __all__ = ["check_event", "entry_of"]
 
@@ -73,11 +73,8 @@ def _convert(f: Field, v: Any, row: int) -> Any:
         return _parse_ts(v) if isinstance(v, str) else _to_utc_naive(v)
     if t in ("map_float", "map_int"):
         return _map_values(f, v, row)
-    if t == "json":
-        try:
-            return canonical_json(v)
-        except (TypeError, ValueError) as e:
-            raise _bad(row, f, f"not a JSON object: {e}") from None
+    if t == "json":  # the batch path's limits (depth, size) and errors
+        return json_field_text(v, row, f.name)
     return v
 
 

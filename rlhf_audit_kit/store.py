@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import html
 import os
+import re
 import threading
 import uuid
 import weakref
@@ -43,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import encoding
-from .errors import AuditKitError, KeysError, ValidationError
+from .errors import AuditKitError, KeysError, StoreInUseError, StoreLockedError, ValidationError
 from .schema import KINDS, Kind
 from .reader import RecordReader, _quote, typed_columns
 from .single import check_event, entry_of
@@ -157,6 +158,46 @@ def _fixed32(hashes: list[bytes]) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(hashes), [None, pa.py_buffer(b"".join(hashes))])
 
 
+# ------------------------------------------------------------------ one writer per file per process
+# DuckDB hands every connection of one process the same database, so its file lock cannot keep a second
+# store object of this process off the file: this registry does. Keys are real paths (two spellings of
+# a path are one file); values hold every store object open on that file here.
+_OPEN: dict[str, weakref.WeakSet] = {}
+_OPEN_LOCK = threading.RLock()
+_LOCK_HOLDER = re.compile(r"lock is held in (?P<prog>.*?) \(PID (?P<pid>\d+)\)")
+_CLAIM = "write_claim"  # meta row every write updates first: concurrent writes conflict there
+
+
+def _open_here(real: str) -> list["AuditStore"]:
+    return [s for s in list(_OPEN.get(real, ())) if s._con is not None]
+
+
+def _connect(path: Path, real: str, read_only: bool):
+    """duckdb.connect with the kit's errors: a lock held by another process names that process."""
+    try:
+        return duckdb.connect(real, read_only=read_only)
+    except duckdb.IOException as e:
+        msg = str(e)
+        m = _LOCK_HOLDER.search(msg)
+        if m or "Could not set lock" in msg:
+            raise StoreLockedError(str(path), pid=int(m["pid"]) if m else None,
+                                   holder=m["prog"] if m else None) from None
+        raise AuditKitError(f"cannot open {path} as a store: {msg.splitlines()[0]}") from None
+    except duckdb.ConnectionException as e:
+        if "different configuration" not in str(e):
+            raise
+        raise StoreInUseError(f"{path} is open in this process by another DuckDB connection with other "
+                              "settings (read-only or not); close it first", path=real) from None
+
+
+def _keys_of(keys: str | os.PathLike | None) -> Path | None:
+    if keys:
+        return Path(keys)
+    from .keys import keys_folder_from_env
+    env = keys_folder_from_env()
+    return Path(env) if env else None
+
+
 class AuditStore(RecordReader):
     """An RLHF audit store in one DuckDB file. Create it with :func:`open_store`.
 
@@ -174,9 +215,41 @@ class AuditStore(RecordReader):
                  memory_limit: str | None = DEFAULT_MEMORY_LIMIT):
         self.path = Path(path)
         self.read_only = read_only
+        self._real = os.path.realpath(self.path)
         self._lock = threading.RLock()
         self._tls = threading.local()
-        self._con = duckdb.connect(str(self.path), read_only=read_only)
+        self._con = None
+        with _OPEN_LOCK:
+            here = _open_here(self._real)
+            # _rw_db: this object's DuckDB database is open for writing (a writer, or a reader beside one)
+            self._rw_db = not read_only or any(s._rw_db for s in here)
+            # a second writer, or a writer beside a read-only DuckDB connection (readers beside a writer are fine)
+            clash = None if read_only else next((s for s in here if not (s.read_only and s._rw_db)), None)
+            if clash is not None:
+                what, todo = (("for writing", "open_store() with the same options returns that store; close it "
+                               "first (store.close()) to open it otherwise") if not clash.read_only
+                              else ("read-only", "close it first (store.close())"))
+                raise StoreInUseError(f"{self.path} is already open {what} in this process as {clash!r}: {todo}",
+                                      path=self._real, holder=repr(clash))
+            self._con = _connect(self.path, self._real, read_only and not self._rw_db)
+            try:
+                self._open(read_only, origin, memory_limit if not (read_only and self._rw_db) else None)
+            except BaseException:
+                self._con.close()
+                self._con = None
+                raise
+            _OPEN.setdefault(self._real, weakref.WeakSet()).add(self)
+        self.keys_folder = _keys_of(keys)
+        self._options = (None if self.keys_folder is None else os.path.realpath(self.keys_folder),
+                         bool(pseudonymize), memory_limit)
+        self._pseudonymize = pseudonymize
+        self._node_cache: dict[tuple[int, int], bytes] | None = None
+        self._pseudonymizer = None
+        self._privacy = None
+        self._root_parts: tuple[int, dict] | None = None  # (size, nodes giving its root): append's right edge
+        self._recorders: weakref.WeakSet = weakref.WeakSet()  # open Recorders: close() flushes them
+
+    def _open(self, read_only: bool, origin: str | None, memory_limit: str | None) -> None:
         _x(self._con, "SET TimeZone = 'UTC'")
         if memory_limit:  # DuckDB would otherwise keep up to 80% of RAM of written pages cached
             _x(self._con, "SET memory_limit = ?", [str(memory_limit)])
@@ -191,18 +264,22 @@ class AuditStore(RecordReader):
             raise AuditKitError(f"{self.path} is not an rlhf-audit-kit store of format {STORE_FORMAT}")
         self.store_id: str = meta["store_id"]
         self.origin: str = meta["origin"]
-        self._size = _x(self._con, "SELECT count(*) FROM log")[0][0]
-        self.keys_folder = Path(keys) if keys else None
-        if self.keys_folder is None:
-            from .keys import keys_folder_from_env
-            env = keys_folder_from_env()
-            self.keys_folder = Path(env) if env else None
-        self._pseudonymize = pseudonymize
-        self._node_cache: dict[tuple[int, int], bytes] | None = None
-        self._pseudonymizer = None
-        self._privacy = None
-        self._root_parts: tuple[int, dict] | None = None  # (size, nodes giving its root): append's right edge
-        self._recorders: weakref.WeakSet = weakref.WeakSet()  # open Recorders: close() flushes them
+        self._committed = _x(self._con, "SELECT count(*) FROM log")[0][0]
+
+    def _same_options(self, path, keys, origin, pseudonymize, memory_limit) -> "AuditStore":
+        """Self, if a writer open_store() call asks for this store as it is open; else StoreInUseError."""
+        k = _keys_of(keys)
+        asked = (None if k is None else os.path.realpath(k), bool(pseudonymize), memory_limit)
+        names = ("keys", "pseudonymize", "memory_limit")
+        diff = [f"{n}={a!r} (open with {o!r})" for n, a, o in zip(names, asked, self._options) if a != o]
+        if origin is not None and origin != self.origin:
+            diff.append(f"origin={origin!r} (the store's is {self.origin!r})")
+        if diff:
+            raise StoreInUseError(
+                f"{path} is already open for writing in this process as {self!r} with other options: "
+                f"{', '.join(diff)}; use that store, or close it first (store.close())",
+                path=self._real, holder=repr(self))
+        return self
 
     # ------------------------------------------------------------------ schema
     def _create_schema(self, origin: str | None) -> None:
@@ -229,6 +306,8 @@ class AuditStore(RecordReader):
                     ("created_at", dt.datetime.now(dt.timezone.utc).isoformat())]
             for row in rows:
                 _x(con, "INSERT INTO meta VALUES (?, ?)", list(row))
+        if not _x(con, "SELECT 1 FROM meta WHERE key = ?", [_CLAIM]):
+            _x(con, "INSERT INTO meta VALUES (?, '')", [_CLAIM])
 
     @property
     def _internal_write(self) -> bool:
@@ -255,29 +334,43 @@ class AuditStore(RecordReader):
             self._pseudonymizer = Pseudonymizer(load_pseudonym_key(self.keys_folder))
         return self._pseudonymizer
 
-    def _apply_pseudonyms(self, kind: Kind, df: pl.DataFrame) -> pl.DataFrame:
+    def _apply_pseudonyms(self, kind: Kind, df: pl.DataFrame, pseudonymized: bool = False) -> pl.DataFrame:
         if not self._pseudonymize:
             return df
         person = [f.name for f in kind.fields if f.person]
         if not person or all(df[c].null_count() == df.height for c in person):
             return df
         p = self.pseudonymizer
-        return df.with_columns([p.apply(df[c]).alias(c) for c in person])
+        out = []
+        for c in person:
+            try:
+                out.append(p.apply(df[c], pseudonymized=pseudonymized).alias(c))
+            except ValidationError as e:  # name the batch row, not the position in this kind's frame
+                raise ValidationError(int(df[ROW][e.row]), c, e.reason) from None
+        return df.with_columns(out)
+
+    def _pseudonym_of(self, field: str, value: str, pseudonymized: bool) -> str:
+        p = self.pseudonymizer
+        try:
+            return p.check(value) if pseudonymized else p.pseudonymize(value)
+        except ValidationError as e:
+            raise ValidationError(0, field, e.reason) from None
 
     # ------------------------------------------------------------------ writing
-    def append(self, event: Mapping[str, Any], kind: str | None = None) -> int:
+    def append(self, event: Mapping[str, Any], kind: str | None = None, *, pseudonymized: bool = False) -> int:
         """Validate and write one event; return its ``seq``. Durable once this returns.
 
         One event skips the batch pipeline: plain-Python checks (:mod:`rlhf_audit_kit.single`, the
         same rules and bytes as :meth:`extend`), the tree's cached right edge, one transaction.
         To log many events without waiting for the disk each time, use :meth:`recorder`.
+        ``pseudonymized``: as for :meth:`extend`.
         """
         self._check_writable()
         spec, values = check_event(event, kind)
         if spec.internal and not self._internal_write:
             raise ValidationError(0, "kind", f"{spec.name!r} events are written by the kit itself")
         with self._lock:
-            return self._append_one(spec, values)
+            return self._append_one(spec, values, pseudonymized)
 
     def recorder(self, **options: Any):
         """A :class:`~rlhf_audit_kit.recorder.Recorder` logging into this store from a background
@@ -294,7 +387,8 @@ class AuditStore(RecordReader):
         from .recorder import Recorder
         return Recorder(self, **options)
 
-    def extend(self, rows: Any, kind: str | None = None, *, progress: bool = False) -> range:
+    def extend(self, rows: Any, kind: str | None = None, *, progress: bool = False,
+               pseudonymized: bool = False) -> range:
         """Validate and write a batch in one transaction; return the range of ``seq`` written.
 
         ``rows``: a polars/pandas DataFrame, an Arrow table, a Hugging Face Dataset, an iterable
@@ -302,13 +396,28 @@ class AuditStore(RecordReader):
         assigns (``seq``, ``ts``, ``kind``, ``leaf_hash``, ``entry``) are ignored, so a typed
         table of one store can be copied into another. On any invalid row nothing is written and
         :class:`~rlhf_audit_kit.ValidationError` names the row, the field and the reason.
+
+        Person fields (annotator, reviewer) hold raw ids, which are always pseudonymised; a value
+        shaped like a pseudonym (``p-<key id>-<24 hex>``) is refused, so nobody can attribute rows
+        to a real annotator's visible pseudonym. ``pseudonymized=True`` says that the batch's person
+        fields already hold pseudonyms made with this store's key (e.g. a typed table copied from a
+        store with the same key): each must be one, and is stored as it is.
+
+        >>> import tempfile, os
+        >>> store = open_store(os.path.join(tempfile.mkdtemp(), "e.duckdb"), pseudonymize=False)
+        >>> store.extend([{"kind": "dataset", "name": "hh", "version": "1"}])
+        range(0, 1)
+        >>> store.close()
         """
         self._check_writable()
-        return self._write_validated(normalise(rows, kind), progress)
+        return self._write_validated(normalise(rows, kind), progress, pseudonymized)
 
-    def _write_validated(self, frames: dict[str, pl.DataFrame], progress: bool = False) -> range:
+    def _write_validated(self, frames: dict[str, pl.DataFrame], progress: bool = False,
+                         pseudonymized: bool = False, guard: Any = None) -> range:
         """Write frames from :func:`~rlhf_audit_kit.validate.normalise` (their ``__row`` gives the
-        order of the rows across kinds) in one transaction; the Recorder's writer comes in here."""
+        order of the rows across kinds) in one transaction; the Recorder's writer comes in here.
+        ``guard(con)``, if given, runs inside the transaction once the store is claimed (the privacy
+        ledger re-checks its budgets there) and may raise to write nothing."""
         frames = {k: f for k, f in frames.items() if f.height}
         if not frames:
             return range(self._size, self._size)
@@ -316,37 +425,36 @@ class AuditStore(RecordReader):
             if KINDS[k].internal and not self._internal_write:
                 raise ValidationError(0, "kind", f"{k!r} events are written by the kit itself")
         with self._lock:
-            return self._write(frames, progress)
+            self._check_writable()
+            return self._write(frames, progress, pseudonymized, guard)
 
-    def _append_one(self, kind: Kind, values: dict[str, Any]) -> int:
+    def _append_one(self, kind: Kind, values: dict[str, Any], pseudonymized: bool = False) -> int:
         con = self._con
-        for cols in kind.unique:
-            where = " AND ".join(f"{_quote(c)} = ?" for c in cols)
-            if _x(con, f"SELECT 1 FROM {_quote(kind.name)} WHERE {where} LIMIT 1", [values[c] for c in cols]):
-                raise ValidationError(0, cols[0], f"duplicate {'/'.join(cols)}: already in the store")
         person = [f.name for f in kind.fields if f.person and values[f.name] is not None]
         if person and self._pseudonymize:
-            values = {**values, **{c: self.pseudonymizer.pseudonymize(values[c]) for c in person}}
+            values = {**values, **{c: self._pseudonym_of(c, values[c], pseudonymized) for c in person}}
         from .ledger import merkle
         from .ledger.tree import RightEdge
-        seq = self._size
         ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        entry = entry_of(kind, values, seq, ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-        leaf = merkle.leaf_hash(entry)
-        parts = self._root_parts
-        if parts is None or parts[0] != seq:  # another write came between: read the edge once
-            parts = (seq, self._get_nodes(merkle.needed_nodes_for_root(seq)) if seq else {})
-        known = {**parts[1], (0, seq): leaf}
-        for level, (first, hashes) in RightEdge(seq, parts[1]).append([leaf]).items():
-            known.update(((level, first + i), h) for i, h in enumerate(hashes))
-        nodes = [(lv, i, known[(lv, i)]) for lv, i in sorted(known) if lv and (lv, i) not in parts[1]]
-        cols = [f for f in kind.fields]
-        typed = [values[f.name] if not f.type.startswith("map_") or values[f.name] is None
-                 else {"key": list(values[f.name]), "value": list(values[f.name].values())} for f in cols]
-        casts = ", ".join(f"?::{_SQL_TYPES[f.type]}" for f in cols)
-        self._root_parts = None
-        _x(con, "BEGIN TRANSACTION")
+        parts, self._root_parts = self._root_parts, None
+        seq = self._begin_write(con)  # the seq, the uniqueness check and the tree edge: read in the transaction
         try:
+            for cols in kind.unique:
+                where = " AND ".join(f"{_quote(c)} = ?" for c in cols)
+                if _x(con, f"SELECT 1 FROM {_quote(kind.name)} WHERE {where} LIMIT 1", [values[c] for c in cols]):
+                    raise ValidationError(0, cols[0], f"duplicate {'/'.join(cols)}: already in the store")
+            entry = entry_of(kind, values, seq, ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+            leaf = merkle.leaf_hash(entry)
+            if parts is None or parts[0] != seq:  # another write came between: read the edge once
+                parts = (seq, self._get_nodes(merkle.needed_nodes_for_root(seq)) if seq else {})
+            known = {**parts[1], (0, seq): leaf}
+            for level, (first, hashes) in RightEdge(seq, parts[1]).append([leaf]).items():
+                known.update(((level, first + i), h) for i, h in enumerate(hashes))
+            nodes = [(lv, i, known[(lv, i)]) for lv, i in sorted(known) if lv and (lv, i) not in parts[1]]
+            cols = [f for f in kind.fields]
+            typed = [values[f.name] if not f.type.startswith("map_") or values[f.name] is None
+                     else {"key": list(values[f.name]), "value": list(values[f.name].values())} for f in cols]
+            casts = ", ".join(f"?::{_SQL_TYPES[f.type]}" for f in cols)
             _x(con, "INSERT INTO log (seq, kind, ts, entry, leaf_hash) VALUES (?, ?, ?, ?, ?)",
                [seq, kind.name, ts, entry, leaf])
             _x(con, f"INSERT INTO {_quote(kind.name)} (seq, ts, {', '.join(_quote(f.name) for f in cols)}) "
@@ -365,8 +473,39 @@ class AuditStore(RecordReader):
         return seq
 
     def _check_writable(self):
+        self._check_open()
         if self.read_only:
             raise AuditKitError(f"{self.path} is open read-only")
+
+    def _check_open(self):
+        if self._con is None:
+            raise AuditKitError(f"{self.path} is closed; open it again with open_store()")
+
+    def _begin_write(self, con) -> int:
+        """Begin the write transaction; return the log size inside it.
+
+        The first statement claims the store: DuckDB refuses a second transaction that updates the
+        same row before the first ends, so two handles of one file (which DuckDB's file lock cannot
+        tell apart in one process) can never both write; the size is then read in the transaction.
+        """
+        _x(con, "BEGIN TRANSACTION")
+        try:
+            _x(con, "UPDATE meta SET value = ? WHERE key = ?", [uuid.uuid4().hex, _CLAIM])
+            size = _x(con, "SELECT count(*) FROM log")[0][0]
+        except duckdb.TransactionException as e:
+            _x(con, "ROLLBACK")
+            raise StoreInUseError(
+                f"{self.path}: another handle of this store is writing at the same time ({e}); nothing "
+                "was written. Use one store object per file (open_store returns the open one)",
+                path=self._real) from None
+        except BaseException:
+            _x(con, "ROLLBACK")
+            raise
+        if size != self._committed:  # another handle wrote since: cached tree state is stale
+            self._committed = size
+            self._node_cache = None
+            self._root_parts = None
+        return size
 
     def _check_unique(self, kind: Kind, df: pl.DataFrame) -> None:
         for cols in kind.unique:
@@ -380,55 +519,62 @@ class AuditStore(RecordReader):
             if hit is not None:
                 raise ValidationError(int(hit), cols[0], f"duplicate {'/'.join(cols)}: already in the store")
 
-    def _write(self, frames: dict[str, pl.DataFrame], progress: bool) -> range:
+    def _write(self, frames: dict[str, pl.DataFrame], progress: bool, pseudonymized: bool = False,
+               guard: Any = None) -> range:
         con = self._con
-        start = self._size
         n_total = sum(f.height for f in frames.values())
         ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         ts_text = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        # seq follows the rows' order in the batch, across kinds
-        if len(frames) == 1:  # rows are in batch order: seq = start + position, no join (no copy)
-            seq_of_row = None
-        else:  # seq follows the rows' order in the batch, across kinds
-            order = pl.concat([f.select(ROW) for f in frames.values()]).sort(ROW)[ROW]
-            seq_of_row = pl.DataFrame({ROW: order, "seq": pl.int_range(start, start + n_total, eager=True)})
-        for kind_name, df in frames.items():
-            self._check_unique(KINDS[kind_name], df)
-        # Pipeline inside one transaction (a failure anywhere writes nothing): a DuckDB worker thread
-        # (GIL released) inserts the typed rows, then each chunk of log entries, while this thread
-        # encodes and hashes the next chunk and then computes the new Merkle nodes.
         from .ledger import merkle
         from .ledger.tree import RightEdge
-        old_parts = self._get_nodes(merkle.needed_nodes_for_root(start)) if start else {}
-        bar = None
-        if progress and n_total >= 50_000:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n_total, unit="event", desc="ingest")
-        seq_parts, hash_parts = [], []
-        new_nodes: list[pa.Table | None] = []
-        # Single-kind batches are in seq order: the new Merkle nodes are computed chunk by chunk from
-        # the tree's right edge (the last complete node of each level) and inserted by the worker too.
-        incremental = seq_of_row is None
-        edge = RightEdge(start, old_parts)
-        db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-db")
-        enc = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-encode")
-        futures = []
-
-        def add_nodes(by_level: dict[int, tuple[int, list[bytes]]]) -> None:
-            nodes = self._nodes_table(by_level)
-            new_nodes.append(nodes)
-            futures.append(db.submit(self._insert_nodes, nodes))
-
         # Inserts may fill row groups on several threads. Log chunks are one row group each, so the log
         # stays in seq order (verification and the tile reads rely on it for speed); typed row groups
         # may land out of order, and readers order them by seq. Reads keep DuckDB's ordered scans.
         _x(con, "SET preserve_insertion_order = false")
-        _x(con, "BEGIN TRANSACTION")
+        bar = db = enc = None
+        futures = []
         try:
+            # The seq, the uniqueness checks and the tree's right edge are read inside the transaction.
+            start = self._begin_write(con)
+        except BaseException:
+            _x(con, "SET preserve_insertion_order = true")
+            raise
+        try:
+            if guard is not None:
+                guard(con)
+            # seq follows the rows' order in the batch, across kinds
+            if len(frames) == 1:  # rows are in batch order: seq = start + position, no join (no copy)
+                seq_of_row = None
+            else:  # seq follows the rows' order in the batch, across kinds
+                order = pl.concat([f.select(ROW) for f in frames.values()]).sort(ROW)[ROW]
+                seq_of_row = pl.DataFrame({ROW: order, "seq": pl.int_range(start, start + n_total, eager=True)})
+            for kind_name, df in frames.items():
+                self._check_unique(KINDS[kind_name], df)
+            # Pipeline inside one transaction (a failure anywhere writes nothing): a DuckDB worker thread
+            # (GIL released) inserts the typed rows, then each chunk of log entries, while this thread
+            # encodes and hashes the next chunk and then computes the new Merkle nodes.
+            old_parts = self._get_nodes(merkle.needed_nodes_for_root(start)) if start else {}
+            if progress and n_total >= 50_000:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=n_total, unit="event", desc="ingest")
+            seq_parts, hash_parts = [], []
+            new_nodes: list[pa.Table | None] = []
+            # Single-kind batches are in seq order: the new Merkle nodes are computed chunk by chunk from
+            # the tree's right edge (the last complete node of each level) and inserted by the worker too.
+            incremental = seq_of_row is None
+            edge = RightEdge(start, old_parts)
+            db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-db")
+            enc = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-encode")
+
+            def add_nodes(by_level: dict[int, tuple[int, list[bytes]]]) -> None:
+                nodes = self._nodes_table(by_level)
+                new_nodes.append(nodes)
+                futures.append(db.submit(self._insert_nodes, nodes))
+
             prepared = []
             for kind_name, df in frames.items():
                 kind = KINDS[kind_name]
-                df = self._apply_pseudonyms(kind, df)
+                df = self._apply_pseudonyms(kind, df, pseudonymized)
                 df = (df.with_columns(pl.int_range(start, start + df.height, dtype=pl.Int64).alias("seq"))
                       if seq_of_row is None else df.join(seq_of_row, on=ROW, how="left"))
                 prepared.append((kind, df))
@@ -484,8 +630,9 @@ class AuditStore(RecordReader):
             _x(con, "ROLLBACK")
             raise
         finally:
-            enc.shutdown(wait=True, cancel_futures=True)
-            db.shutdown(wait=True)
+            if enc is not None:
+                enc.shutdown(wait=True, cancel_futures=True)
+                db.shutdown(wait=True)
             _x(con, "SET preserve_insertion_order = true")
             if bar is not None:
                 bar.close()
@@ -532,13 +679,26 @@ class AuditStore(RecordReader):
 
     def _get_nodes(self, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """Complete Merkle nodes by (level, index): the tree oracle behind roots and proofs."""
-        if self._node_cache is None:
+        wanted = list(wanted)
+        if self._node_cache is None or not all(n in self._node_cache for n in wanted if n[0] >= NODE_LEVEL):
+            # (re)load: first use, or the tree grew through another handle (a reader beside the writer)
             self._node_cache = {(lv, i): bytes(h) for lv, i, h in
                                 _x(self._con, "SELECT level, idx, hash FROM merkle_node WHERE level >= ?",
                                    [NODE_LEVEL])}
         return fetch_nodes(self._con, wanted, self._node_cache)
 
     # ------------------------------------------------------------------ reading
+    @property
+    def _size(self) -> int:
+        if self.read_only and self._rw_db and self._con is not None:  # a reader beside a writer: follow it
+            with self._lock:
+                self._committed = _x(self._con, "SELECT count(*) FROM log")[0][0]
+        return self._committed
+
+    @_size.setter
+    def _size(self, value: int) -> None:
+        self._committed = value
+
     @property
     def size(self) -> int:
         """Number of events in the log (= the Merkle tree size)."""
@@ -556,14 +716,15 @@ class AuditStore(RecordReader):
         checkpoint, dataset, oversight, custom, snapshot, privacy_budget, privacy_spend; and ``log``.
         """
         with self._lock:
+            self._check_open()
             cur = self._con.cursor()
             try:
-                if not self.read_only:
+                if self._rw_db:
                     cur.execute("BEGIN TRANSACTION")
                 try:
                     return cur.sql(query, params=params).pl()
                 finally:
-                    if not self.read_only:
+                    if self._rw_db:
                         cur.execute("ROLLBACK")
             finally:
                 cur.close()
@@ -656,6 +817,8 @@ class AuditStore(RecordReader):
                 if self._con is not None:
                     self._con.close()
                     self._con = None
+            with _OPEN_LOCK:  # a closed store leaves the registry: the next open_store opens anew
+                _OPEN.get(self._real, weakref.WeakSet()).discard(self)
 
     def __enter__(self) -> "AuditStore":
         return self
@@ -690,11 +853,39 @@ def open_store(path: str | os.PathLike, *, keys: str | os.PathLike | None = None
     ``keys``: the keys folder (``rlhf-audit keys init``) holding the pseudonymisation key; by
     default the folder named by ``RLHF_AUDIT_KEYS``. Person fields (annotator, reviewer) are
     pseudonymised on ingest; without a key such events are refused unless ``pseudonymize=False``.
-    ``read_only``: for a second process while no writer holds the file. ``origin``: the
+    ``read_only``: refuse writes (for reading, e.g. a dashboard). ``origin``: the
     checkpoint origin line for a new store (default ``rlhf-audit-kit.local/<store id>``).
     ``memory_limit``: DuckDB's buffer pool for this store (default 2 GB, which keeps ingest of millions of
     events in bounded memory; larger-than-memory queries spill to disk). ``None`` leaves DuckDB's default
     of 80% of RAM, faster for heavy analysis on a big machine.
+
+    One writer per file per process (paths are compared after ``os.path.realpath``):
+
+    * opening a file that is already open for writing in this process returns *that* store object
+      when the options match (re-running ``store = open_store(p, keys=k)`` in a notebook is harmless),
+      and raises :class:`~rlhf_audit_kit.errors.StoreInUseError` naming the open store otherwise;
+      closing the store (any reference to it) closes it for all of them and leaves the registry;
+    * ``read_only=True`` beside a writer of this process gives a separate reader that refuses every
+      write, sees each batch the writer commits, and keeps the file open until it is closed too;
+      a writer is refused while a plain read-only store of the file is open here (close it first);
+    * another process holding the file raises :class:`~rlhf_audit_kit.errors.StoreLockedError`
+      naming its pid; read a snapshot bundle or published folder of the store instead.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "o.duckdb")
+    >>> a = open_store(path, pseudonymize=False)
+    >>> open_store(path, pseudonymize=False) is a
+    True
+    >>> reader = open_store(path, read_only=True, pseudonymize=False)
+    >>> _ = a.append({"kind": "dataset", "name": "hh", "version": "1"})
+    >>> reader.size
+    1
+    >>> reader.close(); a.close()
     """
-    return AuditStore(path, keys=keys, read_only=read_only, origin=origin, pseudonymize=pseudonymize,
-                      memory_limit=memory_limit)
+    with _OPEN_LOCK:
+        if not read_only:
+            writer = next((s for s in _open_here(os.path.realpath(path)) if not s.read_only), None)
+            if writer is not None:
+                return writer._same_options(path, keys, origin, pseudonymize, memory_limit)
+        return AuditStore(path, keys=keys, read_only=read_only, origin=origin, pseudonymize=pseudonymize,
+                          memory_limit=memory_limit)

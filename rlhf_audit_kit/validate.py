@@ -24,8 +24,8 @@ import polars as pl
 
 from .encoding import _parse_int, canonical_json
 from .errors import ValidationError
-from .schema import (KINDS, MAX_ID_CHARS, MAX_MAP_ENTRIES, MAX_SAFE_INT, MAX_TEXT_CHARS,
-                     STORE_COLUMNS, Field, Kind)
+from .schema import (KINDS, MAX_ID_CHARS, MAX_JSON_CHARS, MAX_JSON_DEPTH, MAX_MAP_ENTRIES, MAX_SAFE_INT,
+                     MAX_TEXT_CHARS, MAX_TIMESTAMP, MIN_TIMESTAMP, STORE_COLUMNS, Field, Kind)
 
 ROW = "__row"  # original 0-based index of each row in the batch
 _MAX_CHARS = {"id": MAX_ID_CHARS, "text": MAX_TEXT_CHARS}
@@ -35,6 +35,84 @@ MAP_DTYPE = {
 }
 DTYPES = {"id": pl.Utf8, "text": pl.Utf8, "int": pl.Int64, "float": pl.Float64, "bool": pl.Boolean,
           "ts": pl.Datetime("us"), "json": pl.Utf8, **MAP_DTYPE}
+
+
+# ---------------------------------------------------------------- timestamp range
+_TICKS_PER_S = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+_EPOCH = dt.datetime(1970, 1, 1)
+TS_RANGE = (f"{MIN_TIMESTAMP:%Y-%m-%dT%H:%M:%S}Z .. {MAX_TIMESTAMP:%Y-%m-%dT%H:%M:%S.%f}Z")
+
+
+def ts_bounds(unit: str) -> tuple[int, int]:
+    """The documented timestamp range in ``unit`` ticks (s, ms, us, ns, or d for days) since 1970."""
+    lo_us = (MIN_TIMESTAMP - _EPOCH) // dt.timedelta(microseconds=1)
+    hi_us = (MAX_TIMESTAMP - _EPOCH) // dt.timedelta(microseconds=1)
+    per_us = {"d": 86_400 * 10**6, "s": 10**6, "ms": 10**3}.get(unit)
+    if per_us:
+        return -(-lo_us // per_us), hi_us // per_us
+    scale = 1000 if unit == "ns" else 1
+    return lo_us * scale, hi_us * scale + scale - 1
+
+
+def ts_range_error(ticks: int, unit: str) -> str:
+    """The reason for an out-of-range timestamp given as ``ticks`` of ``unit`` since 1970 (the
+    value may be beyond what any datetime type can print)."""
+    per_s = 86_400 if unit == "d" else _TICKS_PER_S[unit]
+    year = 1970 + ticks / per_s / 31_556_952
+    return f"timestamp out of range (about year {year:.0f}); must lie within {TS_RANGE}"
+
+
+def _ts_error(v: dt.datetime) -> str | None:
+    """Why a UTC-naive datetime is out of the documented range (None if it is not)."""
+    if MIN_TIMESTAMP <= v <= MAX_TIMESTAMP:
+        return None
+    return f"timestamp {v.isoformat()} is out of range; must lie within {TS_RANGE}"
+
+
+def _check_ticks(rows: pl.Series, ticks: pl.Series, unit: str, field: str) -> None:
+    """Refuse the first row whose timestamp (integer ticks of ``unit``) is out of range, vectorised."""
+    lo, hi = ts_bounds(unit)
+    bad = ((ticks < lo) | (ticks > hi)).fill_null(False)
+    _err(rows, bad, field, lambda p: ts_range_error(int(ticks[p]), unit))
+
+
+def _check_arrow_times(table: Any) -> None:
+    """Out-of-range timestamp columns of an Arrow table, before polars converts them: polars turns
+    seconds into milliseconds by a multiplication that silently wraps around at int64."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    for name, col in zip(table.column_names, table.columns):
+        t = col.type
+        if pa.types.is_timestamp(t):
+            unit, ticks = t.unit, col.cast(pa.int64())
+        elif pa.types.is_date32(t):
+            unit, ticks = "d", col.cast(pa.int32()).cast(pa.int64())
+        elif pa.types.is_date64(t):
+            unit, ticks = "ms", col.cast(pa.int64())
+        else:
+            continue
+        lo, hi = ts_bounds(unit)
+        bad = pc.fill_null(pc.or_(pc.less(ticks, lo), pc.greater(ticks, hi)), False)
+        at = pc.index(bad, True).as_py()
+        if at >= 0:
+            raise ValidationError(at, name, ts_range_error(ticks[at].as_py(), unit))
+
+
+def _check_pandas_times(frame: Any) -> None:
+    """As _check_arrow_times, for the datetime64 columns of a pandas DataFrame (NaT is missing)."""
+    import numpy as np
+    for name in frame.columns:
+        col = frame[name]
+        if getattr(col.dtype, "kind", None) != "M":
+            continue
+        arr = col.array
+        ticks = np.asarray(arr.asi8 if hasattr(arr, "asi8") else col.to_numpy().view("i8"))
+        unit = str(getattr(col.dt, "unit", "ns"))
+        lo, hi = ts_bounds(unit)
+        bad = ((ticks < lo) | (ticks > hi)) & (ticks != np.iinfo(np.int64).min)
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            raise ValidationError(at, str(name), ts_range_error(int(ticks[at]), unit))
 
 
 def _err(rows: pl.Series, mask: pl.Series, field: str, reason_fn) -> None:
@@ -56,10 +134,15 @@ def to_frame(rows: Any) -> pl.DataFrame | list[dict]:
         return _read_jsonl(os.fspath(rows))
     mod = type(rows).__module__
     if mod.startswith("pyarrow"):
+        if hasattr(rows, "column_names"):
+            _check_arrow_times(rows)
         return pl.from_arrow(rows)
     if mod.startswith("pandas"):
+        if hasattr(rows, "columns"):
+            _check_pandas_times(rows)
         return pl.from_pandas(rows)
     if mod.startswith("datasets"):  # Hugging Face datasets.Dataset: its Arrow table, no copy
+        _check_arrow_times(rows.data.table)
         return pl.from_arrow(rows.data.table)
     if isinstance(rows, Mapping):
         return [dict(rows)]
@@ -88,6 +171,9 @@ def _read_jsonl(path: str) -> list[dict]:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
                 raise ValidationError(len(out), "<line>", f"line {i + 1} is not JSON: {e.msg}") from None
+            except RecursionError:
+                raise ValidationError(len(out), "<line>", f"line {i + 1} nests arrays/objects deeper than "
+                                                          "Python can read") from None
             if not isinstance(obj, dict):
                 raise ValidationError(len(out), "<line>", f"line {i + 1} is not a JSON object")
             out.append(obj)
@@ -117,17 +203,25 @@ def _py_value_error(f: Field, v: Any) -> str | None:
     elif t == "float":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"expected a number, got {type(v).__name__}"
+        if isinstance(v, int) and abs(v) > MAX_SAFE_INT and not _exact_double(v):
+            return f"integer {_digits(v)} has no exact float value; a float field would round it (pass a float)"
     elif t == "bool":
         if not isinstance(v, bool):
             return f"expected true or false, got {v!r}"
     elif t == "ts":
         if isinstance(v, str):
             try:
-                _parse_ts(v)
-            except ValueError:
+                d = _parse_ts(v)
+            except (ValueError, OverflowError):  # OverflowError: a UTC offset beyond year 1 or 9999
                 return f"not an ISO 8601 timestamp: {v[:40]!r}"
-        elif not isinstance(v, dt.datetime):
+        elif isinstance(v, dt.datetime):
+            try:
+                d = _to_utc_naive(v)
+            except OverflowError:
+                return f"timestamp {v.isoformat()} is out of range; must lie within {TS_RANGE}"
+        else:
             return f"expected a datetime or ISO 8601 string, got {type(v).__name__}"
+        return _ts_error(d)
     elif t in ("map_float", "map_int"):
         if not isinstance(v, Mapping):
             return f"expected a mapping of name -> number, got {type(v).__name__}"
@@ -135,6 +229,15 @@ def _py_value_error(f: Field, v: Any) -> str | None:
         if not isinstance(v, Mapping):
             return f"expected a JSON object, got {type(v).__name__}"
     return None
+
+
+def _exact_double(v: int) -> bool:
+    return abs(v) < 2**1024 and float(v) == v
+
+
+def _digits(v: int) -> str:
+    t = str(v)
+    return t if len(t) <= 40 else f"{t[:20]}... ({len(t)} digits)"
 
 
 def _parse_ts(v: str) -> dt.datetime:
@@ -162,22 +265,35 @@ def _column_from_values(f: Field, vals: list, rows: list[int]) -> pl.Series:
             for e in v or ():
                 if not isinstance(e["key"], str):
                     raise ValidationError(rows[i], f.name, f"map keys must be strings, got {e['key']!r}")
+                if not e["key"].isascii():
+                    try:
+                        e["key"].encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValidationError(rows[i], f.name, f"map key {e['key']!r} is not valid Unicode "
+                                                               "text (lone surrogate?)") from None
                 why = _py_value_error(Field(f.name, "int" if t == "map_int" else "float"), e["value"])
                 if why or e["value"] is None:
                     raise ValidationError(rows[i], f.name, f"value of {e['key']!r}: {why or 'missing'}")
     elif t == "json":
-        out = []
-        for i, v in enumerate(vals):
-            try:
-                out.append(None if v is None else canonical_json(v))
-            except (TypeError, ValueError) as e:
-                raise ValidationError(rows[i], f.name, f"not a JSON object: {e}") from None
-        vals = out
+        vals = [None if v is None else json_field_text(v, rows[i], f.name) for i, v in enumerate(vals)]
     elif t == "int":
         vals = [None if v is None else int(v) for v in vals]
     elif t == "float":
         vals = [None if v is None else float(v) for v in vals]
     return pl.Series(f.name, vals, dtype=DTYPES[t], strict=False)
+
+
+def json_field_text(v: Any, row: int = 0, field: str = "json") -> str:
+    """Canonical JSON text of a ``json`` field value within the documented limits
+    (:data:`~rlhf_audit_kit.schema.MAX_JSON_DEPTH` levels, :data:`~rlhf_audit_kit.schema.MAX_JSON_CHARS`
+    characters); ValidationError(row, field, reason) otherwise."""
+    try:
+        text = canonical_json(v, max_depth=MAX_JSON_DEPTH)
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError (lone surrogate) is a ValueError
+        raise ValidationError(row, field, f"not a JSON object: {e}") from None
+    if len(text) > MAX_JSON_CHARS:
+        raise ValidationError(row, field, f"{len(text):,} characters of JSON exceed the limit of {MAX_JSON_CHARS:,}")
+    return text
 
 
 def _frames_from_dicts(rows: list[dict], kind: str | None) -> dict[str, pl.DataFrame]:
@@ -231,6 +347,8 @@ def _coerce(f: Field, s: pl.Series, rows: pl.Series) -> pl.Series:
         _err(rows, s.is_not_null(), f.name, lambda p: f"expected an integer, got {dtype}")
     if t == "float":
         if dtype.is_numeric():
+            if dtype.is_integer():
+                _check_exact_floats(s, rows, f.name)
             return s.cast(pl.Float64)
         _err(rows, s.is_not_null(), f.name, lambda p: f"expected a number, got {dtype}")
     if t == "bool":
@@ -238,6 +356,8 @@ def _coerce(f: Field, s: pl.Series, rows: pl.Series) -> pl.Series:
             return s
         _err(rows, s.is_not_null(), f.name, lambda p: f"expected true or false, got {dtype}")
     if t == "ts":
+        if isinstance(dtype, (pl.Datetime, pl.Date)):  # checked in its own unit: a cast could overflow
+            _check_ticks(rows, s.to_physical(), "d" if dtype == pl.Date else dtype.time_unit, f.name)
         if isinstance(dtype, pl.Datetime):
             if dtype.time_zone:
                 s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
@@ -267,6 +387,10 @@ def _coerce(f: Field, s: pl.Series, rows: pl.Series) -> pl.Series:
                 {fl.name for fl in dtype.inner.fields} == {"key", "value"}:
             inner = {fl.name: fl.dtype for fl in dtype.inner.fields}
             want = pl.Int64 if t == "map_int" else pl.Float64
+            if t == "map_float" and inner["value"].is_integer():
+                flat = pl.DataFrame({ROW: rows, "m": s}).explode("m").select(
+                    ROW, pl.col("m").struct.field("value"))
+                _check_exact_floats(flat["value"], flat[ROW], f.name)
             if inner["key"] != pl.Utf8 or not inner["value"].is_numeric() and inner["value"] != pl.Null:
                 _err(rows, s.is_not_null(), f.name, lambda p: f"expected name -> number, got {dtype}")
             try:
@@ -290,16 +414,35 @@ def _coerce(f: Field, s: pl.Series, rows: pl.Series) -> pl.Series:
     raise AssertionError(t)
 
 
+def _check_exact_floats(s: pl.Series, rows: pl.Series, field: str) -> None:
+    """Integers bound for a float field must have an exact double value (beyond 2**53 most do not)."""
+    big = (s > MAX_SAFE_INT) if s.dtype.is_unsigned_integer() else ((s > MAX_SAFE_INT) | (s < -MAX_SAFE_INT))
+    big = big.fill_null(False)
+    if big.any():  # rare: the few candidates are checked one by one, exactly
+        inexact = pl.Series([not _exact_double(v) for v in s.filter(big).to_list()])
+        at = big.arg_true().filter(inexact)
+        if len(at):
+            p = int(at[0])
+            raise ValidationError(int(rows[p]), field, f"integer {s[p]} has no exact float value; a float "
+                                                      "field would round it (pass a float)")
+
+
 def _loads_column(f: Field, s: pl.Series, rows: pl.Series) -> list:
     out = []
     for i, v in enumerate(s.to_list()):
         if v is None:
             out.append(None)
             continue
+        if len(v) > MAX_JSON_CHARS * 4:  # whitespace aside, no longer than the limit: refuse before parsing
+            raise ValidationError(int(rows[i]), f.name, f"{len(v):,} characters of JSON exceed the limit "
+                                                        f"of {MAX_JSON_CHARS:,}")
         try:
             out.append(json.loads(v, parse_int=_parse_int))
         except json.JSONDecodeError as e:
             raise ValidationError(int(rows[i]), f.name, f"not JSON: {e.msg}") from None
+        except RecursionError:
+            raise ValidationError(int(rows[i]), f.name, f"arrays/objects nested deeper than "
+                                                        f"{MAX_JSON_DEPTH} levels") from None
     return out
 
 

@@ -50,23 +50,49 @@ def test_bytearray_key_accepted():
     assert Pseudonymizer(bytearray(KEY)).pseudonymize("x") == _oracle(KEY, "x")
 
 
-def test_idempotent_under_same_key():
+def test_a_pseudonym_is_never_taken_for_a_raw_id():
+    # a supplier writing a real annotator's visible pseudonym must not get rows attributed to them
     p = Pseudonymizer(KEY)
     a = p.pseudonymize("bob")
-    assert p.pseudonymize(a) == a and p.is_pseudonym(a)
-    s = p.apply(pl.Series("annotator", ["bob", "carol"]))
-    assert p.apply(s).to_list() == s.to_list()
-    assert not p.is_pseudonym("bob") and not p.is_pseudonym(42)
-    assert not p.is_pseudonym(a.upper())  # uppercase hex is not our format: hashed as raw
+    assert p.is_pseudonym(a) and not p.is_pseudonym("bob") and not p.is_pseudonym(42)
+    for spoof in (a, a + "\n", " " + a, a + "\t", a + "\r\n"):
+        with pytest.raises(ValidationError, match="shaped like a pseudonym") as ei:
+            p.pseudonymize(spoof)
+        assert ei.value.field == "id"
+    with pytest.raises(ValidationError) as ei:
+        p.apply(pl.Series("annotator", ["carol", "dave", a + "\n", "carol"]))
+    assert (ei.value.row, ei.value.field) == (2, "annotator") and "this key's" in ei.value.reason
+    assert p.apply(pl.Series([a.upper()]))[0] == _oracle(KEY, a.upper())  # not our format: a raw id
+
+
+def test_marked_pseudonyms_pass_checked():
+    p = Pseudonymizer(KEY)
+    s = p.apply(pl.Series("annotator", ["bob", None, "carol"]))
+    assert p.apply(s, pseudonymized=True).to_list() == s.to_list()
+    assert p.check(s[0]) == s[0]
+    for bad in ("bob", s[0] + "\n", " " + s[0]):  # "$" used to accept the trailing newline
+        assert not p.is_pseudonym(bad)
+        with pytest.raises(ValidationError, match="is not a pseudonym"):
+            p.check(bad)
+    with pytest.raises(ValidationError, match="is not a pseudonym") as ei:
+        p.apply(pl.Series("reviewer", [s[0], s[2] + "\n"]), pseudonymized=True)
+    assert (ei.value.row, ei.value.field) == (1, "reviewer")
 
 
 def test_pseudonym_of_other_key_is_refused():
     foreign = Pseudonymizer(OTHER).pseudonymize("bob")
     p = Pseudonymizer(KEY)
     with pytest.raises(KeysError, match="pseudonym from a different key"):
+        p.is_pseudonym(foreign)
+    with pytest.raises(ValidationError, match=f"another key.*key id {key_id_of(OTHER)}"):
         p.pseudonymize(foreign)
-    with pytest.raises(KeysError, match="pseudonym from a different key"):
-        p.apply(pl.Series(["alice", foreign]))
+    with pytest.raises(ValidationError, match=f"another key \\(key id {key_id_of(OTHER)}"):
+        p.check(foreign)
+    for marked in (False, True):
+        with pytest.raises(ValidationError, match=key_id_of(OTHER)) as ei:
+            p.apply(pl.Series("annotator", [p.pseudonymize("alice") if marked else "alice", foreign]),
+                    pseudonymized=marked)
+        assert (ei.value.row, ei.value.field) == (1, "annotator")
 
 
 def test_apply_vectorised_nulls_and_name(monkeypatch):
@@ -152,7 +178,7 @@ def test_missing_map_is_empty_and_remember_only_new(tmp_path):
     assert len(ReidentificationMap.load(tmp_path / "nowhere", KEY)) == 0
     p = Pseudonymizer(KEY)
     already = p.pseudonymize("zed")
-    p.apply(pl.Series([already]), remember=tmp_path)  # nothing new: no file written
+    p.apply(pl.Series([already]), remember=tmp_path, pseudonymized=True)  # nothing new: no file written
     assert not (tmp_path / REID_MAP_FILE).exists()
 
 

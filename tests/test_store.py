@@ -143,7 +143,11 @@ def test_nonfinite_metric_is_refused(store):
 def test_copy_annotations_between_stores_keeps_rows_and_pseudonyms(tmp_path, keys_dir, store):
     store.extend([annotation(i) for i in range(20)])
     with open_store(tmp_path / "b.duckdb", keys=keys_dir) as b:
-        b.extend(store.sql("select * from annotation"), kind="annotation")
+        copied = store.sql("select * from annotation order by seq")
+        with pytest.raises(ValidationError, match="shaped like a pseudonym") as ei:
+            b.extend(copied, kind="annotation")  # pseudonyms are never taken for raw ids ...
+        assert (ei.value.row, ei.value.field, b.size) == (0, "annotator", 0)
+        b.extend(copied, kind="annotation", pseudonymized=True)  # ... unless the caller marks them as such
         a_rows = store.annotations().drop("seq", "ts")
         assert b.annotations().drop("seq", "ts").equals(a_rows)
 

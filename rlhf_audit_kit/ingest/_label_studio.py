@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from ..errors import ValidationError
+from ..validate import ts_bounds, ts_range_error
 from ._common import (ROW, content_ids, dataset_name, dumps, finish, id_prefix, read_records,
                       skipped)
 
@@ -118,6 +120,7 @@ def load_label_studio(source: Source, *, dataset: str | None = None, prompt_key:
 
     schema = {ROW: pl.Int64, "submitted_at": pl.Datetime("us", "UTC"), "_lead": pl.Float64}
     rows = pl.DataFrame(cols, schema={k: schema.get(k, pl.String) for k in cols})
+    _check_times(rows)
     lead_us = (pl.col("_lead") * 1_000_000).round().cast(pl.Int64)
     rows = rows.with_columns(
         shown_at=pl.col("submitted_at") - pl.duration(microseconds=lead_us),
@@ -126,6 +129,22 @@ def load_label_studio(source: Source, *, dataset: str | None = None, prompt_key:
     rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
                               "response_b_id": "response_b"})
     return finish(rows, "annotation")
+
+
+def _check_times(rows: pl.DataFrame) -> None:
+    """created_at, and created_at - lead_time, within the store's timestamp range (vectorised): a
+    lead_time of 1e11 s would otherwise date shown_at in year -1143, or overflow the cast."""
+    lo, hi = ts_bounds("us")
+    sub = pl.col("submitted_at").dt.epoch("us")
+    shown = sub.cast(pl.Float64) - pl.col("_lead") * 1e6  # float: no overflow, inf/nan stay out of range
+    for field, ticks, bad in (("created_at", sub.cast(pl.Float64), (sub < lo) | (sub > hi)),
+                              ("lead_time", shown, shown.is_nan() | (shown < lo) | (shown > hi))):
+        hit = rows.lazy().filter(bad.fill_null(False)).select(ROW, ticks.alias("t")).head(1).collect()
+        if hit.height:
+            t = hit["t"][0]
+            why = ts_range_error(int(t), "us") if math.isfinite(t) else "is not a finite time"
+            raise ValidationError(int(hit[ROW][0]), field, f"{why} (lead_time gives shown_at = created_at - "
+                                  "lead_time)" if field == "lead_time" else why)
 
 
 class _Reader:

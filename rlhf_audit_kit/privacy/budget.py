@@ -21,7 +21,12 @@ all the scope's recorded releases plus the new one. When all of them are pure-DP
 discrete Laplace) the spent epsilon is the exact basic composition (``pure_epsilon()``) compared
 with the budget's epsilon; otherwise it is ``epsilon(delta_budget)`` (PLD, capped by RDP), which is
 infinite when the budget's delta is 0. A relative tolerance of 1e-9 absorbs the rounding of
-``1/epsilon`` in the mechanisms' scales (e.g. ten releases of 0.1 fit a budget of 1.0).
+``1/epsilon`` in the mechanisms' scales (e.g. ten releases of 0.1 fit a budget of 1.0). One
+release's epsilon lies within [1e-6, 1000] (``MIN_RELEASE_EPSILON``, ``MAX_RELEASE_EPSILON``).
+
+The check and the spend are one step even across store objects: the ``privacy_spend`` event is
+written in a transaction that first claims the store and then re-reads the newest privacy events;
+if any arrived since the check (through a second handle of the file), the check is redone.
 
 Queries (annotator-level adjacency)
 -----------------------------------
@@ -102,6 +107,7 @@ import html
 import json
 import math
 import re
+import sys
 import uuid
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -134,8 +140,16 @@ WHERE_FILTERS: dict[str, str] = {
 MECHANISMS = ("laplace", "discrete_laplace", "gaussian")
 DEFAULT_BINS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 _FILTERS = ("task_id", "dataset", "since", "until")
-_SCOPE_RE = re.compile(r"^(global|[a-z][a-z0-9_.\-]*:\S.*)$")
+_SCOPE_RE = re.compile(r"global|[a-z][a-z0-9_.\-]*:\S.*")  # fullmatch: "$" would accept a trailing newline
 _TOL = 1e-9  # relative tolerance of budget comparisons (rounding of 1/epsilon in scales)
+_ATTEMPTS = 20  # budget checks redone when another handle of the store spent meanwhile
+#: Epsilon of one release: smaller ones overflow the accountants (1/epsilon**2), larger ones make the
+#: calibration of the Gaussian mechanism crawl, and both are meaningless as privacy.
+MIN_RELEASE_EPSILON, MAX_RELEASE_EPSILON = 1e-6, 1e3
+
+
+class _Moved(Exception):
+    """Privacy events were written through another handle since the ledger's last sync."""
 
 
 def _bad(name: str, reason: str) -> ValidationError:
@@ -281,9 +295,11 @@ def _plan(query: str, epsilon: Any, delta: Any, mechanism: str | None, raw: Mapp
     """Validate a release request and calibrate its mechanisms (no data is touched)."""
     if query not in QUERIES:
         raise _bad("query", f"unknown query {query!r}; declared queries: {', '.join(QUERIES)}")
+    # comparisons only (NaN fails them): math.isfinite would overflow on a huge int
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (
-            math.isfinite(epsilon) and epsilon > 0):
-        raise _bad("epsilon", f"must be a positive finite number; got {epsilon!r}")
+            MIN_RELEASE_EPSILON <= epsilon <= MAX_RELEASE_EPSILON):
+        raise _bad("epsilon", f"must be a number within [{MIN_RELEASE_EPSILON:g}, {MAX_RELEASE_EPSILON:g}] "
+                   f"for one release; got {str(epsilon)[:40]}")
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 <= delta < 1:
         raise _bad("delta", f"must be in [0, 1); got {delta!r}")
     eps, delta = float(epsilon), float(delta)
@@ -655,13 +671,19 @@ class PrivacyLedger:
             self._synced_spend = int(seq)
 
     def _scope(self, scope: Any) -> str:
-        if not isinstance(scope, str) or not _SCOPE_RE.match(scope) or len(scope) > 512:
+        if not isinstance(scope, str) or not _SCOPE_RE.fullmatch(scope) or len(scope) > 512:
             raise _bad("scope", f"must be 'global' or '<kind>:<name>' such as 'dataset:hh@1', "
                        f"'pool:vendor-a', 'annotator:<pseudonym>'; got {scope!r}")
         kind, _, name = scope.partition(":")
         if kind == "annotator" and self.store._pseudonymize:
-            # a raw annotator id must never reach the store in the clear
-            scope = "annotator:" + self.store.pseudonymizer.pseudonymize(name)
+            # "annotator:<pseudonym>" names an annotator as the store shows it (checked to be this key's);
+            # anything else is a raw id, which must never reach the store in the clear
+            from .pseudonym import PSEUDONYM_PATTERN
+            p = self.store.pseudonymizer
+            try:
+                scope = "annotator:" + (p.check(name) if PSEUDONYM_PATTERN.fullmatch(name) else p.pseudonymize(name))
+            except ValidationError as e:
+                raise _bad("scope", e.reason) from None
         return scope
 
     def _scopes(self, scopes: Any) -> tuple[str, ...]:
@@ -688,8 +710,8 @@ class PrivacyLedger:
         """
         scope = self._scope(scope)
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (
-                math.isfinite(epsilon) and epsilon >= 0):
-            raise _bad("epsilon", f"must be a finite number >= 0; got {epsilon!r}")
+                0 <= epsilon <= sys.float_info.max):  # comparisons: math.isfinite overflows on a huge int
+            raise _bad("epsilon", f"must be a finite number >= 0; got {str(epsilon)[:40]}")
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 <= delta < 1:
             raise _bad("delta", f"must be in [0, 1); got {delta!r}")
         if description is not None and not isinstance(description, str):
@@ -703,15 +725,25 @@ class PrivacyLedger:
             self._sync()
         return seq
 
-    def _write(self, kind: str, event: dict) -> int:
-        """Write one internal event (caller holds ``store._lock``)."""
+    def _write(self, kind: str, event: dict, guard: Any = None) -> int:
+        """Write one internal event (caller holds ``store._lock``); ``guard(con)`` runs inside the
+        write transaction (see :meth:`_unchanged`)."""
+        from ..validate import normalise
         store = self.store
         prev = getattr(store, "_internal_write", False)
         store._internal_write = True
         try:
-            return store.extend([event], kind=kind)[0]
+            return store._write_validated(normalise([event], kind), guard=guard)[0]
         finally:
             store._internal_write = prev
+
+    def _unchanged(self, con) -> None:
+        """Inside a write transaction: raise _Moved if privacy events were written since the last
+        sync (through another handle of the file), so the budget check is redone on fresh state."""
+        now = con.execute("SELECT (SELECT coalesce(max(seq), -1) FROM privacy_budget), "
+                          "(SELECT coalesce(max(seq), -1) FROM privacy_spend)").fetchall()[0]
+        if tuple(now) != (self._synced_budget, self._synced_spend):
+            raise _Moved()
 
     def budgets(self) -> pl.DataFrame:
         """One row per scope with a budget: ``scope, epsilon_budget, delta_budget, epsilon_spent,
@@ -789,24 +821,33 @@ class PrivacyLedger:
         store = self.store
         store._check_writable()
         with store._lock:
-            self._sync()
-            trials, charged, refused = self._check(scopes, plan.costs())
-            if refused:
-                raise _refusal(plan, refused[0])
-            truth = _true_answer(store, plan)
-            value, extra = _noisy(plan, truth)
-            rid = str(uuid.uuid4())
-            params_rec = {"params": plan.params, "filters": plan.filters,
-                          "sensitivity": plan.sensitivity,
-                          "costs": [c.to_dict() for c in plan.costs()],
-                          "seeded": rng is not None}
-            event = {"release_id": rid,
-                     "scopes": {"scopes": list(scopes), "charged": charged},
-                     "query": query, "mechanism": plan.mechanism,
-                     "parameters": _jsonable(params_rec),
-                     "epsilon": plan.epsilon, "delta": plan.delta,
-                     "result": _jsonable({"value": value, "extra": extra})}
-            seq = self._write("privacy_spend", event)
+            for _ in range(_ATTEMPTS):
+                self._sync()
+                trials, charged, refused = self._check(scopes, plan.costs())
+                if refused:
+                    raise _refusal(plan, refused[0])
+                truth = _true_answer(store, plan)
+                value, extra = _noisy(plan, truth)  # an answer never released costs no privacy
+                rid = str(uuid.uuid4())
+                params_rec = {"params": plan.params, "filters": plan.filters,
+                              "sensitivity": plan.sensitivity,
+                              "costs": [c.to_dict() for c in plan.costs()],
+                              "seeded": rng is not None}
+                event = {"release_id": rid,
+                         "scopes": {"scopes": list(scopes), "charged": charged},
+                         "query": query, "mechanism": plan.mechanism,
+                         "parameters": _jsonable(params_rec),
+                         "epsilon": plan.epsilon, "delta": plan.delta,
+                         "result": _jsonable({"value": value, "extra": extra})}
+                try:  # the check above holds only if no spend came in since: re-checked in the transaction
+                    seq = self._write("privacy_spend", event, guard=self._unchanged)
+                    break
+                except _Moved:
+                    continue
+            else:
+                from ..errors import StoreInUseError
+                raise StoreInUseError(f"{store.path}: privacy events kept arriving through another handle of "
+                                      "this store; nothing was released. Use one store object per file")
             self._sync(adopt={rid: trials})
         return Release(rid, query, value, plan.epsilon, plan.delta, plan.mechanism, scopes, seq,
                        _jsonable({**plan.params, "filters": plan.filters,

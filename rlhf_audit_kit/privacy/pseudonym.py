@@ -8,6 +8,12 @@ A pseudonym is ``"p-" + key_id + "-" + hex(HMAC-SHA256(key, raw_utf8))[:24]``:
 * ``key_id`` = first 8 hex of SHA-256(domain tag || key) names the key without revealing it, so a
   pseudonym made under another key is recognised and refused rather than hashed a second time.
 
+Raw ids are always pseudonymised, and a value already shaped like a pseudonym (``p-<8 hex>-<24 hex>``,
+also with surrounding whitespace) is refused where a raw id is expected: otherwise a data supplier
+could attribute rows to a real annotator by writing that annotator's visible pseudonym. A caller who
+does hold pseudonyms made with this key says so explicitly: :meth:`Pseudonymizer.check` for one
+value, ``apply(series, pseudonymized=True)`` for a column (``store.extend(..., pseudonymized=True)``).
+
 The re-identification map (raw id <-> pseudonym) is optional and lives *encrypted* next to the key
 (``reidentification.map.enc``: AES-256-GCM, key derived from the pseudonym key by HKDF-SHA256), for
 the data controller who must answer a subject-access or deletion request.
@@ -34,7 +40,9 @@ __all__ = ["Pseudonymizer", "ReidentificationMap", "REID_MAP_FILE", "PSEUDONYM_P
            "key_id_of"]
 
 REID_MAP_FILE = "reidentification.map.enc"
-PSEUDONYM_PATTERN = re.compile(r"^p-([0-9a-f]{8})-[0-9a-f]{24}$")
+# Use with fullmatch: "$" would also accept a trailing newline.
+PSEUDONYM_PATTERN = re.compile(r"p-([0-9a-f]{8})-[0-9a-f]{24}")
+_SHAPE = r"^\s*p-[0-9a-f]{8}-[0-9a-f]{24}\s*\z"  # (polars/Rust regex) a pseudonym, give or take whitespace
 _KEY_ID_TAG = b"rlhf-audit-kit pseudonym key id"
 _MAP_INFO = b"rlhf-audit-kit reidentification map v1"
 _MAP_MAGIC = b"RAKREID1"  # file = magic || 12-byte nonce || AES-GCM(ciphertext || tag)
@@ -53,14 +61,19 @@ def key_id_of(key: bytes) -> str:
 
 
 class Pseudonymizer:
-    """Deterministic keyed pseudonyms, idempotent under the same key.
+    """Deterministic keyed pseudonyms of raw ids.
 
     >>> p = Pseudonymizer(bytes(32))
     >>> a = p.pseudonymize("alice@example.org")
     >>> a
     'p-db23799b-a11a082a2048606ecfa1eb95'
-    >>> p.pseudonymize(a) == a          # already a pseudonym under this key: unchanged
+    >>> p.check(a) == a                 # a pseudonym of this key, marked as one by the caller
     True
+    >>> try:                            # but never taken for a raw id
+    ...     p.pseudonymize(a)
+    ... except ValidationError as e:
+    ...     print(e.reason[:39])
+    is shaped like a pseudonym (this key's)
     >>> p.apply(pl.Series(["alice@example.org", None])).to_list() == [a, None]
     True
     """
@@ -86,7 +99,7 @@ class Pseudonymizer:
         """True if ``value`` is a pseudonym under *this* key; KeysError if under another key."""
         if not isinstance(value, str):
             return False
-        m = PSEUDONYM_PATTERN.match(value)
+        m = PSEUDONYM_PATTERN.fullmatch(value)
         if m is None:
             return False
         if m.group(1) != self.key_id:
@@ -94,22 +107,54 @@ class Pseudonymizer:
                             f"{self.key_id}): {value!r}; refusing to pseudonymise it again")
         return True
 
+    def _why_not_mine(self, value: str) -> str | None:
+        """Why ``value`` is not a pseudonym of this key (None if it is one)."""
+        m = PSEUDONYM_PATTERN.fullmatch(value)
+        if m is None:
+            return f"{value[:60]!r} is not a pseudonym (p-<8 hex>-<24 hex>)"
+        if m.group(1) != self.key_id:
+            return (f"pseudonym of another key (key id {m.group(1)}; this store's key is {self.key_id}): "
+                    f"{value!r}")
+        return None
+
+    def _why_not_raw(self, value: str) -> str:
+        kid = value.strip()[2:10]
+        whose = "this key's" if kid == self.key_id else f"another key's (key id {kid}; this key is {self.key_id})"
+        return (f"is shaped like a pseudonym ({whose}): {value[:60]!r}. Raw ids are always pseudonymised, so "
+                "a pseudonym-shaped id is refused; if these are pseudonyms made with this key, mark them as "
+                "such (store.extend(..., pseudonymized=True), Pseudonymizer.check)")
+
     def _hash(self, raw: str) -> str:
         return self._prefix + hmac.new(self._key, raw.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
 
     def pseudonymize(self, raw: str) -> str:
-        """The pseudonym of one raw id (a pseudonym of this key passes through unchanged)."""
+        """The pseudonym of one raw id; ValidationError for a value shaped like a pseudonym."""
         if not isinstance(raw, str):
             raise ValidationError(0, "id", f"must be a string; got {type(raw).__name__}")
-        return raw if self.is_pseudonym(raw) else self._hash(raw)
+        if re.fullmatch(r"\s*p-[0-9a-f]{8}-[0-9a-f]{24}\s*", raw):
+            raise ValidationError(0, "id", self._why_not_raw(raw))
+        return self._hash(raw)
+
+    def check(self, pseudonym: str) -> str:
+        """``pseudonym`` itself, once checked to be a pseudonym made with this key (the explicit
+        marker for a value that is already one); ValidationError otherwise."""
+        why = self._why_not_mine(pseudonym) if isinstance(pseudonym, str) else (
+            f"must be a string; got {type(pseudonym).__name__}")
+        if why:
+            raise ValidationError(0, "id", why)
+        return pseudonym
 
     def mapping(self, raws: Iterable[str]) -> dict[str, str]:
         """raw -> pseudonym for each distinct raw id (HMAC computed once per distinct value)."""
         return {r: self.pseudonymize(r) for r in dict.fromkeys(raws)}
 
-    def apply(self, series: pl.Series, *, remember: str | os.PathLike | None = None) -> pl.Series:
-        """Pseudonymise a string column: one HMAC per distinct value, nulls stay null.
+    def apply(self, series: pl.Series, *, remember: str | os.PathLike | None = None,
+              pseudonymized: bool = False) -> pl.Series:
+        """Pseudonymise a string column of raw ids: one HMAC per distinct value, nulls stay null.
 
+        A value shaped like a pseudonym is refused. ``pseudonymized=True``: the column already holds
+        pseudonyms made with this key; each is checked and the column comes back unchanged. Errors
+        are ``ValidationError(position, series.name, reason)`` for the first offending position.
         With ``remember=keys_folder`` the new raw -> pseudonym pairs are added to the encrypted
         re-identification map in that folder.
         """
@@ -121,16 +166,29 @@ class Pseudonymizer:
             raise ValidationError(0, series.name or "id",
                                   f"ids must be strings, got dtype {series.dtype}; cast explicitly "
                                   "so that e.g. 1 and '1.0' cannot silently diverge")
-        uniques = series.drop_nulls().unique(maintain_order=True).to_list()
-        mapping = self.mapping(uniques)
-        if remember is not None:
-            new = {p: r for r, p in mapping.items() if r != p}
-            if new:
-                rmap = ReidentificationMap.load(remember, self._key)
-                rmap.update(new)
-                rmap.save()
+        uniques = series.drop_nulls().unique(maintain_order=True).cast(pl.String)
+        # checks run on the distinct values (few annotators, many rows), then name the first row
+        if pseudonymized:
+            ok = uniques.str.contains(f"^{self._prefix}[0-9a-f]{{24}}\\z")
+            if not ok.all():
+                bad = uniques.filter(~ok)
+                self._refuse(series, bad, self._why_not_mine)
+            return series.cast(pl.String).alias(series.name)
+        shaped = uniques.str.contains(_SHAPE)
+        if shaped.any():
+            self._refuse(series, uniques.filter(shaped), self._why_not_raw)
+        mapping = {r: self._hash(r) for r in uniques.to_list()}
+        if remember is not None and mapping:
+            rmap = ReidentificationMap.load(remember, self._key)
+            rmap.update({p: r for r, p in mapping.items()})
+            rmap.save()
         out = series.cast(pl.String).replace_strict(mapping, default=None, return_dtype=pl.String)
         return out.alias(series.name)
+
+    @staticmethod
+    def _refuse(series: pl.Series, bad: pl.Series, why) -> None:
+        pos = int(series.cast(pl.String).is_in(bad).arg_true()[0])
+        raise ValidationError(pos, series.name or "id", why(series[pos]))
 
 
 class ReidentificationMap:

@@ -1,0 +1,255 @@
+"""One writer per store file: a second open in this process returns the open store or is refused, a
+handle that bypasses the registry can never write a seq twice or overspend a privacy budget, and a
+store held by another process is refused with a typed error naming that process."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from rlhf_audit_kit import store as store_mod
+from rlhf_audit_kit.errors import (AuditKitError, BudgetExceededError, StoreInUseError, StoreLockedError,
+                                   ValidationError)
+from rlhf_audit_kit.store import open_store
+
+from factories import annotation
+
+
+def _batch(start, n):
+    return [annotation(i) for i in range(start, start + n)]
+
+
+def _log_is_gap_free(s):
+    seqs = s.sql("SELECT seq FROM log ORDER BY seq")["seq"].to_list()
+    return seqs == list(range(len(seqs))) and len(seqs) == s.size
+
+
+# ------------------------------------------------------------------ one writer per file per process
+def test_reopening_returns_the_open_store_and_interleaved_writes_verify(tmp_path, keys_dir):
+    path = tmp_path / "audit.duckdb"
+    a = open_store(path, keys=keys_dir)
+    os.symlink(path, tmp_path / "link.duckdb")
+    spellings = [path, str(path), tmp_path / "." / "audit.duckdb", tmp_path / "link.duckdb"]
+    handles = [open_store(p, keys=keys_dir) for p in spellings]  # a notebook cell re-run, other spellings
+    assert all(h is a for h in handles)
+    b = handles[-1]
+    assert a.extend(_batch(0, 5)) == range(0, 5)
+    assert b.extend(_batch(5, 3)) == range(5, 8)  # never seq 0 twice
+    assert a.append(annotation(8)) == 8
+    a.snapshot(keys_dir)
+    assert b.extend(_batch(9, 2)) == range(10, 12)
+    assert _log_is_gap_free(a)
+    a.snapshot(keys_dir)
+    report = b.verify(keys_dir)
+    assert report.ok, report
+    a.close()
+
+
+def test_other_options_are_refused_naming_the_open_store(tmp_path, keys_dir):
+    path = tmp_path / "audit.duckdb"
+    with open_store(path, keys=keys_dir) as a:
+        for kwargs, named in (({"pseudonymize": False}, "pseudonymize"), ({"keys": tmp_path}, "keys"),
+                              ({"keys": keys_dir, "origin": "other.example/log"}, "origin"),
+                              ({"keys": keys_dir, "memory_limit": "1GB"}, "memory_limit")):
+            with pytest.raises(StoreInUseError) as ei:
+                open_store(path, **kwargs)
+            msg = str(ei.value)
+            assert str(path) in msg and repr(a) in msg and "close it" in msg and named in msg
+            assert ei.value.path == os.path.realpath(path)
+        assert open_store(path, keys=keys_dir, origin=a.origin) is a  # its own origin is no conflict
+
+
+def test_a_closed_store_leaves_the_registry(tmp_path):
+    path = tmp_path / "audit.duckdb"
+    a = open_store(path, pseudonymize=False)
+    a.close()
+    with pytest.raises(AuditKitError, match="closed"):
+        a.extend(_batch(0, 1))
+    b = open_store(path, pseudonymize=False, memory_limit="1GB")  # other options: fine once a is closed
+    assert b is not a and b.extend([{"kind": "dataset", "name": "d", "version": "1"}]) == range(0, 1)
+    b.close()
+
+
+def test_direct_construction_of_a_second_writer_is_refused(tmp_path):
+    path = tmp_path / "audit.duckdb"
+    with open_store(path, pseudonymize=False) as a:
+        with pytest.raises(StoreInUseError, match="already open for writing"):
+            store_mod.AuditStore(path, pseudonymize=False)
+        assert a.extend([{"kind": "dataset", "name": "d", "version": "1"}]) == range(0, 1)
+
+
+def test_a_reader_beside_the_writer_cannot_write_and_follows_it(tmp_path, keys_dir):
+    path = tmp_path / "audit.duckdb"
+    w = open_store(path, keys=keys_dir)
+    w.extend(_batch(0, 4))
+    r = open_store(path, read_only=True, pseudonymize=False)
+    assert r is not w and r.read_only and r.size == 4
+    with pytest.raises(AuditKitError, match="read-only"):
+        r.extend(_batch(10, 1))
+    with pytest.raises(AuditKitError, match="read-only"):
+        r.privacy.release("annotator_count", epsilon=0.5)
+    r.sql("DELETE FROM log")  # rolled back, as on a writer
+    assert w.size == 4 and w.sql("SELECT count(*) AS n FROM log")["n"][0] == 4
+    w.extend(_batch(4, 3))
+    assert r.size == 7 and r.root() == w.root() and r.entry(6) == w.entry(6)
+    w.snapshot(keys_dir)
+    assert r.verify(keys_dir).ok
+    w.close()  # the reader keeps working, and a new writer may open beside it
+    assert r.size == 8
+    w2 = open_store(path, keys=keys_dir)
+    assert w2 is not w and w2.extend(_batch(7, 1)) == range(8, 9) and r.size == 9
+    w2.close()
+    r.close()
+
+
+def test_a_writer_is_refused_beside_a_plain_reader_of_this_process(tmp_path):
+    path = tmp_path / "audit.duckdb"
+    open_store(path, pseudonymize=False).close()
+    r = open_store(path, read_only=True, pseudonymize=False)
+    with pytest.raises(StoreInUseError, match="read-only in this process.*close it first"):
+        open_store(path, pseudonymize=False)
+    r.close()
+    open_store(path, pseudonymize=False).close()
+
+
+# ------------------------------------------------------------------ a handle bypassing the registry
+@pytest.fixture
+def two_handles(tmp_path, monkeypatch):
+    """Two store objects on one file, as a reloaded module or a second copy of the kit would make."""
+    path = tmp_path / "audit.duckdb"
+    a = open_store(path, pseudonymize=False)
+    monkeypatch.setattr(store_mod, "_OPEN", {})
+    b = open_store(path, pseudonymize=False)
+    assert a is not b
+    yield a, b
+    b.close()
+    a.close()
+
+
+def test_a_bypassing_handle_reads_the_next_seq_inside_its_transaction(two_handles, tmp_path):
+    a, b = two_handles
+    assert a.extend(_batch(0, 5)) == range(0, 5)
+    assert b.extend(_batch(5, 3)) == range(5, 8)  # b's size was cached at open: 0
+    assert a.append(annotation(8)) == 8
+    assert b.append(annotation(9)) == 9
+    assert a.extend(_batch(10, 300)) == range(10, 310)  # crosses a tile of the node cache
+    assert b.extend(_batch(310, 2)) == range(310, 312)
+    with pytest.raises(ValidationError, match="already in the store"):
+        b.extend(_batch(0, 1))  # the uniqueness check sees a's rows too
+    assert a.append(annotation(312)) == 312  # a catches up inside its next write
+    assert _log_is_gap_free(a) and a.root(312) == b.root(312)
+    keys = tmp_path / "keys"
+    from rlhf_audit_kit.keys import init_keys
+    init_keys(keys, "test-lab", no_passphrase=True)
+    b.snapshot(keys)
+    assert a.verify(keys).ok
+
+
+def test_concurrent_writes_through_two_handles_refuse_the_second(two_handles):
+    a, b = two_handles
+    inside, done = threading.Event(), threading.Event()
+    caught = []
+
+    def hold(con):  # runs inside a's write transaction, after the claim
+        inside.set()
+        done.wait(30)
+
+    from rlhf_audit_kit.validate import normalise
+    t = threading.Thread(target=lambda: a._write_validated(normalise(_batch(0, 3)), guard=hold))
+    t.start()
+    assert inside.wait(30)
+    try:
+        b.extend(_batch(100, 2))
+    except StoreInUseError as e:
+        caught.append(e)
+    finally:
+        done.set()
+        t.join(30)
+    assert caught and "nothing was written" in str(caught[0])
+    assert a.size == 3 and _log_is_gap_free(a)
+    assert b.extend(_batch(100, 2)) == range(3, 5)
+
+
+# ------------------------------------------------------------------ privacy budget through two handles
+def _campaign(s):
+    s.extend([annotation(i, annotator=f"w{i % 5}") for i in range(30)])
+
+
+def test_a_budget_cannot_be_overspent_through_two_opens(tmp_path):
+    path = tmp_path / "audit.duckdb"
+    a = open_store(path, pseudonymize=False)
+    b = open_store(path, pseudonymize=False)
+    _campaign(a)
+    a.privacy.set_budget("global", 1.0)
+    a.privacy.release("annotator_count", epsilon=0.25)
+    b.privacy.release("annotator_count", epsilon=0.75)  # fits: 1.0 in all
+    with pytest.raises(BudgetExceededError):  # was 1.75: b's spend went in at a seq a's ledger had passed
+        a.privacy.release("annotator_count", epsilon=0.75)
+    assert a.sql("SELECT sum(epsilon) AS e FROM privacy_spend")["e"][0] == pytest.approx(1.0)
+    assert _log_is_gap_free(a)
+    a.close()
+
+
+def test_a_budget_cannot_be_overspent_through_a_bypassing_handle(two_handles):
+    a, b = two_handles
+    _campaign(a)
+    a.privacy.set_budget("global", 1.0)
+    stale = b.privacy  # b's ledger is synced now: no spend yet
+    a.privacy.release("annotator_count", epsilon=0.25)
+    stale.release("annotator_count", epsilon=0.75)  # fits: 1.0 in all
+    with pytest.raises(BudgetExceededError, match="spent epsilon=1"):
+        a.privacy.release("annotator_count", epsilon=0.75)
+    with pytest.raises(BudgetExceededError):
+        stale.release("annotator_count", epsilon=0.01)
+    spent = a.sql("SELECT sum(epsilon) AS e FROM privacy_spend")["e"][0]
+    assert spent == pytest.approx(1.0) and _log_is_gap_free(b)
+
+
+# ------------------------------------------------------------------ a store locked by another process
+_HOLD = """
+import sys
+from rlhf_audit_kit import open_store
+s = open_store(sys.argv[1], pseudonymize=False)
+s.append({"kind": "dataset", "name": "d", "version": "1"})
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def held_store(tmp_path):
+    path = tmp_path / "held.duckdb"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield path, proc.pid
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_a_store_locked_by_another_process_names_its_pid(held_store, read_only):
+    path, pid = held_store
+    with pytest.raises(StoreLockedError) as ei:
+        open_store(path, read_only=read_only, pseudonymize=False)
+    e = ei.value
+    assert e.pid == pid and e.path == str(path) and e.holder
+    assert f"process {pid}" in str(e) and "bundle" in str(e) and "\n" not in str(e)
+    assert isinstance(e, AuditKitError)
+
+
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_cli_on_a_locked_store_prints_one_line_and_fails(held_store, keys_dir, command):
+    path, pid = held_store
+    rest = ["--vkey", str(keys_dir)] if command == "verify" else []
+    out = subprocess.run([sys.executable, "-m", "rlhf_audit_kit.cli", command, str(path), *rest],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"process {pid}" in lines[0] and str(path) in lines[0]
