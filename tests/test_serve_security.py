@@ -212,14 +212,15 @@ def test_unauthenticated_routes(record, served, monkeypatch):
             assert client.get("/liveness" + q) == (200, "", b'{"/liveness": true}')
     assert time.perf_counter() - t0 < 2.0 and built == []
 
-    # every other route needs the login: a redirect to it (GET) or 403 (websocket)
-    module = _unloaded_module()
-    for path in ("/", "/?x=1", f"/components/{module}/X/_css/x.css", "/components/panel/template/fast/list/"
-                 "FastListTemplate/_css/fast.css", "/static/js/bokeh.min.js", "/metadata", "/favicon.ico",
-                 "/autoload.js?bokeh-autoload-element=x"):
+    # every other route needs the login: the page redirects to it, the rest answer 403
+    for path in ("/", "/?x=1"):
         code, where, _ = client.get(path)
         assert code == 302 and where.startswith("/login?next="), (path, code, where)
-    assert client.get("/ws")[0] == 403
+    module = _unloaded_module()
+    for path in (f"/components/{module}/X/_css/x.css", "/components/panel/template/fast/list/FastListTemplate/"
+                 "_css/fast.css", "/static/js/bokeh.min.js", "/static/extensions/panel/panel.min.js", "/metadata",
+                 "/favicon.ico", "/autoload.js?bokeh-autoload-element=x", "/ws"):
+        assert client.get(path)[0] == 403, path
     assert module not in sys.modules and built == []
     assert client.get("/login")[0] == 200 and b"https:" not in client.get("/login")[2]
 
@@ -235,11 +236,9 @@ def test_failed_logins_are_logged_and_slowed_down(record, served, caplog):
     caplog.set_level("INFO", logger="rlhf_audit_kit.serve")
     client = served(record / "audit.duckdb", basic_auth=record / "users")
     assert "error=Invalid" in client.login("auditor", "wrong password")
-    # blocked for a second: even the right password is refused, at once and without hashing it
-    t0 = time.perf_counter()
+    # blocked for a second: even the right password is refused (before it is hashed)
     assert "error=Too+many+failed+logins" in client.login("auditor", PASSWORD)
     assert "error=Too+many+failed+logins" in client.login("someone-else", PASSWORD)  # same client
-    assert time.perf_counter() - t0 < 0.5
     failed = [r.getMessage() for r in caplog.records if r.name == "rlhf_audit_kit.serve"]
     assert any("failed login of user 'auditor' from 127.0.0.1" in m for m in failed), failed
     assert sum("refused: blocked" in m for m in failed) == 2

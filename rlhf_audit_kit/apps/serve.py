@@ -156,6 +156,8 @@ def _run(apps: dict, *, login: bool, start: bool = True, **kw: Any):
 def _guard_routes(app: Any, login: bool) -> None:
     """Make every route but :data:`PUBLIC_ROUTES` require the login cookie, and stop Panel's
     ``/components/<module>/...`` route from importing modules that are not loaded yet."""
+    from bokeh.server.views.doc_handler import DocHandler
+    from bokeh.server.views.root_handler import RootHandler
     from panel.io.server import ComponentResourceHandler
     from tornado.web import RequestHandler
     for rule in app.wildcard_router.rules:
@@ -166,27 +168,37 @@ def _guard_routes(app: Any, login: bool) -> None:
         if pattern is not None and pattern.pattern.rstrip("$") in PUBLIC_ROUTES:
             continue
         bases = (_LoadedModulesOnly,) if issubclass(target, ComponentResourceHandler) else ()
-        bases += (_LoginRequired,) if login else ()
+        if login:
+            bases += (_PageLoginRequired if issubclass(target, (DocHandler, RootHandler)) else _LoginRequired,)
         if bases:
             rule.target = type(target.__name__, (*bases, target), {})
 
 
 class _LoginRequired:
-    """Mixin: refuse a request without the signed login cookie (GET/HEAD: redirect to the login)."""
+    """Mixin: refuse (403) a request without the signed login cookie."""
+
+    def _refuse(self):
+        from tornado.web import HTTPError
+        raise HTTPError(403)
 
     async def prepare(self):
         from panel.config import config
-        from tornado.httputil import url_concat
-        from tornado.web import HTTPError
-        from tornado.websocket import WebSocketHandler
         if not self.get_secure_cookie("user", max_age_days=config.oauth_expiry):
-            if self.request.method in ("GET", "HEAD") and not isinstance(self, WebSocketHandler):
-                self.redirect(url_concat(self.application.auth_provider.login_url, {"next": self.request.uri}))
-                return
-            raise HTTPError(403)
+            return self._refuse()
         result = super().prepare()
         if inspect.isawaitable(result):
             await result
+
+
+class _PageLoginRequired(_LoginRequired):
+    """The dashboard page: a visitor without the cookie is sent to the login, and back after it
+    (only the page sets where to return: a refused icon or script must not)."""
+
+    def _refuse(self):
+        from tornado.httputil import url_concat
+        if self.request.method not in ("GET", "HEAD"):
+            return super()._refuse()
+        self.redirect(url_concat(self.application.auth_provider.login_url, {"next": self.request.uri}))
 
 
 class _LoadedModulesOnly:
