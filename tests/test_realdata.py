@@ -96,6 +96,13 @@ def test_dashboard_position_bias_leaves_unknown_order_out_and_counts_it(real, tm
     table = annotator_table(ann, annotator_pairs(ann))
     assert table.select("n_ab", "n_order_unknown", "share_a").row(0) == (0, 2312, None)
     assert "position bias" not in table["flags"][0]
+    assert ann["timed"].sum() == 0  # the per-day charts leave them out and say so in their titles
+    from rlhf_audit_kit.apps import AnnotatorBehaviour
+    with open_store(tmp_path / "s.duckdb", keys=keys_dir, read_only=True) as store:
+        view = AnnotatorBehaviour(store)
+        titles = [p.opts.get().kwargs["title"] for p in (view.throughput(), view.position_bias())]
+    assert "2,312 without a time of their own not shown" in titles[0]
+    assert "2,312 a/b choices of unknown display order left out" in titles[1]
 
 
 def test_a_loaded_file_has_no_annotation_time_so_no_throughput_speed_or_drift(real, tmp_path, keys_dir):

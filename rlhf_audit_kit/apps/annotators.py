@@ -36,20 +36,22 @@ FLAG_DRIFT = 0.15      # rise of the share of "a" from the first to the last qua
 # ---------------------------------------------------------------------------- data
 def load_annotations(src: Source) -> pl.DataFrame:
     """One slim row per annotation: ``seq, annotator, task_id, t, choice, len_a, len_b, secs, item,
-    order_known`` (``display_order_known``, null taken as known)."""
+    order_known`` (``display_order_known``, null taken as known), ``timed`` (the annotation has a time
+    of its own; ``t`` falls back to the recording time, which for a loaded file is the ingest)."""
     def load() -> pl.DataFrame:
         if src.count("annotation") == 0:
             return pl.DataFrame(schema={"seq": pl.Int64, "annotator": pl.Utf8, "task_id": pl.Utf8,
                                         "t": pl.Datetime("us"), "choice": pl.Utf8, "len_a": pl.Int64,
                                         "len_b": pl.Int64, "secs": pl.Float64, "item": pl.UInt64,
-                                        "order_known": pl.Boolean})
+                                        "order_known": pl.Boolean, "timed": pl.Boolean})
         return src.sql(
             "SELECT seq, annotator, coalesce(task_id, '') AS task_id, "
             "coalesce(submitted_at, shown_at, ts) AS t, choice, "
             "strlen(response_a)::BIGINT AS len_a, strlen(response_b)::BIGINT AS len_b, "
             "date_diff('millisecond', shown_at, submitted_at) / 1000.0 AS secs, "
             "hash(prompt_id, response_a_id, response_b_id) AS item, "
-            "coalesce(display_order_known, true) AS order_known FROM annotation")
+            "coalesce(display_order_known, true) AS order_known, "
+            "(submitted_at IS NOT NULL OR shown_at IS NOT NULL) AS timed FROM annotation")
     return src.cached("annotations/slim", load)
 
 
@@ -333,10 +335,17 @@ class AnnotatorBehaviour(SourceViewer):
         return self._bias("share_longer", "Length bias: share of the longer response (95% CI)")
 
     def _daily(self) -> pl.DataFrame:
+        ann = self._timed_rows()
+        return daily_throughput(ann.filter("timed"))
+
+    def _timed_rows(self) -> pl.DataFrame:
         ann = self.filtered()
-        if self.annotator != ALL:
-            ann = ann.filter(pl.col("annotator") == self.annotator)
-        return daily_throughput(ann)
+        return ann.filter(pl.col("annotator") == self.annotator) if self.annotator != ALL else ann
+
+    def _untimed_note(self) -> str:
+        """Per-day charts of annotations without a time of their own would plot the ingest day."""
+        n = int((~self._timed_rows()["timed"]).sum())
+        return f"; {n:,} without a time of their own not shown" if n else ""
 
     def _who(self) -> str:
         return "all annotators" if self.annotator == ALL else self._labels.get(self.annotator, self.annotator)
@@ -347,7 +356,8 @@ class AnnotatorBehaviour(SourceViewer):
         d = self._daily().to_pandas()
         return (hv.Curve(d, "day", "items") * hv.Scatter(d, "day", "items").opts(size=4)).opts(
             hv.opts.Curve(color=ACCENT, tools=["hover"]), hv.opts.Scatter(color=ACCENT)).opts(
-            title=f"Throughput: items per day ({self._who()})", width=470, height=230, framewise=True)
+            title=f"Throughput: items per day ({self._who()}){self._untimed_note()}", width=470, height=230,
+            framewise=True)
 
     @param.depends("time_window", "task", "annotator")
     def time_per_item(self):
@@ -355,7 +365,7 @@ class AnnotatorBehaviour(SourceViewer):
         d = self._daily().to_pandas()
         return (hv.Curve(d, "day", "median_s") * hv.Scatter(d, "day", "median_s").opts(size=4)).opts(
             hv.opts.Curve(color="#9467bd", tools=["hover"]), hv.opts.Scatter(color="#9467bd")).opts(
-            title=f"Time per item: median seconds ({self._who()})", width=470, height=230,
+            title=f"Time per item: median seconds ({self._who()}){self._untimed_note()}", width=470, height=230,
             ylabel="median s per item", framewise=True)
 
     # -- tables and drill-down -----------------------------------------------------------------
