@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -80,6 +81,8 @@ def is_bundle(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and os.path.lexists(Path(path) / MANIFEST_FILE)
 
 
+# The exporter wrote the files itself: its own bundle is opened without size limits.
+_OWN_EXPORT = Limits(**{f: sys.maxsize for f in Limits.__dataclass_fields__})
 # Errors of decoding hostile data inside a bundle that passed the checks of opening it: a finding.
 _DECODE_ERRORS = (duckdb.Error, pa.ArrowException, pl.exceptions.PolarsError, ValueError, TypeError, OverflowError)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -118,7 +121,7 @@ def _parse_manifest(raw: bytes) -> dict[str, Any]:
         check_name(name)
         if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and _HEX64.fullmatch(info["sha256"])
                 and all(info.get(k) is None or (type(info[k]) is int and info[k] >= 0) for k in ("bytes", "rows"))
-                and info.get("table", "log") in tables):
+                and isinstance(info.get("table", "log"), str) and info.get("table", "log") in tables):
             raise bad(f"entry of '{show_name(name)}' is malformed (needs sha256, bytes, rows and a known table)")
     if not any(info.get("table") == "log" for info in m["files"].values()) or NOTE_FILE not in m["files"]:
         raise bad(f"does not list a log table ({LOG_FILE}) and {NOTE_FILE}")
@@ -184,7 +187,7 @@ def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verif
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if verify:
-            with Bundle(tmp) as b:
+            with Bundle(tmp, limits=_OWN_EXPORT) as b:
                 b.verify(verifier).raise_for_status()
         if folder.exists():
             shutil.rmtree(folder)
@@ -192,7 +195,7 @@ def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verif
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Bundle(folder)
+    return Bundle(folder, limits=_OWN_EXPORT)
 
 
 # ---------------------------------------------------------------- reading
@@ -234,6 +237,10 @@ class Bundle(RecordReader):
             self._kinds: set[str] = set()
             self._create_views()
             self._size = self._con.sql("SELECT count(*) FROM log").fetchall()[0][0]
+        except duckdb.Error as e:
+            self._con.close()
+            raise BundleError(f"the bundle's Parquet files do not read ({_one_line(e)}); refused",
+                              damage="malformed-bundle") from None
         except BaseException:
             self._con.close()
             raise
@@ -308,18 +315,14 @@ class Bundle(RecordReader):
 
         def source(table: str) -> str:  # explicit, glob-escaped file list: a path is taken literally
             return f"read_parquet([{', '.join(_sql_str(f) for f in tables[table])}])"
-        try:
-            con.execute(f"CREATE VIEW log AS SELECT seq, kind, ts, entry, leaf_hash FROM {source('log')}")
-            for kind in KINDS.values():
-                if kind.name not in tables:
-                    con.execute(typed_table_ddl(kind))  # empty, so every kind is queryable
-                    continue
-                self._kinds.add(kind.name)
-                cols = typed_columns(kind, maps="map_from_entries", json="JSON")  # Parquet back to typed rows
-                con.execute(f"CREATE VIEW {_quote(kind.name)} AS SELECT {', '.join(cols)} FROM {source(kind.name)}")
-        except duckdb.Error as e:
-            raise BundleError(f"a table of the bundle does not have the bundle's columns ({_one_line(e)}); refused",
-                              damage="malformed-bundle") from None
+        con.execute(f"CREATE VIEW log AS SELECT seq, kind, ts, entry, leaf_hash FROM {source('log')}")
+        for kind in KINDS.values():
+            if kind.name not in tables:
+                con.execute(typed_table_ddl(kind))  # empty, so every kind is queryable
+                continue
+            self._kinds.add(kind.name)
+            cols = typed_columns(kind, maps="map_from_entries", json="JSON")  # Parquet back to typed rows
+            con.execute(f"CREATE VIEW {_quote(kind.name)} AS SELECT {', '.join(cols)} FROM {source(kind.name)}")
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -361,9 +364,20 @@ class Bundle(RecordReader):
 
     # ---------------------------------------------------------------- read API (as the store)
     def sql(self, query: str, params: Any = None) -> pl.DataFrame:
-        """Run a query over the bundle's views and return polars. Pass user input via ``params``."""
+        """Run a query over the bundle's views and return polars. Pass user input via ``params``.
+
+        Parquet data that does not decode (damaged pages, a bad footer) raises
+        :class:`~rlhf_audit_kit.errors.BundleError`; :meth:`verify` reports it as a finding.
+        """
         with self._lock:
-            return cursor_sql(self._con, query, params)
+            try:
+                return cursor_sql(self._con, query, params)
+            except duckdb.Error as e:
+                # DuckDB's own errors about reading the files (not the query's): the bundle's data
+                if type(e) in (duckdb.Error, duckdb.IOException, duckdb.InternalException) or str(self._root) in str(e):
+                    raise BundleError(f"the bundle's data does not decode ({_one_line(e)}); run verify",
+                                      damage="malformed-bundle") from None
+                raise
 
     def snapshots(self, verifier: Any = None) -> list[Snapshot]:
         """Earlier snapshots recorded inside the bundle's log, plus the bundle's own, oldest first."""
@@ -461,7 +475,10 @@ class Bundle(RecordReader):
                 f"root={self.manifest.get('root_hash', '')[:16]}…)")
 
     def _repr_html_(self) -> str:
-        counts = self.counts()
+        try:
+            counts = self.counts()
+        except BundleError as e:  # a display must not raise: say what is wrong instead
+            counts = {f"(not readable: {e})": 0}
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{v:,}</td></tr>"
                        for k, v in counts.items())
         if self._verified is None:

@@ -55,7 +55,7 @@ class Limits:
     """
 
     max_page_bytes: int = 256 << 20
-    max_total_bytes: int = 16 << 30
+    max_total_bytes: int = 64 << 30
     max_manifest_bytes: int = 8 << 20
     max_text_bytes: int = 64 << 10
     max_footer_bytes: int = 64 << 20
@@ -131,7 +131,7 @@ def read_small(root: Path, name: str, limit: int) -> bytes:
     """The bytes of a small bundle file (manifest, note, key); BundleError ``oversized`` past ``limit``."""
     with os.fdopen(open_file(root, name), "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        data = fh.read(limit + 1) if size <= limit else b""
+        data = fh.read(size + 1) if size <= limit else b""  # +1: a file growing while read
     if size > limit or len(data) > limit:
         raise BundleError(f"{name} has {size:,} bytes, more than the {limit:,} allowed; refused",
                           damage="oversized", file=name)
@@ -270,10 +270,10 @@ def _struct(b: bytes, i: int, depth: int, want: dict) -> tuple[dict, int]:
             v, i = _varint(b, i)
             fid = (v >> 1) ^ -(v & 1)
         last = fid
-        if fid in want and t in (5, 6):
+        if fid in want and want[fid] is None and t in (5, 6):  # an integer field we keep
             v, i = _varint(b, i)
             out[fid] = (v >> 1) ^ -(v & 1)
-        elif fid in want and t == 12:
+        elif isinstance(want.get(fid), dict) and t == 12:  # a sub-struct we look into
             out[fid], i = _struct(b, i, depth + 1, want[fid])
         else:
             i = _skip(b, i, t, depth)
@@ -310,6 +310,8 @@ def _pages(fh, col, data_end: int) -> Iterator[int]:
     if dict_off is not None and 4 <= dict_off < start:
         start = dict_off
     stop, want_values = start + col.total_compressed_size, col.num_values
+    if col.total_compressed_size < 0 or want_values < 0:
+        raise ValueError("a column chunk has a negative size or value count")
     pos, values = start, 0
     while pos < stop or values < want_values:
         if not 4 <= pos < data_end:
@@ -373,6 +375,6 @@ def check_parquet(root: Path, name: str, limits: Limits) -> ParquetCost:
                         if total > limits.max_total_bytes or pages > limits.max_pages:
                             raise bad(f"its pages decode to more than {limits.max_total_bytes:,} bytes "
                                       f"or {limits.max_pages:,} pages", "oversized")
-        except ValueError as e:
-            raise bad(str(e)) from None
+        except (ValueError, TypeError) as e:  # odd metadata values (None offsets, wrong Thrift types)
+            raise bad(show_name(str(e), 120)) from None
     return ParquetCost(meta.num_rows, total, largest)

@@ -260,6 +260,8 @@ MALFORMED = {
     "bad-table": lambda m: _set(m, "files", {**m["files"], "log.parquet": {**m["files"]["log.parquet"],
                                                                            "table": "../x"}}),
     "multi-line-format": lambda m: _set(m, "format", "x\n" * 1000),
+    "table-not-a-string": lambda m: _set(m, "files", {**m["files"], "log.parquet": {**m["files"]["log.parquet"],
+                                                                                    "table": ["log"]}}),
 }
 
 
@@ -315,6 +317,31 @@ def test_wrong_column_types_are_findings(bundle, table, column):
     with open_bundle(bundle) as b:
         report = b.verify(VKEY, workers=0)
     assert not report.ok and report.damage in ("malformed-bundle", "typed-row-mismatch"), report.findings
+
+
+def test_damaged_page_data_is_a_finding_not_a_crash(bundle):
+    """Footer and page headers intact, a page's compressed bytes garbage: found when decoded."""
+    import pyarrow.parquet as pq
+    from rlhf_audit_kit.bundle_files import _page_header
+    f = bundle / "log.parquet"
+    col = pq.ParquetFile(f).metadata.row_group(0).column(1)  # kind: what counts() reads
+    start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+    with open(f, "rb") as fh:
+        head, n = _page_header(fh, start, f.stat().st_size)
+    data = bytearray(f.read_bytes())
+    data[start + n:start + n + head[3]] = b"\xff" * head[3]
+    f.write_bytes(bytes(data))
+    relist(bundle, "log.parquet")
+    with open_bundle(bundle) as b:  # the cheap checks pass
+        with pytest.raises(BundleError) as e:
+            b.counts()
+        assert e.value.damage == "malformed-bundle"
+        assert "not readable" in b._repr_html_()
+        report = b.verify(VKEY, workers=0)
+    assert not report.ok and report.damage == "malformed-bundle", report.findings
+    assert_finding(verify_cli(bundle, inproc=True), "malformed-bundle")
+    info = cli("info", bundle, inproc=True)
+    assert info.returncode == 3 and "malformed-bundle" in info.stderr
 
 
 # ---------------------------------------------------------------- files the manifest does not name
