@@ -49,7 +49,7 @@ def _map_values(f: Field, m: Mapping, row: int) -> dict:
     for key, x in m.items():
         if not isinstance(key, str):
             raise _bad(row, f, f"map keys must be strings, got {key!r}")
-        if type(x) is float if floats else type(x) is int:  # the common case: nothing to convert
+        if type(x) is float if floats else type(x) is int and abs(x) <= MAX_SAFE_INT:  # the common case
             out[key] = x
             continue
         why = _py_value_error(Field(f.name, "float" if floats else "int"), x)

@@ -33,7 +33,7 @@ GOOD = {
 }
 # Values each field type must refuse, and values at the edges of the rules.
 BAD = [None, "", "x" * 513, -1, 2**53, 1.5, math.nan, math.inf, True, b"bytes", "not-a-time", "\ud800",
-       {"k": math.nan}, {"": 1.0}, {"k": "v"}, {1: 2.0}, {"k": None}, {}, [1], 101, "zz",
+       {"k": math.nan}, {"": 1.0}, {"k": "v"}, {1: 2.0}, {"k": None}, {}, [1], {"k": 10**400}, 2**60, 101, "zz",
        "sha256:" + "A" * 64, "2026-01-01T00:00:00", 7]
 
 
