@@ -18,7 +18,7 @@ AB = pl.col("choice").is_in(["a", "b"])
 # Written out here, independently of demo.frame_schema, so the test is an oracle for it.
 EXPECTED_DTYPE = {
     "id": pl.Utf8, "text": pl.Utf8, "int": pl.Int64, "float": pl.Float64,
-    "ts": pl.Datetime("us"), "bool": pl.Boolean,
+    "ts": pl.Datetime("us"), "bool": pl.Boolean, "json": pl.Utf8,
     "map_float": pl.List(pl.Struct({"key": pl.Utf8, "value": pl.Float64})),
     "map_int": pl.List(pl.Struct({"key": pl.Utf8, "value": pl.Int64})),
 }
