@@ -59,8 +59,9 @@ CHOICE_VALUES = {"choice": "ab", "gold_choice": "a", "decision": "approve"}
 
 
 def hostile(kind: str, field: str, row: int) -> str:
-    """A payload (varied by field) tagged with where it was put, so each one can be found."""
-    n = sum(map(ord, f"{kind}.{field}"))
+    """A payload tagged with where it was put, so each one can be found; the shown fields cycle
+    through all payloads (each one is displayed), the others get one by their name."""
+    n = SHOWN.index((kind, field)) + row if (kind, field) in SHOWN else sum(map(ord, f"{kind}.{field}"))
     return f"{PAYLOADS[n % len(PAYLOADS)]} ~{kind}.{field}.{row}"
 
 
@@ -178,6 +179,7 @@ def test_html_runs_no_script_sends_no_request_and_shows_the_payloads(exported, b
     assert dom == {"pwned": "undefined", "handlers": [], "sources": [], "scripts": 0, "styles": 0, "frames": 0}
     assert left == []
     # shown, as text: every payload put into a displayed field, the origin and the signing key's name
+    assert {hostile(k, f, 0).split(" ~")[0] for k, f in SHOWN} == set(PAYLOADS)
     shown = [" ".join(hostile(k, f, 0).split()) for k, f in SHOWN]
     missing = [s for s in shown if s not in text]
     assert not missing, missing
@@ -201,3 +203,95 @@ def test_code_cells_pin_hostile_values_with_repr(exported):
     kinds = [type(s).__name__ for s in tree.body]
     assert kinds == ["Import", "Assign", "Assign", "Assign", "Assign", "Assign", "Assign", "ImportFrom",
                      "ImportFrom", "Assign", "Assign", "If", "Assign", "If", "Expr", "Expr", "Expr"]
+
+
+@pytest.mark.browser
+def test_jupyterlab_run_all_runs_no_script_and_typesets_no_record_text(exported, browser_type, tmp_path):
+    """The renderer of the issue report: JupyterLab (marked, its sanitizer, MathJax) after Run All.
+
+    Outputs a kernel produces in the session are trusted, so JupyterLab does not sanitize them: the
+    escaping alone must hold.
+    """
+    pytest.importorskip("jupyterlab")
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.parse
+    import urllib.request
+    if not os.path.exists(CHROMIUM):  # pragma: no cover
+        pytest.skip("Debian chromium not installed")
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)  # render every cell (no windowing), so every output is in the DOM
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = exported["tmp"]
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
+         "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=t0k",
+         f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.news_url=",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    browser = browser_type.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token=t0k", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        rel = exported["notebook"].relative_to(root).as_posix()
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        left: list[str] = []
+        page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else left.append(r.url))
+        page.goto(f"{base}/lab/tree/{urllib.parse.quote(rel)}?token=t0k")
+        appendix = page.locator(".jp-OutputArea-output", has_text="Appendix: sample of annotated texts")
+
+        def read_through() -> int:  # scroll like a reader: JupyterLab typesets math where it is shown
+            for y in range(0, 60_000, 700):
+                if not page.evaluate("(y) => { const o = document.querySelector('.jp-WindowedPanel-outer');"
+                                     " o.scrollTop = y; return o.scrollTop + o.clientHeight < o.scrollHeight; }", y):
+                    break
+                page.wait_for_timeout(150)
+            page.wait_for_timeout(1500)
+            return page.evaluate("document.querySelectorAll('.jp-Notebook mjx-container').length")
+        appendix.wait_for(timeout=60_000)  # the stored outputs, rendered (sanitized: not trusted yet)
+        math_stored = read_through()
+        page.get_by_text("Edit", exact=True).first.click()
+        page.get_by_text("Clear Outputs of All Cells", exact=True).first.click()
+        appendix.wait_for(state="detached", timeout=30_000)
+        page.get_by_text("Run", exact=True).first.click()
+        page.get_by_text("Run All Cells", exact=True).first.click()
+        appendix.wait_for(timeout=120_000)  # the last section, produced by this session's kernel
+        math_run = read_through()
+        dom = page.evaluate("""() => {
+            const nb = document.querySelector('.jp-Notebook');
+            return {
+                pwned: typeof window.__pwned,
+                handlers: [...nb.querySelectorAll('*')].flatMap(e => [...e.attributes]
+                    .filter(a => /^on/i.test(a.name)).map(a => e.tagName + ' ' + a.name)),
+                media: [...nb.querySelectorAll('.jp-OutputArea iframe, .jp-OutputArea object, .jp-OutputArea embed, '
+                                               + '.jp-RenderedMarkdown img, .jp-RenderedMarkdown a[href]')]
+                    .map(e => e.tagName + ' ' + (e.getAttribute('src') ?? e.getAttribute('href')))
+                    .filter(v => !v.startsWith('A #')),  // JupyterLab's own heading anchors
+                errors: nb.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length,
+                text: nb.innerText,
+            };
+        }""")
+        text = " ".join(dom.pop("text").split())
+    finally:
+        browser.close()
+        server.terminate()
+        server.wait(20)
+    assert dom == {"pwned": "undefined", "handlers": [], "media": [], "errors": 0}
+    assert math_stored == math_run == 0  # a "$" from the record is never typeset
+    assert left == []
+    assert "Verified: OK" in text and "Appendix: sample of annotated texts" in text
+    for k, f in SHOWN:
+        assert " ".join(hostile(k, f, 0).split()) in text, (k, f)
