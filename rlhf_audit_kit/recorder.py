@@ -52,6 +52,7 @@ from .validate import DTYPES, ROW, normalise
 __all__ = ["Recorder"]
 
 _ARROW_MAP = {"map_float": pa.float64(), "map_int": pa.int64()}
+SMALL_GROUP = 64  # up to this many events a group is written event by event (store._append_events)
 
 
 class Recorder:
@@ -235,7 +236,10 @@ class Recorder:
         """One transaction for the group; an event the store refuses is left out and reported."""
         while group:
             try:
-                self._store._write_validated(self._frames(group))
+                if len(group) <= SMALL_GROUP:  # a live run's usual group: skip the batch pipeline's fixed cost
+                    self._store._append_events([(spec, values) for spec, values, _ in group])
+                else:
+                    self._store._write_validated(self._frames(group))
                 return
             except ValidationError as e:
                 if not 0 <= e.row < len(group):

@@ -369,8 +369,7 @@ class AuditStore(RecordReader):
         spec, values = check_event(event, kind)
         if spec.internal and not self._internal_write:
             raise ValidationError(0, "kind", f"{spec.name!r} events are written by the kit itself")
-        with self._lock:
-            return self._append_one(spec, values, pseudonymized)
+        return self._append_events([(spec, values)], pseudonymized).start
 
     def recorder(self, **options: Any):
         """A :class:`~rlhf_audit_kit.recorder.Recorder` logging into this store from a background
@@ -428,37 +427,56 @@ class AuditStore(RecordReader):
             self._check_writable()
             return self._write(frames, progress, pseudonymized, guard)
 
-    def _append_one(self, kind: Kind, values: dict[str, Any], pseudonymized: bool = False) -> int:
+    def _append_events(self, items: list[tuple[Kind, dict[str, Any]]], pseudonymized: bool = False) -> range:
+        """Write a few events checked by :func:`~rlhf_audit_kit.single.check_event` in one transaction,
+        without the batch pipeline (``append``, a Recorder's small groups): entries built one by one,
+        the tree grown from its cached right edge, one insert per table. A ValidationError's row is the
+        index in ``items``; on any error nothing is written."""
+        with self._lock:
+            self._check_writable()
+            return self._append_locked(items, pseudonymized)
+
+    def _append_locked(self, items: list[tuple[Kind, dict[str, Any]]], pseudonymized: bool) -> range:
         con = self._con
-        person = [f.name for f in kind.fields if f.person and values[f.name] is not None]
-        if person and self._pseudonymize:
-            values = {**values, **{c: self._pseudonym_of(c, values[c], pseudonymized) for c in person}}
+        for i, (kind, values) in enumerate(items):
+            person = [f.name for f in kind.fields if f.person and values[f.name] is not None]
+            if person and self._pseudonymize:
+                try:
+                    items[i] = (kind, {**values, **{c: self._pseudonym_of(c, values[c], pseudonymized) for c in person}})
+                except ValidationError as e:
+                    raise ValidationError(i, e.field, e.reason) from None
         from .ledger import merkle
         from .ledger.tree import RightEdge
         ts = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        ts_text = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        by_kind: dict[str, list[int]] = {}
+        for i, (kind, _) in enumerate(items):
+            by_kind.setdefault(kind.name, []).append(i)
         parts, self._root_parts = self._root_parts, None
-        seq = self._begin_write(con)  # the seq, the uniqueness check and the tree edge: read in the transaction
+        start = self._begin_write(con)  # the seq, the uniqueness check and the tree edge: read in the transaction
         try:
-            for cols in kind.unique:
-                where = " AND ".join(f"{_quote(c)} = ?" for c in cols)
-                if _x(con, f"SELECT 1 FROM {_quote(kind.name)} WHERE {where} LIMIT 1", [values[c] for c in cols]):
-                    raise ValidationError(0, cols[0], f"duplicate {'/'.join(cols)}: already in the store")
-            entry = entry_of(kind, values, seq, ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-            leaf = merkle.leaf_hash(entry)
-            if parts is None or parts[0] != seq:  # another write came between: read the edge once
-                parts = (seq, self._get_nodes(merkle.needed_nodes_for_root(seq)) if seq else {})
-            known = {**parts[1], (0, seq): leaf}
-            for level, (first, hashes) in RightEdge(seq, parts[1]).append([leaf]).items():
+            for name, rows in by_kind.items():
+                self._check_unique_values(KINDS[name], rows, [items[i][1] for i in rows])
+            entries = [entry_of(kind, values, start + i, ts_text) for i, (kind, values) in enumerate(items)]
+            leaves = [merkle.leaf_hash(e) for e in entries]
+            if parts is None or parts[0] != start:  # another write came between: read the edge once
+                parts = (start, self._get_nodes(merkle.needed_nodes_for_root(start)) if start else {})
+            known = {**parts[1], **{(0, start + i): h for i, h in enumerate(leaves)}}
+            for level, (first, hashes) in RightEdge(start, parts[1]).append(leaves).items():
                 known.update(((level, first + i), h) for i, h in enumerate(hashes))
             nodes = [(lv, i, known[(lv, i)]) for lv, i in sorted(known) if lv and (lv, i) not in parts[1]]
-            cols = [f for f in kind.fields]
-            typed = [values[f.name] if not f.type.startswith("map_") or values[f.name] is None
-                     else {"key": list(values[f.name]), "value": list(values[f.name].values())} for f in cols]
-            casts = ", ".join(f"?::{_SQL_TYPES[f.type]}" for f in cols)
-            _x(con, "INSERT INTO log (seq, kind, ts, entry, leaf_hash) VALUES (?, ?, ?, ?, ?)",
-               [seq, kind.name, ts, entry, leaf])
-            _x(con, f"INSERT INTO {_quote(kind.name)} (seq, ts, {', '.join(_quote(f.name) for f in cols)}) "
-                    f"VALUES (?, ?, {casts})", [seq, ts, *typed])
+            _x(con, "INSERT INTO log (seq, kind, ts, entry, leaf_hash) SELECT unnest(?::BIGINT[]), "
+                    "unnest(?::VARCHAR[]), ?::TIMESTAMP, unnest(?::BLOB[]), unnest(?::BLOB[])",
+               [list(range(start, start + len(items))), [k.name for k, _ in items], ts, entries, leaves])
+            for name, rows in by_kind.items():
+                kind = KINDS[name]
+                cols = [[items[i][1][f.name] for i in rows] for f in kind.fields]
+                cols = [[None if m is None else {"key": list(m), "value": list(m.values())} for m in col]
+                        if f.type.startswith("map_") else col for f, col in zip(kind.fields, cols)]
+                names = ", ".join(_quote(f.name) for f in kind.fields)
+                values = ", ".join(f"unnest(?::{_SQL_TYPES[f.type]}[])" for f in kind.fields)
+                _x(con, f"INSERT INTO {_quote(name)} (seq, ts, {names}) SELECT unnest(?::BIGINT[]), ?::TIMESTAMP, "
+                        f"{values}", [[start + i for i in rows], ts, *cols])
             if nodes:
                 _x(con, "INSERT INTO merkle_node SELECT unnest(?::UTINYINT[]), unnest(?::BIGINT[]), "
                         "unnest(?::BLOB[])", [list(c) for c in zip(*nodes)])
@@ -468,9 +486,30 @@ class AuditStore(RecordReader):
             raise
         if self._node_cache is not None:
             self._node_cache.update(((lv, i), h) for lv, i, h in nodes if lv >= NODE_LEVEL)
-        self._size = seq + 1
-        self._root_parts = (seq + 1, {n: known[n] for n in merkle.needed_nodes_for_root(seq + 1)})
-        return seq
+        self._size = end = start + len(items)
+        self._root_parts = (end, {n: known[n] for n in merkle.needed_nodes_for_root(end)})
+        return range(start, end)
+
+    def _check_unique_values(self, kind: Kind, rows: list[int], values: list[dict[str, Any]]) -> None:
+        """The unique keys of a few events: within them, then against the store (one query per key)."""
+        for cols in kind.unique:
+            keys = [(i, tuple(v[c] for c in cols)) for i, v in zip(rows, values)]
+            keys = [(i, k) for i, k in keys if None not in k]
+            seen: set = set()
+            for i, k in keys:
+                if k in seen:
+                    raise ValidationError(i, cols[0], f"duplicate {'/'.join(cols)} within the batch")
+                seen.add(k)
+            if not keys:
+                continue
+            fields = [kind.field_map[c] for c in cols]
+            sel = ", ".join(f"unnest(?::{_SQL_TYPES[f.type]}[]) AS {_quote(f.name)}" for f in fields)
+            on = " AND ".join(f"k.{_quote(c)} = t.{_quote(c)}" for c in cols)
+            hit = _x(self._con, f"SELECT min(k.i) FROM (SELECT unnest(?::BIGINT[]) AS i, {sel}) k "
+                                f"JOIN {_quote(kind.name)} t ON {on}",
+                     [[i for i, _ in keys], *[[k[j] for _, k in keys] for j in range(len(cols))]])[0][0]
+            if hit is not None:
+                raise ValidationError(int(hit), cols[0], f"duplicate {'/'.join(cols)}: already in the store")
 
     def _check_writable(self):
         self._check_open()

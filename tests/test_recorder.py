@@ -16,6 +16,7 @@ import pytest
 
 from rlhf_audit_kit import AuditKitError, ValidationError, open_store
 from rlhf_audit_kit.keys import load_signer
+from rlhf_audit_kit.recorder import SMALL_GROUP
 
 
 def step(i, run="r", **metrics):
@@ -30,7 +31,8 @@ def plain(tmp_path):
     s.close()
 
 
-def test_every_logged_event_is_written_in_order_and_verifies(tmp_path, keys_dir):
+@pytest.mark.parametrize("batch_size", [700, SMALL_GROUP], ids=["batch-path", "small-group-path"])
+def test_every_logged_event_is_written_in_order_and_verifies(tmp_path, keys_dir, batch_size):
     store = open_store(tmp_path / "a.duckdb", keys=keys_dir)
     events = []
     for i in range(3_000):
@@ -41,7 +43,7 @@ def test_every_logged_event_is_written_in_order_and_verifies(tmp_path, keys_dir)
             events.append({"kind": "annotation", "annotation_id": f"a{i}", "prompt_id": "p", "prompt": "q",
                            "response_a_id": "x", "response_a": "x", "response_b_id": "y", "response_b": "y",
                            "choice": "b", "annotator": "alice@example.org"})
-    with store.recorder(batch_size=700, interval=0.05) as rec:
+    with store.recorder(batch_size=batch_size, interval=0.05) as rec:
         for e in events:
             rec.log(e)
         rec.flush()
@@ -51,6 +53,10 @@ def test_every_logged_event_is_written_in_order_and_verifies(tmp_path, keys_dir)
     assert store.sql("SELECT step FROM train_step ORDER BY seq")["step"].to_list() == list(range(3_000))
     assert not store.sql("SELECT annotator FROM annotation")["annotator"].str.contains("alice").any()
     store.verify(store.snapshot(load_signer(keys_dir)).vkey).raise_for_status()
+    with open_store(tmp_path / "b.duckdb", keys=keys_dir) as batch:  # the same rows as one extend
+        batch.extend(events)
+        for kind in ("train_step", "checkpoint", "annotation"):
+            assert store.table(kind).drop("ts", "seq").equals(batch.table(kind).drop("ts", "seq")), kind
     store.close()
 
 

@@ -124,3 +124,16 @@ def test_failed_append_writes_nothing(tmp_path):
         assert s.table("train_step")["step"].to_list() == [1, 2]
         assert s.table("train_step")["metrics"].to_list()[1] == [{"key": "a", "value": 2.0}]
         assert isinstance(s.table("train_step"), pl.DataFrame)
+
+
+def test_a_few_events_in_one_transaction_name_the_bad_one(tmp_path):
+    with open_store(tmp_path / "m.duckdb", pseudonymize=False) as s:
+        s.append({"kind": "train_step", "run_id": "r", "algorithm": "dpo", "step": 7, "metrics": {"a": 1}})
+        events = [check_event({"kind": "train_step", "run_id": "r", "algorithm": "dpo", "step": i, "metrics": {"a": i}})
+                  for i in (1, 2, 1)]
+        assert _error(lambda: s._append_events(list(events))) == (2, "run_id", "duplicate run_id/step within the batch")
+        events[2] = check_event({"kind": "train_step", "run_id": "r", "algorithm": "dpo", "step": 7, "metrics": {"a": 0}})
+        assert _error(lambda: s._append_events(list(events))) == (2, "run_id", "duplicate run_id/step: already in the store")
+        assert s.size == 1
+        assert s._append_events(events[:2]) == range(1, 3)
+        assert s.table("train_step")["step"].to_list() == [7, 1, 2]
