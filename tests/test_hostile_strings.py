@@ -240,12 +240,15 @@ def test_jupyterlab_run_all_runs_no_script_and_typesets_no_record_text(exported,
     browser = browser_type.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
+        deadline = time.monotonic() + 60
+        while True:  # the server answers its REST API once it is up
             try:
                 urllib.request.urlopen(f"{base}/api/status?token=t0k", timeout=2)
                 break
             except OSError:
-                time.sleep(0.1)
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise TimeoutError("JupyterLab did not start") from None
+                time.sleep(0.2)
         rel = exported["notebook"].relative_to(root).as_posix()
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         left: list[str] = []
