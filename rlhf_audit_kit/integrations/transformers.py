@@ -282,6 +282,7 @@ class AuditCallback(TrainerCallback):
             self.store = self._target
         self.rec = self.store.recorder(**self._rec_options)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-audit-hash")
+        self._summary, self._last_checkpoint, self.snapshot = {}, None, None  # a second train() starts afresh
         cls = type(trainer) if trainer is not None else None
         name = cls.__name__ if cls else "unknown"
         self.run_id = self._run_id or args.run_name or f"{name}-{_now():%Y%m%dT%H%M%SZ}"
