@@ -243,6 +243,24 @@ def test_widgets(demo):
     assert v.result.ok and "Verified" in v.output.value
 
 
+def test_widgets_show_hostile_strings_as_text(tmp_path):
+    from factories import annotation
+    from rlhf_audit_kit.store import open_store
+    from rlhf_audit_kit.widgets import AnnotationBrowser, VerifyButton
+    payload = '<img src=x onerror="window.__pwned=1"><script>x()</script>![x](http://127.0.0.2:9/leak)'
+    path = tmp_path / '<img src=x onerror="window.__pwned=1">.duckdb'
+    with open_store(path, pseudonymize=False) as s:
+        s.extend([annotation(i, prompt=payload, response_a=payload, annotator=payload, task_id=payload,
+                             model_a=payload) for i in range(3)])
+    b = AnnotationBrowser(path)
+    assert payload in b.annotator.options  # a dropdown option is text
+    v = VerifyButton(path)
+    for html in (b.body.value, v.output.value):
+        assert "<img src=x" not in html and "<script>" not in html
+    assert "&lt;img src=x onerror=&quot;window.__pwned=1&quot;&gt;&lt;script&gt;" in b.body.value
+    assert "&lt;img src=x" in v.output.value
+
+
 def test_viewers_notebook_runs():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuditKitError
-from ._auth import checked_users, read_password_file, set_password
+from ._auth import checked_users, hash_password, read_password_file, set_password
 
-__all__ = ["register", "serve", "read_basic_auth", "is_loopback", "InsecureServeError"]
+__all__ = ["register", "serve", "read_basic_auth", "is_loopback", "InsecureServeError", "hash_password",
+           "set_password"]
 
 PUBLIC_ROUTES = ("/login", "/logout", "/liveness")
 
