@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, clean_messages, common_prefix_len, content_ids, dataset_name, dumps,
-                      finish, id_prefix, read_records)
+from ._common import (ROW, clean_messages, common_prefix_len, dataset_name, dumps,
+                      finish_annotations, frame_of, id_prefix, read_records)
 
 if TYPE_CHECKING:
     from ._common import Source
@@ -90,14 +90,12 @@ def load_chatbot_arena(source: Source, *, dataset: str | None = None,
                 str(r.get("question_id", i)), dumps(meta))):
             cols[key].append(value)
     schema = {ROW: pl.Int64, "submitted_at": pl.Datetime("us", "UTC")}
-    rows = pl.DataFrame(cols, schema={k: schema.get(k, pl.String) for k in cols})
+    rows = frame_of(cols, schema)
     rows = rows.with_columns(
         annotation_id=pl.format("{}:{}", pl.lit(prefix), pl.col(ROW)),
         task_id=pl.format("{}:{}", pl.lit(prefix), "task"), dataset=pl.lit(dataset, dtype=pl.String),
         display_order_known=pl.lit(display_order_known))
-    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
-                              "response_b_id": "response_b"})
-    return finish(rows, "annotation")
+    return finish_annotations(rows)
 
 
 def _conversation(i: int, field: str, value: Any) -> list[dict[str, Any]]:

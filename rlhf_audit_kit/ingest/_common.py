@@ -416,6 +416,31 @@ def common_prefix_len(a: str | list[Any], b: str | list[Any]) -> int:
 
 
 # --------------------------------------------------------------------------- output
+def frame_of(cols: Mapping[str, list[Any]], types: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """A frame of columns collected row by row: ``types`` for some, String for the rest."""
+    return pl.DataFrame(dict(cols), schema={k: types.get(k, pl.String) for k in cols})
+
+
+def text_of(df: pl.DataFrame, col: str) -> pl.Expr:
+    """A string column as it is, a message-list column as compact JSON text (see :func:`dumps`)."""
+    dtype = df.schema[col]
+    if dtype == pl.String:
+        return pl.col(col)
+    if is_plain_messages(dtype):
+        return messages_json(pl.col(col))
+    if is_messages(dtype):  # messages with extra keys (name, tool_calls, content parts): per row
+        texts = [None if m is None else dumps(clean_messages(m)) for m in df[col].to_list()]
+        return pl.lit(pl.Series(col, texts, dtype=pl.String))
+    raise ValidationError(0, col, f"expected a string or a list of {{role, content}} messages, got {dtype}")
+
+
+def finish_annotations(rows: pl.DataFrame) -> pl.DataFrame:
+    """Content ids of the prompt and both responses, then :func:`finish` as ``annotation`` rows."""
+    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
+                              "response_b_id": "response_b"})
+    return finish(rows, "annotation")
+
+
 def finish(frame: pl.DataFrame, kind: str) -> pl.DataFrame:
     """Select the kind's fields in schema order, typed; absent optional fields become typed nulls.
 

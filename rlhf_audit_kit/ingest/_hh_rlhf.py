@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, common_prefix_len, content_ids, dataset_name, finish, id_prefix,
+from ._common import (ROW, common_prefix_len, dataset_name, finish_annotations, id_prefix,
                       require_columns, to_frame, with_row)
 
 if TYPE_CHECKING:
@@ -95,9 +95,7 @@ def load_hh_rlhf(source: Source, *, dataset: str | None = None, annotator: str =
         annotation_id=pl.format("{}:{}", pl.lit(prefix), pl.col(ROW)),
         choice=pl.lit("a"), annotator=pl.lit(annotator), task_id=pl.lit(task_id),
         dataset=pl.lit(dataset, dtype=pl.String), display_order_known=pl.lit(False))
-    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
-                              "response_b_id": "response_b"})
-    return finish(rows, "annotation")
+    return finish_annotations(rows)
 
 
 def _split_slow(rows: list[int], chosen: list[str | None], rejected: list[str | None]) -> pl.DataFrame:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import ROLE_NAMES, ROW, content_ids, dataset_name, dumps, finish, id_prefix, read_records
+from ._common import (ROLE_NAMES, ROW, dataset_name, dumps, finish_annotations, frame_of, id_prefix,
+                      read_records)
 
 if TYPE_CHECKING:
     from ._common import Source
@@ -82,15 +83,12 @@ def load_oasst(source: Source, *, dataset: str | None = None, annotator: str = "
             raise ValidationError(i, "prompt", "missing, or not a message object")
         tree_id = tree.get("message_tree_id") or root.get("message_id")
         _walk(i, str(tree_id), root, [], out)
-    rows = pl.DataFrame(dict(out), schema={ROW: pl.Int64, **{k: pl.String for k in (
-        "prompt", "response_a", "response_b", "model_a", "model_b", "choice", "_a", "_b", "task", "meta")}})
+    rows = frame_of(out, {ROW: pl.Int64})
     rows = rows.with_columns(
         annotation_id=pl.format("{}:{}:{}", pl.lit(prefix), "_a", "_b"),
         task_id=pl.format("{}:{}", pl.lit(prefix), "task"), annotator=pl.lit(annotator),
         dataset=pl.lit(dataset, dtype=pl.String), display_order_known=pl.lit(False))
-    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
-                              "response_b_id": "response_b"})
-    return finish(rows, "annotation")
+    return finish_annotations(rows)
 
 
 def _message(m: dict[str, Any]) -> dict[str, str]:

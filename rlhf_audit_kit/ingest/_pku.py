@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, content_ids, dataset_name, finish, first_row, id_prefix, require_columns,
+from ._common import (ROW, dataset_name, finish_annotations, first_row, id_prefix, require_columns,
                       require_strings, to_frame, with_row)
 
 if TYPE_CHECKING:
@@ -78,6 +78,4 @@ def load_pku_saferlhf(source: Source, *, dataset: str | None = None,
     rows = pl.concat(parts).sort(ROW, maintain_order=True).with_columns(
         annotator=pl.lit(annotator), dataset=pl.lit(dataset, dtype=pl.String),
         display_order_known=pl.lit(False))
-    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
-                              "response_b_id": "response_b"})
-    return finish(rows, "annotation")
+    return finish_annotations(rows)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, content_ids, dataset_name, finish, first_row, id_prefix, messages_json,
+from ._common import (ROW, dataset_name, finish_annotations, first_row, id_prefix, messages_json,
                       require_columns, to_frame, with_row)
 
 if TYPE_CHECKING:
@@ -86,9 +86,7 @@ def load_sharegpt_dpo(source: Source, *, dataset: str | None = None,
         annotation_id=pl.format("{}:{}", pl.lit(prefix), pl.col(ROW)), choice=pl.lit("a"),
         annotator=pl.lit(annotator), task_id=pl.lit(task_id), dataset=pl.lit(dataset, dtype=pl.String),
         display_order_known=pl.lit(False))
-    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
-                              "response_b_id": "response_b"})
-    return finish(rows, "annotation")
+    return finish_annotations(rows)
 
 
 def _response(df: pl.DataFrame, col: str) -> pl.Expr:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, content_ids, dataset_name, finish, first_row, id_prefix,
-                      require_columns, require_strings, to_frame, with_row)
+from ._common import (ROW, dataset_name, finish_annotations, first_row, id_prefix, require_columns,
+                      require_strings, to_frame, with_row)
 
 if TYPE_CHECKING:
     from ._common import Source
@@ -95,6 +95,4 @@ def load_shp(source: Source, *, dataset: str | None = None, annotator: str = "sh
                     & (pl.col(ROW) != pl.col(ROW).min().over("annotation_id")))
     if dup is not None:
         raise ValidationError(dup, "annotation_id", f"duplicate comment pair {rows['annotation_id'][dup]!r}")
-    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
-                              "response_b_id": "response_b"})
-    return finish(rows, "annotation")
+    return finish_annotations(rows)

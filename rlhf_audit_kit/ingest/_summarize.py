@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import ROW, content_ids, dataset_name, dumps, finish, id_prefix, read_records
+from ._common import ROW, dataset_name, dumps, finish_annotations, frame_of, id_prefix, read_records
 
 if TYPE_CHECKING:
     from ._common import Source
@@ -82,14 +82,12 @@ def load_summarize_from_feedback(source: Source, *, dataset: str | None = None) 
                 dumps({k: v for k, v in meta.items() if v is not None}))):
             cols[key].append(value)
     schema = {ROW: pl.Int64, "strength": pl.Int64}
-    rows = pl.DataFrame(cols, schema={k: schema.get(k, pl.String) for k in cols})
+    rows = frame_of(cols, schema)
     rows = rows.with_columns(
         annotation_id=pl.format("{}:{}", pl.lit(prefix), pl.col(ROW)),
         task_id=pl.format("{}:{}", pl.lit(prefix), "batch"), dataset=pl.lit(dataset, dtype=pl.String),
         display_order_known=pl.lit(False))
-    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
-                              "response_b_id": "response_b"})
-    return finish(rows, "annotation")
+    return finish_annotations(rows)
 
 
 def _prompt(i: int, info: dict[str, Any]) -> str:

@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ValidationError
-from ._common import (ROW, clean_messages, common_prefix_len, content_ids, dataset_name, dumps,
-                      finish, first_row, id_prefix, is_messages, is_plain_messages, messages_json,
-                      require_columns, to_frame, with_row)
+from ._common import (ROW, clean_messages, common_prefix_len, dataset_name, dumps,
+                      finish_annotations, first_row, id_prefix, is_messages, require_columns,
+                      text_of, to_frame, with_row)
 from ._hh_rlhf import MARK
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def load_trl_preference(source: Source, *, dataset: str | None = None,
 
     if "prompt" in df.columns:
         df = _drop_repeated_prompt(df)
-        rows = df.select(ROW, *(_as_text(df, c).alias(n) for c, n in
+        rows = df.select(ROW, *(text_of(df, c).alias(n) for c, n in
                                 (("prompt", "prompt"), ("chosen", "response_a"), ("rejected", "response_b"))))
     else:
         rows = _split_implicit(df)
@@ -109,20 +109,7 @@ def load_trl_preference(source: Source, *, dataset: str | None = None,
         choice=pl.when(tie).then(pl.lit("tie")).otherwise(pl.lit("a")), annotator=pl.lit(annotator),
         task_id=pl.lit(task_id), dataset=pl.lit(dataset, dtype=pl.String),
         display_order_known=pl.lit(False))
-    rows = content_ids(rows, {"prompt_id": "prompt", "response_a_id": "response_a",
-                              "response_b_id": "response_b"})
-    return finish(rows, "annotation")
-
-
-def _as_text(df: pl.DataFrame, col: str) -> pl.Expr:
-    dtype = df.schema[col]
-    if dtype == pl.String:
-        return pl.col(col)
-    if is_plain_messages(dtype):
-        return messages_json(pl.col(col))
-    # Messages with extra keys (name, tool_calls, content parts): encode per row in Python.
-    texts = [None if m is None else dumps(clean_messages(m)) for m in df[col].to_list()]
-    return pl.lit(pl.Series(col, texts, dtype=pl.String))
+    return finish_annotations(rows)
 
 
 def _drop_repeated_prompt(df: pl.DataFrame) -> pl.DataFrame:

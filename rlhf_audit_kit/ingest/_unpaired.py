@@ -8,7 +8,7 @@ import polars as pl
 from ..errors import ValidationError
 from ._common import (ROW, clean_messages, content_ids, dataset_name, dumps, finish, first_row,
                       id_prefix, is_messages, is_plain_messages, messages_json, require_columns,
-                      to_frame, with_row)
+                      text_of, to_frame, with_row)
 
 if TYPE_CHECKING:
     from ._common import Source
@@ -72,7 +72,7 @@ def load_kto(source: Source, *, dataset: str | None = None, annotator: str = "kt
         if row is not None:
             raise ValidationError(row, c, "is missing or null")
     if pair:
-        rows = df.select(ROW, "label", prompt=_text(df, "prompt"), response=_text(df, "completion"))
+        rows = df.select(ROW, "label", prompt=text_of(df, "prompt"), response=text_of(df, "completion"))
     else:
         rows = _split_last(df)
     prefix = id_prefix(dataset, "kto")
@@ -83,17 +83,6 @@ def load_kto(source: Source, *, dataset: str | None = None, annotator: str = "kt
         dataset=pl.lit(dataset, dtype=pl.String))
     rows = content_ids(rows, {"sample_id": "response", "prompt_id": "prompt"})
     return finish(rows, "rating")
-
-
-def _text(df: pl.DataFrame, col: str) -> pl.Expr:
-    dtype = df.schema[col]
-    if dtype == pl.String:
-        return pl.col(col)
-    if is_plain_messages(dtype):
-        return messages_json(pl.col(col))
-    if is_messages(dtype):
-        return pl.lit(pl.Series(col, [dumps(clean_messages(m)) for m in df[col].to_list()], dtype=pl.String))
-    raise ValidationError(0, col, f"expected a string or a list of {{role, content}} messages, got {dtype}")
 
 
 def _split_last(df: pl.DataFrame) -> pl.DataFrame:
