@@ -131,6 +131,18 @@ def test_agreement_is_computed_with_two_raters_per_item(real):
     assert 0 < rep["agreement"][0] < 1
 
 
+def test_two_exports_of_one_project_count_each_judgement_once(real, store):
+    """The JSON and JSON_MIN exports hold the same 59 judgements: loaded under two dataset names, the
+    analyses see 59, not 118 (a true repeat would have other times)."""
+    full = load_label_studio(real / LS_FULL, dataset="ls/full")
+    both = pl.concat([full, load_label_studio(real / LS_MIN, dataset="ls/min")])
+    one = annotator_report(full, min_n=5).select("n", "n_ab", "n_repeated").sort("n")
+    assert annotator_report(both, min_n=5).select("n", "n_ab", "n_repeated").sort("n").equals(one)
+    store.extend(both, kind="annotation")
+    assert annotator_report(store, min_n=5).select("n", "n_ab", "n_repeated").sort("n").equals(one)
+    assert one["n"].to_list() == [19, 40]
+
+
 # --------------------------------------------------------------------------- refused or mangled
 def test_trl_implicit_layout_of_hh_keeps_empty_final_turns(real, hh_records, store):
     """Four HH rows end with an empty chosen turn: that is data, stored as it is (what follows the
