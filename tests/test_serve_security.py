@@ -6,7 +6,6 @@ import hmac
 import http.cookiejar
 import io
 import os
-import socket
 import stat
 import sys
 import time
@@ -23,6 +22,7 @@ from rlhf_audit_kit.apps.serve import InsecureServeError, is_loopback, read_basi
 from rlhf_audit_kit.errors import AuditKitError  # noqa: E402
 
 from factories import annotation  # noqa: E402
+from browser.served import served_dashboards  # noqa: E402
 
 PASSWORD = "correct horse battery"
 FAST = _auth.MIN_ITERATIONS  # the cheapest entry accepted keeps the tests fast
@@ -124,12 +124,6 @@ def test_throttle_doubles_per_client_and_user_and_clears_on_success():
 
 
 # ---------------------------------------------------------------------------- a served app
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *a, **k):
         return None
@@ -170,24 +164,8 @@ def record(tmp_path_factory):
 
 @pytest.fixture
 def served():
-    from panel.io.state import state
-    threads = []
-
-    def _serve(source, **kw):
-        port = _free_port()
-        threads.append(serve(source, port=port, threaded=True, **kw))
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://localhost:{port}/liveness", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
-        return Client(f"http://localhost:{port}")
-    yield _serve
-    for t in threads:
-        t.stop()
-        t.join(10)
-    state.reset()
+    with served_dashboards() as start:
+        yield lambda source, **kw: Client(start(source, **kw))
 
 
 def _unloaded_module() -> str:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import pytest
 pn = pytest.importorskip("panel")
 pytest.importorskip("playwright")
 from panel.io.state import state  # noqa: E402
+from .served import free_port, wait_liveness  # noqa: E402,F401 - shared with tests/test_serve_security.py
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
@@ -54,12 +53,6 @@ def shots():
     return SHOTS
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(fn, page, timeout=15_000):
     """Poll a Python- or JS-side condition while letting the page run."""
     end = time.monotonic() + timeout / 1000
@@ -72,16 +65,6 @@ def wait_until(fn, page, timeout=15_000):
         if time.monotonic() > end:
             raise TimeoutError("condition not met")
         page.wait_for_timeout(100)
-
-
-def wait_liveness(port: int, tries: int = 300) -> None:
-    for _ in range(tries):
-        try:
-            urllib.request.urlopen(f"http://localhost:{port}/liveness", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"no server on port {port}")
 
 
 @pytest.fixture

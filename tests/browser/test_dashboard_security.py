@@ -3,14 +3,14 @@ are shown as text and never run, no request leaves the server, and tiny stores r
 from __future__ import annotations
 
 import logging
-import time
-import urllib.request
 from urllib.parse import urlparse
 
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import free_port, wait_until
+from .served import served_dashboards
+
+from .conftest import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -56,29 +56,11 @@ def hostile(tmp_path_factory):
 
 @pytest.fixture
 def served_dashboard(caplog):
-    """``rlhf_audit_kit.apps.serve`` in a thread; yields a function returning the URL. Server-side
-    errors are collected from the log (Panel and Bokeh log an exception in a session, not raise)."""
-    from panel.io.state import state
-
-    from rlhf_audit_kit.apps.serve import serve
+    """Serve with ``rlhf_audit_kit.apps.serve``; server-side errors are collected from the log (Panel
+    and Bokeh log an exception in a session, they do not raise it)."""
     caplog.set_level(logging.ERROR)
-    threads = []
-
-    def _serve(source):
-        port = free_port()
-        threads.append(serve(source, port=port, threaded=True))
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://localhost:{port}/liveness", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
-        return f"http://localhost:{port}/"
-    yield _serve
-    for t in threads:
-        t.stop()
-        t.join(10)
-    state.reset()
+    with served_dashboards() as start:
+        yield lambda source: start(source) + "/"
 
 
 def _open(page, url):
