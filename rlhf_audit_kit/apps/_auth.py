@@ -110,7 +110,7 @@ def checked_users(users: Mapping[str, str], where: str = "basic_auth") -> dict[s
 
 def read_password_file(path: str | os.PathLike) -> dict[str, str]:
     """``{user: entry}`` of a password file; AuditKitError (one line, naming the line) if the file
-    can be read by group or others, or holds a plaintext, malformed or weak entry.
+    is open to group or others, or holds a plaintext, malformed or weak entry.
 
     >>> import tempfile
     >>> f = Path(tempfile.mkdtemp()) / "users"
@@ -171,7 +171,7 @@ class Throttle:
     blocked try is refused without checking the password. A success clears the key. At most
     ``max_keys`` keys are remembered (the oldest are forgotten).
 
-    >>> t = Throttle(base=1, cap=8, clock=lambda: 0.0)
+    >>> t = Throttle(base=1.0, cap=8.0, clock=lambda: 0.0)
     >>> [t.failed("ip:1.2.3.4") for _ in range(5)]
     [1.0, 2.0, 4.0, 8.0, 8.0]
     >>> t.wait("ip:1.2.3.4", "user:bob"), t.wait("ip:5.6.7.8")
@@ -180,7 +180,7 @@ class Throttle:
 
     def __init__(self, base: float = 1.0, cap: float = 60.0, *, clock: Callable[[], float] = time.monotonic,
                  max_keys: int = 10_000):
-        self.base, self.cap, self.clock, self.max_keys = base, cap, clock, max_keys
+        self.base, self.cap, self.clock, self.max_keys = float(base), float(cap), clock, max_keys
         self._state: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (failures, blocked until)
 
     def wait(self, *keys: str) -> float:
