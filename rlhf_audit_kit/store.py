@@ -165,7 +165,6 @@ def _fixed32(hashes: list[bytes]) -> pa.Array:
 _OPEN: dict[str, weakref.WeakSet] = {}
 _OPEN_LOCK = threading.RLock()
 _LOCK_HOLDER = re.compile(r"lock is held in (?P<prog>.*?) \(PID (?P<pid>\d+)\)")
-_CLAIM = "write_claim"  # meta row every write updates first: concurrent writes conflict there
 
 
 def _open_here(real: str) -> list["AuditStore"]:
@@ -306,8 +305,13 @@ class AuditStore(RecordReader):
                     ("created_at", dt.datetime.now(dt.timezone.utc).isoformat())]
             for row in rows:
                 _x(con, "INSERT INTO meta VALUES (?, ?)", list(row))
-        if not _x(con, "SELECT 1 FROM meta WHERE key = ?", [_CLAIM]):
-            _x(con, "INSERT INTO meta VALUES (?, '')", [_CLAIM])
+        # The next seq, which every write claims first (see _begin_write). Set from the log on open:
+        # only this process writes meanwhile, but another version of the kit may have written before.
+        _x(con, "CREATE TABLE IF NOT EXISTS write_claim (next_seq BIGINT NOT NULL)")
+        n = _x(con, "SELECT count(*) FROM log")[0][0]
+        if [r[0] for r in _x(con, "SELECT next_seq FROM write_claim")] != [n]:
+            _x(con, "DELETE FROM write_claim")
+            _x(con, "INSERT INTO write_claim VALUES (?)", [n])
 
     @property
     def _internal_write(self) -> bool:
@@ -453,7 +457,7 @@ class AuditStore(RecordReader):
         for i, (kind, _) in enumerate(items):
             by_kind.setdefault(kind.name, []).append(i)
         parts, self._root_parts = self._root_parts, None
-        start = self._begin_write(con)  # the seq, the uniqueness check and the tree edge: read in the transaction
+        start = self._begin_write(con, len(items))  # seq, uniqueness, tree edge: read in the transaction
         try:
             for name, rows in by_kind.items():
                 self._check_unique_values(KINDS[name], rows, [items[i][1] for i in rows])
@@ -520,17 +524,18 @@ class AuditStore(RecordReader):
         if self._con is None:
             raise AuditKitError(f"{self.path} is closed; open it again with open_store()")
 
-    def _begin_write(self, con) -> int:
-        """Begin the write transaction; return the log size inside it.
+    def _begin_write(self, con, n: int) -> int:
+        """Begin the write transaction of ``n`` events; return the first seq, read inside it.
 
-        The first statement claims the store: DuckDB refuses a second transaction that updates the
-        same row before the first ends, so two handles of one file (which DuckDB's file lock cannot
-        tell apart in one process) can never both write; the size is then read in the transaction.
+        The first statement claims the next ``n`` seqs by updating the one row of ``write_claim``:
+        DuckDB refuses a second transaction that updates that row before the first ends (or after it
+        started), so two handles of one file, which DuckDB's file lock cannot tell apart in one
+        process, can never write the same seq; the rest of the tree state is read after the claim.
         """
         _x(con, "BEGIN TRANSACTION")
         try:
-            _x(con, "UPDATE meta SET value = ? WHERE key = ?", [uuid.uuid4().hex, _CLAIM])
-            size = _x(con, "SELECT count(*) FROM log")[0][0]
+            n = int(n)  # (DuckDB cannot prepare UPDATE ... RETURNING: an int of ours goes in as text)
+            size = _x(con, f"UPDATE write_claim SET next_seq = next_seq + {n} RETURNING next_seq - {n}")[0][0]
         except duckdb.TransactionException as e:
             _x(con, "ROLLBACK")
             raise StoreInUseError(
@@ -574,7 +579,7 @@ class AuditStore(RecordReader):
         futures = []
         try:
             # The seq, the uniqueness checks and the tree's right edge are read inside the transaction.
-            start = self._begin_write(con)
+            start = self._begin_write(con, n_total)
         except BaseException:
             _x(con, "SET preserve_insertion_order = true")
             raise
