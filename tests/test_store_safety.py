@@ -243,11 +243,14 @@ def test_a_store_locked_by_another_process_names_its_pid(held_store, read_only):
     assert isinstance(e, AuditKitError)
 
 
-@pytest.mark.parametrize("command", ["info", "verify"])
-def test_cli_on_a_locked_store_prints_one_line_and_fails(held_store, keys_dir, command):
+@pytest.mark.parametrize("command", ["info", "verify", "serve", "ingest"])
+def test_cli_on_a_locked_store_prints_one_line_and_fails(held_store, keys_dir, tmp_path, command):
     path, pid = held_store
-    rest = ["--vkey", str(keys_dir)] if command == "verify" else []
-    out = subprocess.run([sys.executable, "-m", "rlhf_audit_kit.cli", command, str(path), *rest],
+    args = {"info": [str(path)], "verify": [str(path), "--vkey", str(keys_dir)],
+            "serve": [str(path), "--port", "5987"],  # fails before it listens: no server is left behind
+            "ingest": [str(tmp_path / "none.jsonl"), "--format", "jsonl", "--store", str(path)]}[command]
+    (tmp_path / "none.jsonl").write_text("")
+    out = subprocess.run([sys.executable, "-m", "rlhf_audit_kit.cli", command, *args],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
