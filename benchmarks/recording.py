@@ -156,11 +156,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="rak-recording-"))
-    if a.child:
-        out = PATHS[a.child](work, a.n)
-        print(json.dumps(out))
-        return 0
     work.mkdir(parents=True, exist_ok=True)
+    if a.child:
+        print(json.dumps(PATHS[a.child](work, a.n)))
+        return 0
     for p in work.glob("*.duckdb*"):
         p.unlink()
 

@@ -506,6 +506,11 @@ class AuditStore(RecordReader):
                 seen.add(k)
             if not keys:
                 continue
+            if len(keys) == 1:  # an equality lookup prunes by zone maps; a join would scan the table
+                where = " AND ".join(f"{_quote(c)} = ?" for c in cols)
+                if _x(self._con, f"SELECT 1 FROM {_quote(kind.name)} WHERE {where} LIMIT 1", list(keys[0][1])):
+                    raise ValidationError(keys[0][0], cols[0], f"duplicate {'/'.join(cols)}: already in the store")
+                continue
             fields = [kind.field_map[c] for c in cols]
             sel = ", ".join(f"unnest(?::{_SQL_TYPES[f.type]}[]) AS {_quote(f.name)}" for f in fields)
             on = " AND ".join(f"k.{_quote(c)} = t.{_quote(c)}" for c in cols)
