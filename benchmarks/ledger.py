@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf_audit_kit.ledger import merkle  # noqa: E402
 from rlhf_audit_kit.ledger.checkpoint import Signer  # noqa: E402
-from rlhf_audit_kit.ledger.verify import compute_tree  # noqa: E402
+from rlhf_audit_kit.ledger.levels import compute_tree  # noqa: E402
 from rlhf_audit_kit.store import leaf_hashes_of, open_store  # noqa: E402
 
 SIGNER = Signer.from_seed("bench.example/log", bytes(32))

@@ -1,20 +1,17 @@
-"""Snapshot bundles: a self-contained, read-only folder of exactly what one signed snapshot covers.
+"""Snapshot bundles: a self-contained, read-only folder of what the signed snapshots of one log cover.
 
-Layout::
-
-    checkpoint.note    the signed C2SP checkpoint (origin, tree size N, root)
-    verifier.vkey      the public verifier key of the signer (convenience; pin your own key)
-    manifest.json      format, origin, tree size, root, encoding, created, per-file SHA-256 and rows
-    log.parquet        seq, kind, ts, entry, leaf_hash for seq 0..N-1
-    <kind>.parquet     one per event kind with rows (seq < N), columns as ``store.table(kind)``
-
-No key material ever enters a bundle. Parquet is readable by polars, DuckDB, Spark or Trino, so a
-bundle is the interchange format for other processes (dashboards, auditors, bigger engines).
+A bundle only grows: immutable Parquet segments of seq ranges, every published signed note, and a
+manifest written last (layout: :mod:`rlhf_audit_kit.segments`). Exporting a newer snapshot of the
+same log onto it (:func:`export_bundle`, ``snapshot.export(folder)``) adds the new events' segment,
+its note and a new manifest; nothing earlier is rewritten. No key material ever enters a bundle.
+Parquet is readable by polars, DuckDB, Spark or Trino (globs over ``segments/``: docs/bundles.md),
+so a bundle is the interchange format for other processes (dashboards, auditors, bigger engines).
 
 :func:`open_bundle` gives a :class:`Bundle` with the store's read API (``sql``, ``table``,
 ``annotations``, ``counts``, ...) over in-memory DuckDB views, so analysis code takes either.
 :meth:`Bundle.verify` re-derives everything from the Parquet files with the same checks as
-``store.verify`` (:mod:`rlhf_audit_kit.ledger.verify`) and also checks the manifest.
+``store.verify`` (:mod:`rlhf_audit_kit.ledger.verify`) and also checks the manifest;
+``verify(key, since=trusted)`` re-derives only the segments after a checkpoint you trusted before.
 
 >>> import os, tempfile
 >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,20 +24,22 @@ bundle is the interchange format for other processes (dashboards, auditors, bigg
 >>> bundle = store.snapshot(signer).export(os.path.join(d, "bundle"))
 >>> bundle.size, bundle.counts(), bundle.verify(signer.verifier).ok
 (1, {'dataset': 1}, True)
+>>> first = bundle.verify(signer.verifier)
+>>> _ = store.extend([{"kind": "dataset", "name": "hh", "version": "2"}])
+>>> bundle.close(); bundle = store.snapshot(signer).export(os.path.join(d, "bundle"))
+>>> report = bundle.verify(signer.verifier, since=first)
+>>> report.ok, report.covered, bundle.size
+(True, (1, 3), 3)
 >>> bundle.close(); store.close()
 """
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import html
-import json
 import os
 import re
-import shutil
 import sys
 import threading
-import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,32 +47,34 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from . import encoding
 from .bundle_files import (Limits, check_name, check_parquet, duckdb_path, file_digest, open_file, read_small,
                            show_name, unlisted)
-from .errors import AuditKitError, BundleError, IntegrityError, KeysError
-from .ledger.checkpoint import Checkpoint, Verifier
+from .errors import AuditKitError, BundleError, KeysError, SignatureError
+from .ledger.checkpoint import Checkpoint, Verifier, verify_checkpoint
+from .ledger.merkle import EMPTY_ROOT
 from .ledger.snapshot import Snapshot
+from .ledger.tree import compact_range_nodes
 from .ledger.verify import DuckSource, Finding, VerifyReport, resolve_verifiers, verify_source
-from .reader import RecordReader, _quote, cursor_sql, typed_columns, typed_select_list
+from .reader import RecordReader, _quote, cursor_sql, typed_columns
 from .schema import KINDS
+from .segments import (FORMAT_V1, FORMAT_V2, Segment, checkpoint_file, complete_subtree,
+                       later_files, parse_segments)
 
 __all__ = ["Bundle", "open_bundle", "verify_bundle", "export_bundle", "BUNDLE_FORMAT", "is_bundle", "Limits"]
 
-BUNDLE_FORMAT = "rlhf-audit-kit/bundle/v1"
+#: The format :func:`export_bundle` writes; bundles of format v1 (one file per table) still open and verify.
+BUNDLE_FORMAT = FORMAT_V2
+#: Manifest fields :meth:`Bundle.verify` checks (against the signed notes, the log and the files); the
+#: others (key_name, key_id, store_id, encoding, ...) are statements no signature covers.
+SIGNED_MANIFEST_FIELDS = frozenset({"origin", "tree_size", "root_hash", "files", "segments", "note"})
 NOTE_FILE, VKEY_FILE, MANIFEST_FILE, LOG_FILE = "checkpoint.note", "verifier.vkey", "manifest.json", "log.parquet"
+#: Entries of a bundle folder that are not bundle files: witnesses' cosigned notes.
+_NOT_BUNDLE_FILES = ("cosignatures",)
+_LOG_DDL = "CREATE TABLE log (seq BIGINT, kind VARCHAR, ts TIMESTAMP, entry BLOB, leaf_hash BLOB)"
 
 
 def _sql_str(s: str | os.PathLike) -> str:
     return "'" + str(s).replace("'", "''") + "'"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)  # hashlib releases the GIL on large chunks
-    return h.hexdigest()
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
@@ -94,6 +95,8 @@ def _one_line(e: BaseException) -> str:
 
 def _parse_manifest(raw: bytes) -> dict[str, Any]:
     """The manifest, checked field by field (a hostile one must not reach the code as odd types)."""
+    import json
+
     def bad(what: str) -> BundleError:
         return BundleError(f"{MANIFEST_FILE} {what}; refused", damage="malformed-bundle", file=MANIFEST_FILE)
     try:
@@ -102,8 +105,8 @@ def _parse_manifest(raw: bytes) -> dict[str, Any]:
         raise bad(f"is not UTF-8 JSON ({show_name(str(e), 120)})") from None
     if not isinstance(m, dict):
         raise bad("is not a JSON object")
-    if m.get("format") != BUNDLE_FORMAT:
-        raise bad(f"has bundle format '{show_name(m.get('format'), 60)}', not {BUNDLE_FORMAT}")
+    if m.get("format") not in (FORMAT_V1, FORMAT_V2):
+        raise bad(f"has bundle format '{show_name(m.get('format'), 60)}', not {FORMAT_V2} (or {FORMAT_V1})")
     for key, ok in (("origin", lambda v: isinstance(v, str) and 0 < len(v) <= 1024 and v.isprintable()),
                     ("tree_size", lambda v: type(v) is int and v >= 0),
                     ("root_hash", lambda v: isinstance(v, str) and _HEX64.fullmatch(v)),
@@ -113,7 +116,7 @@ def _parse_manifest(raw: bytes) -> dict[str, Any]:
     for key in ("snapshot_seq",):
         if m.get(key) is not None and not (type(m[key]) is int and m[key] >= 0):
             raise bad(f"field '{key}' is malformed")
-    for key in ("key_name", "key_id", "encoding", "store_id", "created_at"):
+    for key in ("key_name", "key_id", "encoding", "store_id", "created_at", "note"):
         if m.get(key) is not None and not (isinstance(m[key], str) and len(m[key]) <= 1024):
             raise bad(f"field '{key}' is malformed")
     tables = {"log", *KINDS}
@@ -123,79 +126,60 @@ def _parse_manifest(raw: bytes) -> dict[str, Any]:
                 and all(info.get(k) is None or (type(info[k]) is int and info[k] >= 0) for k in ("bytes", "rows"))
                 and isinstance(info.get("table", "log"), str) and info.get("table", "log") in tables):
             raise bad(f"entry of '{show_name(name)}' is malformed (needs sha256, bytes, rows and a known table)")
-    if not any(info.get("table") == "log" for info in m["files"].values()) or NOTE_FILE not in m["files"]:
+    has_log = any(info.get("table") == "log" for info in m["files"].values())
+    if m["format"] == FORMAT_V1 and (not has_log or NOTE_FILE not in m["files"]):
         raise bad(f"does not list a log table ({LOG_FILE}) and {NOTE_FILE}")
+    if m["format"] == FORMAT_V2 and not has_log and m["tree_size"]:
+        raise bad("does not list a log table")
     return m
 
 
-# ---------------------------------------------------------------- export
 def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verifier: Verifier,
                   verify: bool = True, overwrite: bool = False) -> Bundle:
-    """Write the bundle of ``snapshot`` (rows with ``seq < snapshot.size``) into ``folder``.
+    """Write the bundle of ``snapshot`` into ``folder``, or extend the bundle already there; see
+    :func:`rlhf_audit_kit.bundle_export.export_bundle`."""
+    from .bundle_export import export_bundle as export
+    return export(store, snapshot, folder, verifier=verifier, verify=verify, overwrite=overwrite)
 
-    The files are written into a temporary sibling folder and renamed into place, so a bundle
-    folder is either complete or absent. Refuses an existing non-empty folder unless ``overwrite``.
-    With ``verify`` the written bundle is verified against ``verifier`` first (IntegrityError or
-    SignatureError if the store does not match its own snapshot).
+
+def _view_sql(table: str, files: Sequence[str], columns: Sequence[Sequence[str]]) -> str:
+    """The SELECT of a table's view over its segment files, columns as the store has them.
+
+    A file written before a field was added to its kind lacks that column: it reads as NULL (the
+    entries of such rows have no key for it either, see ``Field.omit_null``).
     """
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        if not overwrite:
-            raise AuditKitError(f"{folder} exists and is not empty; pass overwrite=True to replace it")
-    if snapshot.origin != store.origin:
-        raise AuditKitError(f"snapshot origin {snapshot.origin!r} is not this store's {store.origin!r}")
-    size = int(snapshot.size)
-    tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        files: dict[str, dict[str, Any]] = {}
-        with store._lock:
-            cur = store._con.cursor()
-            try:
-                n = cur.execute("SELECT count(*) FROM log WHERE seq < ?", [size]).fetchall()[0][0]
-                if n != size:
-                    raise IntegrityError(f"the store has {n:,} events below seq {size:,}; cannot export "
-                                         "the snapshot (run store.verify)", damage="truncated")
-                cur.execute(f"COPY (SELECT seq, kind, ts, entry, leaf_hash FROM log WHERE seq < {size} "
-                            f"ORDER BY seq) TO {_sql_str(tmp / LOG_FILE)} (FORMAT parquet, COMPRESSION zstd)")
-                files[LOG_FILE] = {"rows": n, "table": "log"}
-                for kind in KINDS.values():
-                    rows = cur.execute(f"SELECT count(*) FROM {_quote(kind.name)} WHERE seq < ?",
-                                       [size]).fetchall()[0][0]
-                    if rows:
-                        name = f"{kind.name}.parquet"
-                        cur.execute(f"COPY (SELECT {typed_select_list(kind)} FROM {_quote(kind.name)} "
-                                    f"WHERE seq < {size} ORDER BY seq) TO {_sql_str(tmp / name)} "
-                                    "(FORMAT parquet, COMPRESSION zstd)")
-                        files[name] = {"rows": rows, "table": kind.name}
-            finally:
-                cur.close()
-        (tmp / NOTE_FILE).write_text(snapshot.note, encoding="utf-8")
-        (tmp / VKEY_FILE).write_text(verifier.vkey + "\n", encoding="utf-8")
-        for name, info in files.items():
-            info["sha256"] = _sha256_file(tmp / name)
-            info["bytes"] = (tmp / name).stat().st_size
-        for name in (NOTE_FILE, VKEY_FILE):
-            files[name] = {"sha256": _sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-        manifest = {
-            "format": BUNDLE_FORMAT, "origin": snapshot.origin, "tree_size": size,
-            "root_hash": snapshot.root_hash.hex(), "encoding": encoding.ENCODING_NAME,
-            "store_id": store.store_id, "snapshot_seq": snapshot.seq, "key_name": verifier.name,
-            "key_id": verifier.key_id.hex(),
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": dict(sorted(files.items())),
-        }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if verify:
-            with Bundle(tmp, limits=_OWN_EXPORT) as b:
-                b.verify(verifier).raise_for_status()
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return Bundle(folder, limits=_OWN_EXPORT)
+    from .store import _SQL_TYPES
+    have = set().union(*map(set, columns)) if columns else set()
+    union = ", union_by_name = true" if len({tuple(sorted(c)) for c in columns}) > 1 else ""
+    source = f"read_parquet([{', '.join(_sql_str(f) for f in files)}]{union})"
+    if table == "log":
+        return f"SELECT seq, kind, ts, entry, leaf_hash FROM {source}"
+    kind = KINDS[table]
+    items = typed_columns(kind, maps="map_from_entries", json="JSON")  # Parquet back to typed rows
+    cols = [item if f.name in have else f"CAST(NULL AS {_SQL_TYPES[f.type]}) AS {_quote(f.name)}"
+            for item, f in zip(items[2:], kind.fields)]
+    return f"SELECT {', '.join(items[:2] + cols)} FROM {source}"
+
+
+def _create_views(con, tables: Mapping[str, list[tuple[str, tuple[str, ...]]]]) -> set[str]:
+    """Views ``log`` and one per kind over ``tables`` (table -> [(DuckDB path, columns)]); returns the
+    kinds with files (the others are empty tables, so every kind is queryable)."""
+    from .store import typed_table_ddl
+    if "log" in tables:
+        files = tables["log"]
+        con.execute(f"CREATE VIEW log AS {_view_sql('log', [f for f, _ in files], [c for _, c in files])}")
+    else:
+        con.execute(_LOG_DDL)
+    kinds = set()
+    for kind in KINDS.values():
+        if kind.name not in tables:
+            con.execute(typed_table_ddl(kind))
+            continue
+        kinds.add(kind.name)
+        files = tables[kind.name]
+        con.execute(f"CREATE VIEW {_quote(kind.name)} AS "
+                    f"{_view_sql(kind.name, [f for f, _ in files], [c for _, c in files])}")
+    return kinds
 
 
 # ---------------------------------------------------------------- reading
@@ -204,38 +188,48 @@ class Bundle(RecordReader):
 
     The read API mirrors the store: ``sql(query, params)`` (views ``log`` and one per kind, maps as
     DuckDB MAPs, JSON as JSON), ``table(kind)``, ``annotations()``, ..., ``counts()``, ``size``,
-    ``origin``. ``snapshot`` is the bundle's signed checkpoint (unverified until you call
-    :meth:`verify`).
+    ``origin``. ``snapshot`` is the bundle's newest signed checkpoint (unverified until you call
+    :meth:`verify`); ``segments`` its immutable pieces.
 
     A bundle may come from anyone, so opening reads only the files its manifest names, each a
     regular file inside the folder (no link followed, no FIFO or device opened), and bounds every
     Parquet file's decoding cost from its footer and page headers (see :mod:`rlhf_audit_kit.bundle_files`
     and ``limits``). Anything else raises :class:`~rlhf_audit_kit.errors.BundleError` before a value
     is decoded; :meth:`verify` reports what it finds in an opened bundle as findings.
+
+    The manifest is read once: a bundle opened while a writer extends the folder keeps reading
+    (and verifying) what that manifest names, which is never rewritten.
     """
 
-    def __init__(self, path: str | os.PathLike, *, limits: Limits | None = None):
+    def __init__(self, path: str | os.PathLike, *, limits: Limits | None = None, _manifest: bytes | None = None):
         self.path = Path(path)
         self.limits = limits or Limits()
         if not self.path.is_dir():
             raise BundleError(f"{self.path} is not a snapshot bundle folder", damage="malformed-bundle")
         # the caller's own path may hold links; inside the bundle nothing is followed
         self._root = Path(os.path.realpath(self.path))
+        self._candidate = _manifest is not None  # the exporter's manifest, not yet published
         try:
-            raw = read_small(self._root, MANIFEST_FILE, self.limits.max_manifest_bytes)
+            raw = _manifest if _manifest is not None else read_small(self._root, MANIFEST_FILE,
+                                                                     self.limits.max_manifest_bytes)
         except FileNotFoundError:
             raise BundleError(f"{self.path} is not a snapshot bundle (no {MANIFEST_FILE})") from None
         self.manifest: dict[str, Any] = _parse_manifest(raw)
-        self.note: str = self._text(NOTE_FILE, required=True)
+        self.format: str = self.manifest["format"]
+        self.segments: list[Segment] = parse_segments(self.manifest)
+        self._note_file = NOTE_FILE if self.format == FORMAT_V1 else self.manifest["note"]
+        self.note: str = self._text(self._note_file, required=True)
+        # v2: checkpoint.note is a copy of the newest note, outside the manifest (a writer replaces it)
+        self._note_copy = self._text(NOTE_FILE) if self.format == FORMAT_V2 else None
         self._vkey, self._vkey_problem = self._read_vkey()
         self.origin: str = self.manifest["origin"]
         self._lock = threading.RLock()
+        self._columns: dict[str, tuple[str, ...]] = {}
         self._missing = self._check_files()
         self._con = duckdb.connect(":memory:")
         try:
             self._con.execute("SET TimeZone = 'UTC'")
-            self._kinds: set[str] = set()
-            self._create_views()
+            self._kinds = _create_views(self._con, self._table_files(self.segments))
             self._size = self._con.sql("SELECT count(*) FROM log").fetchall()[0][0]
         except duckdb.Error as e:
             self._con.close()
@@ -293,36 +287,27 @@ class Bundle(RecordReader):
             if "table" in info:
                 cost = check_parquet(self._root, name, lim)
                 decoded += cost.decoded_bytes
+                self._columns[name] = cost.columns
             on_disk += os.lstat(self._root / name).st_size
             if max(on_disk, decoded) > lim.max_total_bytes:
                 raise BundleError(f"the bundle's files exceed {lim.max_total_bytes:,} bytes (on disk or decoded); "
                                   "refused before decoding (pass larger limits to open it)", damage="oversized",
                                   file=name)
-        if any(files[n].get("table") == "log" for n in missing):
-            raise BundleError(f"{LOG_FILE} is missing from the bundle", damage="malformed-bundle", file=LOG_FILE)
+        lost = sorted(n for n in missing if files[n].get("table") == "log")
+        if lost:
+            raise BundleError(f"{lost[0]} is missing from the bundle", damage="malformed-bundle", file=lost[0])
         return missing
 
-    def _table_files(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for name, info in self.manifest["files"].items():
-            if "table" in info and name not in self._missing:
-                out.setdefault(info["table"], []).append(duckdb_path(self._root, name))
+    def _table_files(self, segments: Iterable[Segment]) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+        """Table -> [(glob-escaped path, columns)] of the present files of ``segments``, in seq order."""
+        out: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        info = self.manifest["files"]
+        for seg in segments:
+            for name in seg.files:
+                if name not in self._missing:
+                    out.setdefault(info[name]["table"], []).append((duckdb_path(self._root, name),
+                                                                    self._columns.get(name, ())))
         return out
-
-    def _create_views(self) -> None:
-        from .store import typed_table_ddl
-        con, tables = self._con, self._table_files()
-
-        def source(table: str) -> str:  # explicit, glob-escaped file list: a path is taken literally
-            return f"read_parquet([{', '.join(_sql_str(f) for f in tables[table])}])"
-        con.execute(f"CREATE VIEW log AS SELECT seq, kind, ts, entry, leaf_hash FROM {source('log')}")
-        for kind in KINDS.values():
-            if kind.name not in tables:
-                con.execute(typed_table_ddl(kind))  # empty, so every kind is queryable
-                continue
-            self._kinds.add(kind.name)
-            cols = typed_columns(kind, maps="map_from_entries", json="JSON")  # Parquet back to typed rows
-            con.execute(f"CREATE VIEW {_quote(kind.name)} AS SELECT {', '.join(cols)} FROM {source(kind.name)}")
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -335,16 +320,31 @@ class Bundle(RecordReader):
 
     @property
     def checkpoint(self) -> Checkpoint:
-        """The parsed (not verified) checkpoint of ``checkpoint.note``."""
+        """The parsed (not verified) newest checkpoint."""
         return self.snapshot.checkpoint
 
     @property
     def snapshot(self) -> Snapshot:
-        """The bundle's signed snapshot (verified only after :meth:`verify`)."""
+        """The bundle's newest signed snapshot (verified only after :meth:`verify`)."""
         snap = Snapshot.from_note(self.note, None, seq=self.manifest.get("snapshot_seq"))
         if self._verified is not None:
             snap.signature_ok = self._verified.ok or self._verified.damage != "bad-signature"
         return snap
+
+    @property
+    def checkpoint_sizes(self) -> list[int]:
+        """Tree sizes of the signed notes the bundle publishes, oldest first (its segments' ends)."""
+        return [s.end for s in self.segments] if self.format == FORMAT_V2 else [self.manifest["tree_size"]]
+
+    def checkpoint_note(self, size: int | None = None) -> str:
+        """The published signed note of tree size ``size`` (default: the newest), as stored (not verified)."""
+        if size is None or size == self.manifest["tree_size"]:
+            return self.note
+        name = checkpoint_file(size)
+        if self.format == FORMAT_V1 or name not in self.manifest["files"]:
+            raise AuditKitError(f"the bundle publishes no checkpoint of size {size:,} "
+                                f"(its sizes: {_sizes(self.checkpoint_sizes)})")
+        return self._text(name, required=True)
 
     @property
     def vkey(self) -> str | None:
@@ -392,39 +392,150 @@ class Bundle(RecordReader):
                 pass
         return out + [own]
 
-    # ---------------------------------------------------------------- verification
     def export_compliance_notebook(self, path: str | os.PathLike, template: str = "eu-ai-act", **kw: Any):
         """Export a compliance notebook bound to this bundle; see
         :func:`rlhf_audit_kit.report.compliance.export_compliance_notebook`."""
         from .report.compliance import export_compliance_notebook
         return export_compliance_notebook(self, path, template=template, **kw)
 
-    def verify(self, verifier: Any = None, *, workers: int | None = None) -> VerifyReport:
-        """Re-derive and check everything from the Parquet files; return a :class:`VerifyReport`.
+    # ---------------------------------------------------------------- verification
+    def verify(self, verifier: Any = None, *, workers: int | None = None, since: Any = None) -> VerifyReport:
+        """Re-derive and check the bundle from its Parquet files; return a :class:`VerifyReport`.
 
         ``verifier``: the key you trust (Verifier, vkey string or file). By default the bundle's own
         ``verifier.vkey`` is used, which only proves the bundle is self-consistent: anyone can
         re-sign a forged bundle with their own key. An auditor should always pin the key.
+
+        ``since``: a checkpoint you verified before (its signed note text or file, a
+        :class:`~rlhf_audit_kit.ledger.snapshot.Snapshot`, an earlier ``VerifyReport`` of this
+        bundle, or a tree size whose note the bundle publishes). Then only the segments after it
+        are re-derived: the newest note's signature, the tree at the trusted size against the
+        trusted root (from the compact range the manifest stores there), the new segments' typed
+        rows, leaf hashes and files, and the new tree extended from that compact range against
+        every newer signed root. ``report.covered`` says which seq range was re-derived; earlier
+        segments are not re-read, so damage in them is found only by a full verification (the
+        default). A size alone takes the trusted root from the bundle's own note of that size, so
+        it cannot reveal a fork: pass the note or report you kept.
+
+        >>> # bundle.verify(key, since=open("trusted.note").read()).covered
         """
         v = resolve_verifiers(verifier if verifier is not None else self.verifier)
-        src = DuckSource(self._con, origin=self.origin, description=f"bundle {self.path}",
-                         kinds=self._kinds, has_nodes=False)
+        if since is None:
+            report = self._verify(v, self.segments, workers)
+        else:
+            size, root = self._trusted(since, v)
+            report = self._verify_since(v, size, root, workers)
+        report.unsigned = {k: v for k, v in self.manifest.items() if k not in SIGNED_MANIFEST_FIELDS}
+        self._verified = report
+        return report
+
+    def _trusted(self, since: Any, verifiers: list[Verifier]) -> tuple[int, bytes]:
+        """(size, root) of the trusted checkpoint ``since``; raises for a checkpoint that is not one."""
+        if isinstance(since, VerifyReport):
+            if not since.ok:
+                raise AuditKitError("since= is a failed verification report; trust only a report that passed")
+            return since.signed_size, since.signed_root or EMPTY_ROOT
+        if isinstance(since, bool) or not isinstance(since, (int, str, os.PathLike, Snapshot)):
+            raise AuditKitError(f"since= takes a signed note, a note file, a Snapshot, a VerifyReport or a tree "
+                                f"size, not {type(since).__name__}")
+        if isinstance(since, int):
+            if since < 0:
+                raise AuditKitError(f"since= size {since} is negative")
+            if since == 0:
+                return 0, EMPTY_ROOT
+            note = self.checkpoint_note(since)
+        elif isinstance(since, Snapshot):
+            note = since.note
+        elif isinstance(since, str) and "\n\n" in since:
+            note = since
+        else:
+            try:
+                with open(since, "rb") as fh:
+                    note = fh.read(self.limits.max_text_bytes + 1).decode("utf-8", "replace")
+            except OSError as e:
+                raise AuditKitError(f"since=: cannot read the trusted note {show_name(str(since))} "
+                                    f"({e.strerror or type(e).__name__})") from None
+        try:
+            cp = verify_checkpoint(note, verifiers)
+        except SignatureError as e:
+            raise SignatureError(f"the trusted checkpoint (since=) does not verify under the pinned key: {e}") from None
+        if cp.origin != self.origin:
+            raise AuditKitError(f"the trusted checkpoint (since=) is of log {cp.origin!r}, not of this bundle's "
+                                f"log {self.origin!r}")
+        return cp.size, cp.root_hash
+
+    def _verify_since(self, v: list[Verifier], trusted: int, root: bytes, workers: int | None) -> VerifyReport:
+        """Re-derive the segments from the last boundary at or below ``trusted`` on."""
+        size = self.manifest["tree_size"]
+        if trusted > size:
+            report = VerifyReport(source=f"bundle {self.path}", events=self._size,
+                                  verifier=", ".join(x.vkey for x in v), since=trusted)
+            report.findings.append(Finding("truncated", f"the bundle's newest checkpoint (size {size:,}) is older "
+                                                        f"than the trusted one (size {trusted:,}): a rollback",
+                                           size, trusted))
+            return report
+        start = max([0] + [s.end for s in self.segments if s.compact_range is not None and s.end <= trusted])
+        compact = next((s.compact_range for s in self.segments if s.end == start), ())
+        fresh = [s for s in self.segments if s.start >= start]
+        notes = [s.note for s in self.segments if s.end >= start] if self.format == FORMAT_V2 else []
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            kinds = _create_views(con, self._table_files(fresh))
+            return self._verify(v, fresh, workers, con=con, kinds=kinds, notes=notes, start=start,
+                                compact=compact or (), trusted=(trusted, root))
+        except duckdb.Error as e:
+            report = VerifyReport(source=f"bundle {self.path}", events=self._size,
+                                  verifier=", ".join(x.vkey for x in v), since=trusted)
+            report.findings.append(Finding("malformed-bundle", f"the bundle's new segments do not read ({_one_line(e)})"))
+            return report
+        finally:
+            con.close()
+
+    def _verify(self, v: list[Verifier], segments: Sequence[Segment], workers: int | None, *, con=None,
+                kinds: set[str] | None = None, notes: Sequence[str] | None = None, start: int = 0,
+                compact: Sequence[bytes] = (), trusted: tuple[int, bytes] | None = None) -> VerifyReport:
+        """Verify ``segments`` (all by default) through ``con``'s views, then the manifest's files of them."""
+        full = con is None
+        src = DuckSource(self._con if full else con, origin=self.origin, description=f"bundle {self.path}",
+                         kinds=self._kinds if full else kinds, has_nodes=False)
+        if notes is None:
+            notes = [s.note for s in segments] if self.format == FORMAT_V2 else []
+        texts, problems = self._notes([n for n in notes if n != self._note_file])
         with self._lock:
             try:
-                report = verify_source(src, v, extra_notes=[self.note], workers=workers)
+                report = verify_source(src, v, extra_notes=[self.note, *texts], workers=workers, start=start,
+                                       compact_range=compact, trusted=trusted,
+                                       check_tree=lambda tree: _check_segments(segments, tree))
             except _DECODE_ERRORS as e:  # hostile data past the open checks: fail closed, as a finding
                 report = VerifyReport(source=src.description, events=self._size,
                                       verifier=", ".join(x.vkey for x in v))
                 report.findings.append(Finding("malformed-bundle", f"the bundle's data does not decode as a "
                                                                    f"bundle ({_one_line(e)})"))
-        self._check_manifest(report)
-        self._verified = report
+        report.findings += problems
+        names = None if full or self.format == FORMAT_V1 else [f for s in segments for f in s.files] + list(notes)
+        self._check_manifest(report, names)
+        self._check_note_copy(report, v)
         return report
 
-    def _check_manifest(self, report: VerifyReport) -> None:
+    def _notes(self, names: Iterable[str]) -> tuple[list[str], list[Finding]]:
+        texts, problems = [], []
+        for name in names:
+            try:
+                text = self._text(name)
+            except BundleError as e:
+                problems.append(Finding(e.damage, str(e)))
+                continue
+            if text is not None:  # a missing one is reported by the manifest check
+                texts.append(text)
+        return texts, problems
+
+    def _check_manifest(self, report: VerifyReport, names: Iterable[str] | None = None) -> None:
+        """Files (all, or ``names``) against their SHA-256; unlisted files; the manifest against the note."""
         m = self.manifest
         problems = []
-        for name, info in m["files"].items():  # names were checked when the bundle was opened
+        for name in (m["files"] if names is None else names):  # names were checked when the bundle was opened
+            info = m["files"][name]
             try:
                 digest, size = file_digest(self._root, name)
             except FileNotFoundError:
@@ -438,7 +549,11 @@ class Bundle(RecordReader):
         if problems:
             report.findings.append(Finding("manifest-mismatch", "; ".join(problems)))
         # witnesses' cosigned notes live in cosignatures/ (read by rlhf_audit_kit.ledger.witness): not bundle files
-        stray = [n for n in unlisted(self._root, [*m["files"], MANIFEST_FILE]) if n != "cosignatures"]
+        listed = [*m["files"], MANIFEST_FILE] + ([NOTE_FILE] if self.format == FORMAT_V2 else [])
+        stray = [n for n in unlisted(self._root, listed) if n not in _NOT_BUNDLE_FILES]
+        later = set(later_files(self._root, stray, m["tree_size"])) if self.format == FORMAT_V2 else set()
+        report.later_files = sorted(later)
+        stray = [n for n in stray if n not in later]
         if stray:
             shown = ", ".join(show_name(n) for n in stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10
                                                                     else "")
@@ -456,6 +571,27 @@ class Bundle(RecordReader):
             report.findings.append(Finding("bundle-metadata-mismatch",
                                            "manifest, checkpoint note and log size disagree",
                                            None, m.get("tree_size")))
+
+    def _check_note_copy(self, report: VerifyReport, verifiers: list[Verifier]) -> None:
+        """``checkpoint.note`` of a v2 bundle: the newest note, or a later one (a writer published since)."""
+        text = self._note_copy
+        if text is None or self._candidate:
+            return
+        size = self.manifest["tree_size"]
+        try:
+            cp = verify_checkpoint(text, verifiers)
+        except SignatureError as e:
+            report.findings.append(Finding("bad-signature", f"{NOTE_FILE} (the copy of the newest note) does not "
+                                                            f"verify: {e}", None, size))
+            return
+        if cp.origin != self.origin:
+            report.findings.append(Finding("origin-mismatch", f"{NOTE_FILE} is a checkpoint of log {cp.origin!r}, "
+                                                              f"not {self.origin!r}", None, size))
+        elif cp.size > size:
+            report.later_files = sorted({*report.later_files, NOTE_FILE})
+        elif cp != self.checkpoint:
+            report.findings.append(Finding("bundle-metadata-mismatch", f"{NOTE_FILE} is not the manifest's newest "
+                                                                       f"checkpoint (size {size:,})", None, size))
 
     # ---------------------------------------------------------------- lifecycle and display
     def close(self) -> None:
@@ -481,6 +617,10 @@ class Bundle(RecordReader):
             counts = {f"(not readable: {e})": 0}
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{v:,}</td></tr>"
                        for k, v in counts.items())
+        # the signer shown is the pinned key that verified; the manifest's key_name is not signed
+        signers = [Verifier.from_vkey(v).name for v in self._verified.signed_by] if self._verified else []
+        key = (f"signed by {html.escape(', '.join(signers))}" if signers else
+               f"key named in the manifest (not verified): {html.escape(str(self.manifest.get('key_name') or '?'))}")
         if self._verified is None:
             status = "<i>not verified yet: call .verify(vkey)</i>"
         elif self._verified.ok:
@@ -488,10 +628,33 @@ class Bundle(RecordReader):
         else:
             status = f"<span style='color:#cf222e'>{html.escape(self._verified.message)}</span>"
         return (f"<div><b>Snapshot bundle</b> <code>{html.escape(str(self.path))}</code><br>"
-                f"origin <code>{html.escape(self.origin)}</code> · {self._size:,} events · root "
-                f"<code>{html.escape(self.manifest.get('root_hash', '')[:16])}…</code> · key "
-                f"{html.escape(self.manifest.get('key_name') or '?')}<br>{status}"
+                f"origin <code>{html.escape(self.origin)}</code> · {self._size:,} events in "
+                f"{len(self.segments)} segment(s) · root "
+                f"<code>{html.escape(self.manifest.get('root_hash', '')[:16])}…</code> · {key}<br>{status}"
                 f"<table><tr><th>kind</th><th>events</th></tr>{rows}</table></div>")
+
+
+def _sizes(sizes: Sequence[int]) -> str:
+    shown = ", ".join(f"{s:,}" for s in sizes[-10:])
+    return ("..., " if len(sizes) > 10 else "") + shown
+
+
+def _check_segments(segments: Sequence[Segment], tree: Mapping[tuple[int, int], bytes]) -> list[Finding]:
+    """The manifest's compact ranges and subtree roots against the tree recomputed from the log."""
+    out = []
+    for s in segments:
+        if s.compact_range is None:
+            continue
+        try:
+            got = tuple(tree[n] for n in compact_range_nodes(s.end))
+            node = complete_subtree(s.start, s.end)
+            sub = tree[node] if node else None
+        except (KeyError, ValueError):  # the log is shorter than the segment: reported as truncated
+            continue
+        if got != s.compact_range or sub != s.subtree_root:
+            out.append(Finding("bad-node", f"the manifest's tree hashes of segment {s.start:,}..{s.end:,} differ from "
+                                           "the ones recomputed from the log", None, s.end))
+    return out
 
 
 def open_bundle(folder: str | os.PathLike, *, limits: Limits | None = None) -> Bundle:
@@ -504,11 +667,12 @@ def open_bundle(folder: str | os.PathLike, *, limits: Limits | None = None) -> B
 
 
 def verify_bundle(folder: str | os.PathLike, verifier: Any, *, workers: int | None = None,
-                  limits: Limits | None = None) -> VerifyReport:
+                  limits: Limits | None = None, since: Any = None) -> VerifyReport:
     """Open and verify a bundle against the pinned ``verifier``; never raises for a damaged bundle.
 
     A bundle refused when opening (:class:`~rlhf_audit_kit.errors.BundleError`) is a failed report
-    with that one finding, so callers handle every hostile bundle the same way.
+    with that one finding, so callers handle every hostile bundle the same way. ``since``: see
+    :meth:`Bundle.verify` (a ``since`` that is no trusted checkpoint of this log raises).
 
     >>> verify_bundle("/nonexistent", "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").damage
     'malformed-bundle'
@@ -520,4 +684,4 @@ def verify_bundle(folder: str | os.PathLike, verifier: Any, *, workers: int | No
         return VerifyReport(source=f"bundle {folder}", events=0, verifier=", ".join(v.vkey for v in vs),
                             findings=[Finding(e.damage, str(e))])
     with bundle:
-        return bundle.verify(vs, workers=workers)
+        return bundle.verify(vs, workers=workers, since=since)

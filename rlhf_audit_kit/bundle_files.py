@@ -179,11 +179,13 @@ def duckdb_path(root: str | os.PathLike, name: str) -> str:
 # ---------------------------------------------------------------- Parquet cost before decoding
 @dataclass(frozen=True)
 class ParquetCost:
-    """What decoding a Parquet file would take: ``rows``, decoded bytes of all pages, largest page."""
+    """What decoding a Parquet file would take: ``rows``, decoded bytes of all pages, largest page;
+    and its top-level ``columns`` (a file written before a field existed lacks that column)."""
 
     rows: int
     decoded_bytes: int
     largest_page: int
+    columns: tuple[str, ...] = ()
 
 
 class _Short(Exception):
@@ -377,4 +379,8 @@ def check_parquet(root: Path, name: str, limits: Limits) -> ParquetCost:
                                       f"or {limits.max_pages:,} pages", "oversized")
         except (ValueError, TypeError) as e:  # odd metadata values (None offsets, wrong Thrift types)
             raise bad(show_name(str(e), 120)) from None
-    return ParquetCost(meta.num_rows, total, largest)
+    try:
+        columns = tuple(dict.fromkeys(meta.schema.column(i).path.split(".")[0] for i in range(meta.num_columns)))
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise bad(f"its schema does not parse ({type(e).__name__})") from None
+    return ParquetCost(meta.num_rows, total, largest, columns)

@@ -77,7 +77,7 @@ def test_notebook_is_bound_to_the_bundle_and_opens_with_the_notice(exported):
                     "10. Human oversight", "11. Checkpoint lineage", "12. Record-keeping", "14. Crosswalk"):
         assert heading in text, heading
     assert "rollback" in text and "policy-step-" in text  # oversight decisions and checkpoints
-    if (exported["bundle"] / "privacy_spend.parquet").exists():
+    if any((exported["bundle"] / "segments").glob("privacy_spend-*.parquet")):
         assert "annotator_count" in text and "discrete_laplace" in text
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
     assert exported["html"].is_file() and b"<table" in exported["html"].read_bytes()
@@ -117,7 +117,8 @@ def _rerun_fails_in_first_code_cell(nb_path: Path) -> str:
 @pytest.mark.parametrize("fix_manifest", [False, True], ids=["plain", "manifest-rehashed"])
 def test_one_changed_annotation_row_stops_the_notebook(exported, tmp_path, fix_manifest):
     bundle, nb_path = _tampered_copy(exported, tmp_path)
-    f = bundle / "annotation.parquet"
+    (f,) = (bundle / "segments").glob("annotation-*.parquet")
+    name = f"segments/{f.name}"
     df = pl.read_parquet(f)
     flipped = {"a": "b", "b": "a", "tie": "a", "skip": "a"}
     df = df.with_columns(pl.when(pl.int_range(pl.len()) == 17)
@@ -126,8 +127,8 @@ def test_one_changed_annotation_row_stops_the_notebook(exported, tmp_path, fix_m
     if fix_manifest:  # a forger who also updates the manifest is still caught (typed row != entry)
         import hashlib
         m = json.loads((bundle / "manifest.json").read_text())
-        m["files"]["annotation.parquet"]["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
-        m["files"]["annotation.parquet"]["bytes"] = f.stat().st_size
+        m["files"][name]["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+        m["files"][name]["bytes"] = f.stat().st_size
         (bundle / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
     msg = _rerun_fails_in_first_code_cell(nb_path)
     assert "IntegrityError" in msg and "INTEGRITY CHECK FAILED" in msg
@@ -137,7 +138,7 @@ def test_one_changed_annotation_row_stops_the_notebook(exported, tmp_path, fix_m
 
 def test_one_changed_log_entry_stops_the_notebook(exported, tmp_path):
     bundle, nb_path = _tampered_copy(exported, tmp_path)
-    f = bundle / "log.parquet"
+    (f,) = (bundle / "segments").glob("log-*.parquet")
     df = pl.read_parquet(f)
     i = int(df.filter(pl.col("kind") == "oversight")["seq"][0])
     entry = bytes(df["entry"][i]).replace(b'"decision":"approve"', b'"decision":"reject"')

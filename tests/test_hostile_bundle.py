@@ -22,7 +22,7 @@ from rlhf_audit_kit import open_bundle
 from rlhf_audit_kit.errors import BundleError
 from rlhf_audit_kit.store import open_store
 
-from test_snapshot_verify import SIGNER, build, events  # noqa: E402 - shared fixtures
+from test_snapshot_verify import SIGNER, build, events, segment_file  # noqa: E402 - shared fixtures
 
 VKEY = SIGNER.verifier.vkey
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX file types")
@@ -123,13 +123,14 @@ def test_clean_bundle_and_linked_folder_verify(bundle, tmp_path):
 
 # ---------------------------------------------------------------- files that are not regular files
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("name", ["log.parquet", "checkpoint.note", "verifier.vkey", "manifest.json"])
+@pytest.mark.parametrize("name", ["log", "note", "checkpoint.note", "verifier.vkey", "manifest.json"])
 def test_fifo_refused_without_hanging(bundle, name):
+    name = {"log": segment_file(bundle, "log"), "note": manifest(bundle)["note"]}.get(name, name)
     (bundle / name).unlink()
     os.mkfifo(bundle / name)
     assert_finding(verify_cli(bundle, timeout=60), "unsafe-file", name, "FIFO")
     assert refused(bundle, "unsafe-file").file == name
-    if name == "log.parquet":
+    if name.startswith("segments/log-"):
         info = cli("info", bundle, timeout=60)
         assert info.returncode == 3 and "Traceback" not in info.stderr and "FIFO" in info.stderr
 
@@ -154,16 +155,17 @@ def test_symlinked_vkey_is_not_followed_or_echoed(bundle, secret):
 def test_symlinked_table_and_folder_refused(bundle, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    shutil.move(bundle / "annotation.parquet", outside / "annotation.parquet")
-    (bundle / "annotation.parquet").symlink_to(outside / "annotation.parquet")
-    assert_finding(verify_cli(bundle), "unsafe-file", "annotation.parquet", "symbolic link")
-    (bundle / "annotation.parquet").unlink()
-    (bundle / "sub").symlink_to(outside, target_is_directory=True)  # a folder inside the bundle
-    m = manifest(bundle)
-    m["files"]["sub/annotation.parquet"] = m["files"].pop("annotation.parquet")
-    write_manifest(bundle, m)
-    assert_finding(verify_cli(bundle), "unsafe-file", "sub/annotation.parquet", "symbolic link")
-    assert refused(bundle, "unsafe-file").file == "sub/annotation.parquet"
+    name = segment_file(bundle, "annotation")
+    shutil.move(bundle / name, outside / "annotation.parquet")
+    (bundle / name).symlink_to(outside / "annotation.parquet")
+    assert_finding(verify_cli(bundle), "unsafe-file", name, "symbolic link")
+    (bundle / name).unlink()
+    shutil.move(outside / "annotation.parquet", bundle / name)
+    shutil.move(bundle / "segments", outside / "segments")
+    (bundle / "segments").symlink_to(outside / "segments", target_is_directory=True)  # a folder inside the bundle
+    first = min(n for n in manifest(bundle)["files"] if n.startswith("segments/"))
+    assert_finding(verify_cli(bundle), "unsafe-file", first, "symbolic link")
+    assert refused(bundle, "unsafe-file").file == first
 
 
 def test_vkey_that_is_not_a_key_is_never_echoed(bundle, secret):
@@ -246,22 +248,27 @@ def _set(m, key, value):
     return m
 
 
+def _log(m) -> str:
+    return next(n for n, info in m["files"].items() if info.get("table") == "log")
+
+
 MALFORMED = {
     "not-json": lambda m: b"{not json",
     "not-utf8": lambda m: b"\xff\xfe{}",
     "not-an-object": lambda m: [],
     "no-origin": lambda m: {k: v for k, v in m.items() if k != "origin"},
     "files-as-list": lambda m: _set(m, "files", list(m["files"])),
-    "file-entry-not-object": lambda m: _set(m, "files", {**m["files"], "log.parquet": "x"}),
-    "sha256-not-string": lambda m: _set(m, "files", {**m["files"], "log.parquet": {**m["files"]["log.parquet"],
-                                                                                 "sha256": 5}}),
+    "file-entry-not-object": lambda m: _set(m, "files", {**m["files"], _log(m): "x"}),
+    "sha256-not-string": lambda m: _set(m, "files", {**m["files"], _log(m): {**m["files"][_log(m)], "sha256": 5}}),
     "tree-size-string": lambda m: _set(m, "tree_size", "32"),
-    "no-log": lambda m: _set(m, "files", {k: v for k, v in m["files"].items() if k != "log.parquet"}),
-    "bad-table": lambda m: _set(m, "files", {**m["files"], "log.parquet": {**m["files"]["log.parquet"],
-                                                                           "table": "../x"}}),
+    "no-log": lambda m: _set(m, "files", {k: v for k, v in m["files"].items() if k != _log(m)}),
+    "bad-table": lambda m: _set(m, "files", {**m["files"], _log(m): {**m["files"][_log(m)], "table": "../x"}}),
     "multi-line-format": lambda m: _set(m, "format", "x\n" * 1000),
-    "table-not-a-string": lambda m: _set(m, "files", {**m["files"], "log.parquet": {**m["files"]["log.parquet"],
-                                                                                    "table": ["log"]}}),
+    "table-not-a-string": lambda m: _set(m, "files", {**m["files"], _log(m): {**m["files"][_log(m)],
+                                                                              "table": ["log"]}}),
+    "segment-gap": lambda m: _set(m, "segments", [{**m["segments"][0], "start": 1}]),
+    "segment-foreign-file": lambda m: _set(m, "segments", [{**m["segments"][0], "files": ["verifier.vkey"]}]),
+    "short-compact-range": lambda m: _set(m, "segments", [{**m["segments"][0], "compact_range": []}]),
 }
 
 
@@ -274,11 +281,14 @@ def test_malformed_manifest_is_a_finding(bundle, case):
     refused(bundle, "malformed-bundle")
 
 
-def test_note_with_invalid_utf8_is_a_finding(bundle):
-    (bundle / "checkpoint.note").write_bytes((bundle / "checkpoint.note").read_bytes() + b"\xff\xfe")
-    relist(bundle, "checkpoint.note")
-    assert_finding(verify_cli(bundle), "malformed-bundle", "checkpoint.note", "UTF-8")
-    assert refused(bundle, "malformed-bundle").file == "checkpoint.note"
+@pytest.mark.parametrize("which", ["note", "checkpoint.note"])
+def test_note_with_invalid_utf8_is_a_finding(bundle, which):
+    name = manifest(bundle)["note"] if which == "note" else which  # the signed note, and its copy
+    (bundle / name).write_bytes((bundle / name).read_bytes() + b"\xff\xfe")
+    if which == "note":
+        relist(bundle, name)
+    assert_finding(verify_cli(bundle), "malformed-bundle", name, "UTF-8")
+    assert refused(bundle, "malformed-bundle").file == name
 
 
 def test_oversized_note_refused(bundle):
@@ -288,9 +298,10 @@ def test_oversized_note_refused(bundle):
 
 
 def test_log_that_is_not_parquet_is_a_finding(bundle):
-    (bundle / "log.parquet").write_bytes(b"PAR1 but not really PAR1")
-    relist(bundle, "log.parquet")
-    assert_finding(verify_cli(bundle), "malformed-bundle", "log.parquet")
+    log = segment_file(bundle, "log")
+    (bundle / log).write_bytes(b"PAR1 but not really PAR1")
+    relist(bundle, log)
+    assert_finding(verify_cli(bundle), "malformed-bundle", log)
     refused(bundle, "malformed-bundle")
 
 
@@ -304,14 +315,15 @@ WRONG_TYPES = {  # table, column -> an SQL expression of another type
 @pytest.mark.parametrize("table, column", WRONG_TYPES)
 def test_wrong_column_types_are_findings(bundle, table, column):
     import duckdb
-    f = bundle / f"{table}.parquet"
+    name = segment_file(bundle, table)
+    f = bundle / name
     con = duckdb.connect()
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{f}')").fetchall()]
     sel = ", ".join(f"{WRONG_TYPES[table, column]} AS {c}" if c == column else f'"{c}"' for c in cols)
     con.execute(f"COPY (SELECT {sel} FROM read_parquet('{f}')) TO '{f}.new' (FORMAT parquet)")
     con.close()
     os.replace(f"{f}.new", f)
-    relist(bundle, f.name)
+    relist(bundle, name)
     p = verify_cli(bundle, inproc=True)
     assert p.returncode == 3 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     with open_bundle(bundle) as b:
@@ -323,7 +335,8 @@ def test_damaged_page_data_is_a_finding_not_a_crash(bundle):
     """Footer and page headers intact, a page's compressed bytes garbage: found when decoded."""
     import pyarrow.parquet as pq
     from rlhf_audit_kit.bundle_files import _page_header
-    f = bundle / "log.parquet"
+    log = segment_file(bundle, "log")
+    f = bundle / log
     col = pq.ParquetFile(f).metadata.row_group(0).column(1)  # kind: what counts() reads
     start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
     with open(f, "rb") as fh:
@@ -331,7 +344,7 @@ def test_damaged_page_data_is_a_finding_not_a_crash(bundle):
     data = bytearray(f.read_bytes())
     data[start + n:start + n + head[3]] = b"\xff" * head[3]
     f.write_bytes(bytes(data))
-    relist(bundle, "log.parquet")
+    relist(bundle, log)
     with open_bundle(bundle) as b:  # the cheap checks pass
         with pytest.raises(BundleError) as e:
             b.counts()
@@ -415,21 +428,22 @@ def _lie_about_sizes(path: Path, real: list[int], fake: int = 1000) -> None:
 def bomb(made, tmp_path_factory):
     d = tmp_path_factory.mktemp("bomb")
     shutil.copytree(made, d / "bundle")
-    log = d / "bundle" / "log.parquet"
+    name = segment_file(d / "bundle", "log")
+    log = d / "bundle" / name
     subprocess.run([sys.executable, "-c", MAKE_BOMB, str(log), str(BOMB_BYTES)], check=True, timeout=300)
     assert log.stat().st_size < 2 << 20  # a small file ...
     import pyarrow.parquet as pq
     md = pq.ParquetFile(log).metadata
     assert md.num_rows == 1 and md.row_group(0).column(3).total_uncompressed_size > BOMB_BYTES  # ... one huge entry
     m = manifest(d / "bundle")
-    m["files"]["log.parquet"]["rows"] = 1
+    m["files"][name]["rows"] = 1
     write_manifest(d / "bundle", m)
-    relist(d / "bundle", "log.parquet")
+    relist(d / "bundle", name)
     shutil.copytree(d / "bundle", d / "lying")  # the same bomb whose footer claims small sizes
     sizes = [md.row_group(0).column(3).total_uncompressed_size, md.row_group(0).total_byte_size]
-    _lie_about_sizes(d / "lying" / "log.parquet", sizes)
-    assert pq.ParquetFile(d / "lying" / "log.parquet").metadata.row_group(0).column(3).total_uncompressed_size == 1000
-    relist(d / "lying", "log.parquet")
+    _lie_about_sizes(d / "lying" / name, sizes)
+    assert pq.ParquetFile(d / "lying" / name).metadata.row_group(0).column(3).total_uncompressed_size == 1000
+    relist(d / "lying", name)
     return d
 
 
@@ -451,7 +465,7 @@ def test_bomb_entry_refused_cheaply(bomb, base_rss, which):
     assert damage == "oversized"
     assert rss - base_rss < 64 << 20, (rss, base_rss)  # the 300 MB entry was never decoded
     assert seconds < 10
-    line = assert_finding(verify_cli(bomb / which), "oversized", "log.parquet")
+    line = assert_finding(verify_cli(bomb / which), "oversized", segment_file(bomb / which, "log"))
     assert "page" in line
     from rlhf_audit_kit.bundle_files import Limits
     with open_bundle(bomb / which, limits=Limits(max_page_bytes=1 << 30)) as b:  # a larger limit lets it in

@@ -38,7 +38,7 @@ def test_raw_ids_absent_from_store_and_bundle(tmp_path, keys_dir):
 
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "keys" not in p.parts]
     raw_bytes = b"".join(p.read_bytes() for p in files)
-    decoded = b"".join(_parquet_values(p) for p in bundle_dir.glob("*.parquet"))
+    decoded = b"".join(_parquet_values(p) for p in bundle_dir.rglob("*.parquet"))
     for r in RAW:
         assert r.encode() not in raw_bytes
         assert r.encode() not in decoded

@@ -44,6 +44,12 @@ def events(i: int) -> list[dict]:
     ]
 
 
+def segment_file(bundle_dir, table: str) -> str:
+    """The name (relative to the bundle) of the one segment file of ``table`` in a bundle exported once."""
+    (found,) = (bundle_dir / "segments").glob(f"{table}-*.parquet")
+    return f"segments/{found.name}"
+
+
 def build(path, batches=4, snap_every=2, signer=SIGNER):
     """A store with every user kind, a snapshot after every ``snap_every`` batches."""
     store = open_store(path, pseudonymize=False)
@@ -84,8 +90,8 @@ def test_verify_key_from_file_and_keys_folder(tmp_path):
 
 
 def test_forked_hashing_equals_in_process(tmp_path, monkeypatch):
-    import rlhf_audit_kit.ledger.verify as v
-    monkeypatch.setattr(v, "_FORK_MIN_LEAVES", 1)
+    import rlhf_audit_kit.ledger.levels as levels
+    monkeypatch.setattr(levels, "FORK_MIN_LEAVES", 1)
     entries = [f"entry {i}".encode() * (i % 7 + 1) for i in range(1000)]
     import pyarrow as pa
     serial = compute_tree(pa.array(entries), workers=0)
@@ -192,13 +198,14 @@ def test_bundle_export_open_verify(built, tmp_path):
     snap = snaps[-1]
     store.extend(events(99))  # after the snapshot: must not be in the bundle
     bundle = snap.export(tmp_path / "bundle")
-    files = sorted(p.name for p in (tmp_path / "bundle").iterdir())
-    assert {"checkpoint.note", "verifier.vkey", "manifest.json", "log.parquet", "annotation.parquet",
-            "snapshot.parquet"} <= set(files)
+    files = sorted(str(p.relative_to(tmp_path / "bundle")) for p in (tmp_path / "bundle").rglob("*"))
+    log_file = segment_file(tmp_path / "bundle", "log")
+    assert {"checkpoint.note", "verifier.vkey", "manifest.json", log_file, segment_file(tmp_path / "bundle", "annotation"),
+            segment_file(tmp_path / "bundle", "snapshot"), f"checkpoints/{snap.size:012d}.note"} <= set(files)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["tree_size"] == snap.size == bundle.size and manifest["root_hash"] == snap.root_hash.hex()
-    assert manifest["files"]["log.parquet"]["rows"] == snap.size
-    log = pl.read_parquet(tmp_path / "bundle" / "log.parquet")
+    assert manifest["files"][log_file]["rows"] == snap.size
+    log = pl.read_parquet(tmp_path / "bundle" / log_file)
     assert log["seq"].to_list() == list(range(snap.size))
     # same read API as the store, limited to the signed prefix
     for kind in USER_KINDS:
@@ -221,8 +228,12 @@ def test_bundle_export_open_verify(built, tmp_path):
     again = open_bundle(tmp_path / "bundle")
     assert again.verify(SIGNER.vkey).ok
     again.close()
-    with pytest.raises(Exception):
-        snap.export(tmp_path / "bundle")  # refuses to overwrite
+    before = (tmp_path / "bundle" / "manifest.json").read_bytes()
+    snap.export(tmp_path / "bundle").close()  # the same snapshot again: nothing to add, nothing rewritten
+    assert (tmp_path / "bundle" / "manifest.json").read_bytes() == before
+    with pytest.raises(Exception, match="newer checkpoint"):
+        snaps[0].export(tmp_path / "bundle")  # an older snapshot: refused, never overwritten
+    assert (tmp_path / "bundle" / "manifest.json").read_bytes() == before
 
 
 def test_bundle_has_no_secret(tmp_path):
@@ -239,7 +250,8 @@ def test_bundle_has_no_secret(tmp_path):
     snap = store.snapshot(signer)
     snap.export(tmp_path / "bundle").close()
     store.close()
-    blobs = [p.read_bytes() for p in (tmp_path / "bundle").iterdir()] + [(tmp_path / "a.duckdb").read_bytes()]
+    blobs = [p.read_bytes() for p in (tmp_path / "bundle").rglob("*") if p.is_file()] + [
+        (tmp_path / "a.duckdb").read_bytes()]
     for blob in blobs:
         for secret in secrets:
             assert secret not in blob

@@ -18,7 +18,7 @@ from rlhf_audit_kit.ledger.checkpoint import Signer
 from rlhf_audit_kit.schema import KINDS, USER_KINDS
 from rlhf_audit_kit.store import open_store
 
-from test_snapshot_verify import SIGNER, build  # noqa: E402 - shared fixture builder
+from test_snapshot_verify import SIGNER, build, segment_file  # noqa: E402 - shared fixture builder
 
 OTHER = Signer.from_seed("audit.example/log", bytes(range(1, 33)))
 TABLES = ("log", *USER_KINDS, "snapshot")
@@ -238,6 +238,7 @@ def _edit_parquet(path, seq, column, fn):
     ("train_step.parquet", "step", "typed-row-mismatch"),
     ("reward_score.parquet", "score", "typed-row-mismatch")])
 def test_tamper_bundle_parquet(bundle_copy, file, column, want):
+    file = segment_file(bundle_copy, file.removesuffix(".parquet"))
     seqs = pl.read_parquet(bundle_copy / file)["seq"].to_list()
     t = seqs[len(seqs) // 2]
     dtype = pl.read_parquet_schema(bundle_copy / file)[column]
@@ -255,15 +256,19 @@ def test_tamper_bundle_parquet(bundle_copy, file, column, want):
 
 
 def test_bundle_deleted_log_row(bundle_copy):
-    df = pl.read_parquet(bundle_copy / "log.parquet")
-    df.filter(pl.col("seq") != 20).write_parquet(bundle_copy / "log.parquet")
+    log = bundle_copy / segment_file(bundle_copy, "log")
+    df = pl.read_parquet(log)
+    df.filter(pl.col("seq") != 20).write_parquet(log)
     r = verify_bundle(bundle_copy)
     assert r.first_bad_seq == 20 and r.damage == "seq-order"
 
 
 @pytest.mark.parametrize("what", ["text", "signature"])
-def test_tamper_bundle_note(bundle_copy, what):
-    note = (bundle_copy / "checkpoint.note").read_text()
+@pytest.mark.parametrize("name", ["note", "checkpoint.note"])  # the signed note, and its copy
+def test_tamper_bundle_note(bundle_copy, what, name):
+    import json
+    name = json.loads((bundle_copy / "manifest.json").read_text())["note"] if name == "note" else name
+    note = (bundle_copy / name).read_text()
     lines = note.split("\n")
     if what == "text":
         lines[1] = str(int(lines[1]) - 1)
@@ -271,7 +276,7 @@ def test_tamper_bundle_note(bundle_copy, what):
         sig = lines[-2].rsplit(" ", 1)
         i = len(sig[1]) - 10
         lines[-2] = sig[0] + " " + sig[1][:i] + ("A" if sig[1][i] != "A" else "B") + sig[1][i + 1:]
-    (bundle_copy / "checkpoint.note").write_text("\n".join(lines))
+    (bundle_copy / name).write_text("\n".join(lines))
     r = verify_bundle(bundle_copy)
     assert r.damage == "bad-signature" and r.first_bad_seq is None, r.findings
 
@@ -285,7 +290,7 @@ def test_bundle_wrong_key(bundle_copy, base):
 def test_bundle_manifest_edit(bundle_copy):
     import json
     m = json.loads((bundle_copy / "manifest.json").read_text())
-    m["files"]["annotation.parquet"]["sha256"] = "0" * 64
+    m["files"][segment_file(bundle_copy, "annotation")]["sha256"] = "0" * 64
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
     r = verify_bundle(bundle_copy)
     assert r.damage == "manifest-mismatch" and r.first_bad_seq is None

@@ -11,12 +11,13 @@ it at most once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import IntegrityError
 from . import merkle
 
-__all__ = ["GetNodes", "new_complete_nodes", "new_complete_nodes_by_level", "RightEdge", "TreeReader"]
+__all__ = ["GetNodes", "new_complete_nodes", "new_complete_nodes_by_level", "RightEdge", "TreeReader",
+           "compact_range_nodes", "fold_compact_range", "ExtendedTree"]
 
 GetNodes = Callable[[Iterable[tuple[int, int]]], Mapping[tuple[int, int], bytes]]
 
@@ -82,6 +83,30 @@ def new_complete_nodes_by_level(old_size: int, new_leaf_hashes: Sequence[bytes],
     return out
 
 
+def compact_range_nodes(size: int) -> list[tuple[int, int]]:
+    """The compact range of ``[0, size)``: its maximal aligned power-of-two subtrees, largest first.
+
+    One node per set bit of ``size`` (level = the bit); their hashes fold to the root of ``size``.
+
+    >>> compact_range_nodes(6)
+    [(2, 0), (1, 2)]
+    """
+    return merkle._decompose(0, size)
+
+
+def fold_compact_range(size: int, hashes: Sequence[bytes]) -> bytes:
+    """The root of ``size`` leaves from the hashes of its compact range (:func:`compact_range_nodes` order).
+
+    >>> lh = [merkle.leaf_hash(bytes([i])) for i in range(3)]
+    >>> fold_compact_range(3, [merkle.node_hash(lh[0], lh[1]), lh[2]]) == merkle.root([b"\\x00", b"\\x01", b"\\x02"])
+    True
+    """
+    nodes = compact_range_nodes(size)
+    if len(hashes) != len(nodes):
+        raise ValueError(f"a compact range of size {size} has {len(nodes)} hashes, not {len(hashes)}")
+    return merkle.root_from_nodes(size, dict(zip(nodes, hashes)))
+
+
 class RightEdge:
     """A growing tree's right edge: the last complete node of each level, which is all that appending
     needs to compute every node the append completes (so a long batch is hashed chunk by chunk).
@@ -97,6 +122,22 @@ class RightEdge:
         self.size = size
         self._edge = dict(nodes)  # at least the complete parts of the tree of ``size`` leaves
 
+    @classmethod
+    def from_compact_range(cls, size: int, hashes: Sequence[bytes]) -> RightEdge:
+        """The right edge of ``size`` leaves from the hashes of its compact range."""
+        nodes = compact_range_nodes(size)
+        if len(hashes) != len(nodes):
+            raise ValueError(f"a compact range of size {size} has {len(nodes)} hashes, not {len(hashes)}")
+        return cls(size, dict(zip(nodes, hashes)))
+
+    def compact_range(self) -> list[bytes]:
+        """Hashes of the compact range of the current size (its root folds from them)."""
+        return [self._edge[n] for n in compact_range_nodes(self.size)]
+
+    def root(self) -> bytes:
+        """Root hash of the current size."""
+        return merkle.root_from_nodes(self.size, self._edge)
+
     def append(self, leaf_hashes: Sequence[bytes]) -> dict[int, tuple[int, list[bytes]]]:
         """The nodes completed by appending ``leaf_hashes``, as :func:`new_complete_nodes_by_level` gives them."""
         by_level = new_complete_nodes_by_level(self.size, leaf_hashes,
@@ -108,6 +149,74 @@ class RightEdge:
         if leaf_hashes:
             self._edge[(0, self.size - 1)] = leaf_hashes[-1]
         return by_level
+
+
+class ExtendedTree(Mapping):
+    """The tree of ``start + len(leaf_hashes)`` leaves known from the compact range at ``start`` and the
+    leaf hashes after it: enough for the root of every size in ``[start, end]`` and for consistency
+    proofs between such sizes, without the leaves before ``start``.
+
+    A node oracle (``tree[(level, index)]``) holding the compact range at ``start`` and every node
+    the appended leaves complete; O(new leaves) to build.
+
+    >>> lh = [merkle.leaf_hash(bytes([i])) for i in range(7)]
+    >>> t = ExtendedTree(3, [merkle.node_hash(lh[0], lh[1]), lh[2]], lh[3:])
+    >>> t.root(5) == merkle.root([bytes([i]) for i in range(5)]), t.compact_range(4) == [t[(2, 0)]]
+    (True, True)
+    >>> merkle.verify_consistency(3, 7, t.root(3), t.root(7), t.consistency_proof(3, 7))
+    True
+    """
+
+    def __init__(self, start: int, compact_range: Sequence[bytes], leaf_hashes: Sequence[bytes]):
+        self.start, self.end = start, start + len(leaf_hashes)
+        self._nodes = dict(zip(compact_range_nodes(start), compact_range))
+        if len(self._nodes) != len(compact_range_nodes(start)) or len(compact_range) != len(self._nodes):
+            raise ValueError(f"a compact range of size {start} has {len(self._nodes)} hashes, "
+                             f"not {len(compact_range)}")
+        self._leaves = leaf_hashes
+        self._levels = RightEdge(start, self._nodes).append(leaf_hashes)
+
+    def __getitem__(self, node: tuple[int, int]) -> bytes:
+        level, i = node
+        if level == 0 and self.start <= i < self.end:
+            return bytes(self._leaves[i - self.start])
+        if level in self._levels:
+            first, hashes = self._levels[level]
+            if first <= i < first + len(hashes):
+                return hashes[i - first]
+        return self._nodes[node]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        yield from self._nodes
+        yield from ((0, self.start + j) for j in range(self.end - self.start))
+        for level, (first, hashes) in self._levels.items():
+            yield from ((level, first + j) for j in range(len(hashes)))
+
+    def __len__(self) -> int:
+        return len(self._nodes) + (self.end - self.start) + sum(len(h) for _, h in self._levels.values())
+
+    def _check(self, *sizes: int) -> None:
+        for size in sizes:
+            if not self.start <= size <= self.end:
+                raise ValueError(f"size {size} outside the known range {self.start}..{self.end}")
+
+    def root(self, size: int | None = None) -> bytes:
+        """Root of the first ``size`` leaves (default: all), ``start <= size <= end``."""
+        size = self.end if size is None else size
+        self._check(size)
+        return merkle.root_from_nodes(size, self)
+
+    def compact_range(self, size: int | None = None) -> list[bytes]:
+        """Hashes of the compact range of ``size`` leaves (default: all), ``start <= size <= end``."""
+        size = self.end if size is None else size
+        self._check(size)
+        return [self[n] for n in compact_range_nodes(size)]
+
+    def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from ``old`` to ``new`` leaves, both in ``[start, end]``."""
+        new = self.end if new is None else new
+        self._check(old, new)
+        return merkle.consistency_proof_from_nodes(old, new, self)
 
 
 def new_complete_nodes(old_size: int, new_leaf_hashes: Sequence[bytes], get_nodes: GetNodes

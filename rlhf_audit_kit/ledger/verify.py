@@ -45,13 +45,10 @@ Sources are anything with ``log()``, ``typed(kind)``, ``nodes()``, ``origin`` an
 """
 from __future__ import annotations
 
-import hashlib
 import html
-import mmap
 import os
 import time
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +61,8 @@ from ..errors import IntegrityError, KeysError, SignatureError
 from ..schema import KINDS
 from . import merkle
 from .checkpoint import Checkpoint, Verifier, verify_checkpoint
+from .levels import TreeLevels, _binary, _TreeJob, compute_tree
+from .tree import ExtendedTree
 
 __all__ = ["Finding", "VerifyReport", "DuckSource", "verify_source", "resolve_verifiers",
            "compute_tree", "TreeLevels", "DAMAGE_KINDS", "verify_inclusion_against",
@@ -78,7 +77,6 @@ DAMAGE_KINDS: tuple[str, ...] = (
 )
 _ORDER = {d: i for i, d in enumerate(DAMAGE_KINDS)}
 _SIG_DAMAGE = {"bad-signature"}
-_FORK_MIN_LEAVES = 50_000
 _TREE_DAMAGE = ("root-mismatch", "bad-node")
 
 
@@ -109,6 +107,13 @@ class VerifyReport:
     covers (a bundle's manifest fields other than origin, size, root and file hashes), for display
     as unverified only.
 
+    ``covered``: the seq range ``(start, end)`` re-derived from the entries; an incremental
+    verification (``since=``) starts after the trusted checkpoint, and what lies before ``start``
+    was not re-read. ``since``: the trusted tree size it started from; ``consistency_proof``: the
+    RFC 9162 proof from the trusted checkpoint to ``signed_size``; ``left_to_full``: signed notes
+    of sizes below ``start`` whose roots only a full verification recomputes; ``later_files``:
+    files of a later publication into a bundle folder (not read).
+
     >>> r = VerifyReport(source="x", events=3, checkpoints_verified=1, signed_size=3)
     >>> r.ok, r.first_bad_seq
     (True, None)
@@ -127,6 +132,11 @@ class VerifyReport:
     verifier: str | None = None
     signed_by: list[str] = field(default_factory=list)
     unsigned: dict[str, Any] = field(default_factory=dict)
+    covered: tuple[int, int] | None = None
+    since: int | None = None
+    consistency_proof: list[bytes] = field(default_factory=list)
+    left_to_full: int = 0
+    later_files: list[str] = field(default_factory=list)
 
     @property
     def first(self) -> Finding | None:
@@ -154,6 +164,15 @@ class VerifyReport:
             tail = (" (no signed checkpoint: nothing is anchored to a key yet)" if not self.checkpoints_verified
                     else f"; {unsigned:,} later event(s) not yet covered by a signed checkpoint"
                     if unsigned else "")
+            start, end = self.covered or (0, self.events)
+            if self.since is not None:
+                tail += f"; extends the trusted checkpoint of size {self.since:,}"
+            if start:
+                tail += (f"; re-derived seq {start:,}..{end - 1:,} ({end - start:,} events), earlier segments "
+                         f"not re-read (a full verification checks them)" if end > start else
+                         f"; nothing new after seq {start - 1:,} (earlier segments not re-read)")
+            if self.later_files:
+                tail += f"; {len(self.later_files)} file(s) of a later publication not read"
             return (f"OK: {self.events:,} events, {self.checkpoints_verified} signed checkpoint(s) "
                     f"verified, signed size {self.signed_size:,}{tail}")
         where = f"seq {f.seq}" if f.seq is not None else (
@@ -257,193 +276,6 @@ class DuckSource:
     @property
     def _con(self):
         return self.con
-
-
-# ------------------------------------------------------------------------------ hashing
-def _binary(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    if not pa.types.is_large_binary(arr.type):
-        arr = arr.cast(pa.large_binary())
-    return arr
-
-
-class TreeLevels(Mapping):
-    """All complete nodes of a tree of ``n`` leaves, level by level, in one flat buffer.
-
-    ``levels[(level, index)]`` is the 32-byte hash; level 0 are the leaf hashes. Usable as the node
-    oracle of :func:`rlhf_audit_kit.ledger.merkle.root_from_nodes` and friends.
-    """
-
-    def __init__(self, n: int, buf: Any):
-        self.n = n
-        self.buf = buf
-        self.counts = []
-        self.offsets = []
-        off, level = 0, 0
-        while n >> level:
-            self.counts.append(n >> level)
-            self.offsets.append(off)
-            off += 32 * (n >> level)
-            level += 1
-        self.nbytes = off
-
-    @staticmethod
-    def size_for(n: int) -> int:
-        return sum(32 * (n >> lv) for lv in range(n.bit_length()))
-
-    def level(self, level: int) -> memoryview:
-        o = self.offsets[level]
-        return memoryview(self.buf)[o:o + 32 * self.counts[level]]
-
-    def level_array(self, level: int) -> np.ndarray:
-        return np.frombuffer(self.buf, dtype=np.uint8, count=32 * self.counts[level],
-                             offset=self.offsets[level]).reshape(-1, 32)
-
-    def __getitem__(self, node: tuple[int, int]) -> bytes:
-        level, idx = node
-        if not (0 <= level < len(self.counts) and 0 <= idx < self.counts[level]):
-            raise KeyError(node)
-        o = self.offsets[level] + 32 * idx
-        return bytes(self.buf[o:o + 32])
-
-    def __iter__(self):
-        return ((lv, i) for lv, c in enumerate(self.counts) for i in range(c))
-
-    def __len__(self) -> int:
-        return sum(self.counts)
-
-    def root(self, size: int) -> bytes:
-        return merkle.root_from_nodes(size, self)
-
-
-def _hash_range(entries: pa.Array, levels: TreeLevels, lo: int, hi: int, top: int,
-                order: np.ndarray | None = None) -> None:
-    """Leaf hashes of leaves [lo, hi) and their complete nodes up to level ``top`` into ``levels``.
-
-    Leaf ``i`` is entry ``order[i]`` (the row holding seq i), or entry ``i`` when ``order`` is None.
-    ``lo`` must be a multiple of 2**top. The only per-event Python loop: hashing from the buffer.
-    """
-    sha = hashlib.sha256
-    n_all = len(entries)
-    offs = np.frombuffer(entries.buffers()[1], dtype=np.int64)[entries.offset:entries.offset + n_all + 1]
-    data = entries.buffers()[2]
-    buf = memoryview(data) if data is not None else memoryview(b"")
-    if order is None:
-        o = offs[lo:hi + 1].tolist()
-        pairs = zip(o, o[1:])
-    else:
-        rows = order[lo:hi]
-        pairs = zip(offs[rows].tolist(), offs[rows + 1].tolist())
-    out = []
-    append = out.append
-    for a, b in pairs:
-        h = sha(b"\x00")
-        h.update(buf[a:b])
-        append(h.digest())
-    dst = levels.buf
-    start = levels.offsets[0] + 32 * lo
-    dst[start:start + 32 * len(out)] = b"".join(out)
-    cur = out
-    for level in range(1, top + 1):
-        it = iter(cur)
-        cur = [sha(b"\x01" + left + right).digest() for left, right in zip(it, it)]
-        if not cur:
-            break
-        start = levels.offsets[level] + 32 * (lo >> level)
-        dst[start:start + 32 * len(cur)] = b"".join(cur)
-
-
-def _finish_levels(levels: TreeLevels, from_level: int) -> None:
-    sha = hashlib.sha256
-    for level in range(from_level + 1, len(levels.counts)):
-        prev = levels.level(level - 1)
-        m = levels.counts[level]
-        cur = [sha(b"\x01" + prev[64 * i:64 * i + 64]).digest() for i in range(m)]
-        o = levels.offsets[level]
-        levels.buf[o:o + 32 * m] = b"".join(cur)
-
-
-def _default_workers() -> int:
-    env = os.environ.get("RLHF_AUDIT_VERIFY_WORKERS")
-    if env:
-        return max(0, int(env))
-    return max(1, (os.cpu_count() or 1) - 1) if hasattr(os, "fork") else 0
-
-
-class _TreeJob:
-    """Leaf hashes and every complete node of the entries, computed by forked workers.
-
-    ``start()`` forks (or, with 0 workers or few leaves, does nothing yet); ``result()`` waits and
-    returns :class:`TreeLevels`, computing in-process whatever a worker failed to deliver.
-    """
-
-    def __init__(self, entries: pa.Array, workers: int | None, order: np.ndarray | None = None):
-        self.entries = entries
-        self.order = order
-        self.n = len(entries)
-        size = max(TreeLevels.size_for(self.n), 1)
-        w = _default_workers() if workers is None else workers
-        self.workers = w if (self.n >= _FORK_MIN_LEAVES and hasattr(os, "fork")) else 0
-        self.buf = mmap.mmap(-1, size) if self.workers else bytearray(size)
-        self.levels = TreeLevels(self.n, self.buf)
-        self.pids: list[tuple[int, int, int]] = []
-        self.top = 0
-
-    def start(self) -> _TreeJob:
-        n, w = self.n, self.workers
-        if not w or not n:
-            return self
-        top = max(0, (n // w).bit_length() - 1)  # blocks of 2**top leaves, about n / w each
-        block = 1 << top
-        nblocks = -(-n // block)
-        w = min(w, nblocks)
-        self.top = top
-        ranges = []
-        for i in range(w):
-            lo = (i * nblocks // w) * block
-            hi = min(n, ((i + 1) * nblocks // w) * block)
-            if lo < hi:
-                ranges.append((lo, hi))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: child only hashes
-            for lo, hi in ranges:
-                pid = os.fork()
-                if pid == 0:  # child: hash, write into shared memory, leave without cleanup
-                    code = 1
-                    try:
-                        _hash_range(self.entries, self.levels, lo, hi, top, self.order)
-                        code = 0
-                    finally:
-                        os._exit(code)
-                self.pids.append((pid, lo, hi))
-        return self
-
-    def result(self) -> TreeLevels:
-        n = self.n
-        if n == 0:
-            return self.levels
-        if not self.pids:
-            top = len(self.levels.counts) - 1
-            _hash_range(self.entries, self.levels, 0, n, top, self.order)
-            return self.levels
-        for pid, lo, hi in self.pids:
-            _, status = os.waitpid(pid, 0)
-            if status != 0:  # a worker died: do its part here
-                _hash_range(self.entries, self.levels, lo, hi, self.top, self.order)
-        self.pids = []
-        _finish_levels(self.levels, self.top)
-        return self.levels
-
-
-def compute_tree(entries: pa.Array | pa.ChunkedArray, workers: int | None = None) -> TreeLevels:
-    """Every complete node (level 0 = leaf hashes) of the RFC 9162 tree over ``entries``.
-
-    >>> t = compute_tree(pa.array([b"a", b"b", b"c"]), workers=0)
-    >>> t.root(3) == merkle.root([b"a", b"b", b"c"]), t[(1, 0)] == merkle.node_hash(t[(0, 0)], t[(0, 1)])
-    (True, True)
-    """
-    return _TreeJob(_binary(entries), workers).start().result()
 
 
 # ------------------------------------------------------------------------------ checks
@@ -745,10 +577,14 @@ def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: S
             findings.append(Finding("truncated", f"a signed checkpoint covers {checkpoint.size:,} events but "
                                                  f"the log has {n:,}", n, checkpoint.size))
             continue
-        if tree.root(checkpoint.size) != checkpoint.root_hash:
-            lower = max((s for s, _, _ in good if s < checkpoint.size), default=0)
-            where = _localize(checkpoint.size, checkpoint.root_hash, tree,
-                              _StoredNodes(stored_nodes, stored_leaves) if stored_nodes is not None else None)
+        if checkpoint.size < getattr(tree, "start", 0):  # its tree was not recomputed here
+            report.left_to_full += 1
+            continue
+        if merkle.root_from_nodes(checkpoint.size, tree) != checkpoint.root_hash:
+            lower = max((s for s, _, _ in good if s < checkpoint.size), default=getattr(tree, "start", 0))
+            where = None if not isinstance(tree, TreeLevels) else _localize(
+                checkpoint.size, checkpoint.root_hash, tree,
+                _StoredNodes(stored_nodes, stored_leaves) if stored_nodes is not None else None)
             lower = max(lower, where) if where is not None else lower
             findings.append(Finding("root-mismatch", f"the root recomputed from the log at size "
                                                      f"{checkpoint.size:,} differs from the signed root; "
@@ -782,14 +618,50 @@ def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: S
         report.signed_size, report.signed_root = good[-1][0], good[-1][1]
 
 
+def _check_trusted(tree: Mapping[tuple[int, int], bytes], n: int, trusted: tuple[int, bytes],
+                   report: VerifyReport) -> None:
+    """The record extends the trusted checkpoint (size, root): its tree at that size has that root."""
+    size, root = trusted
+    report.since = size
+    if size > n:
+        report.findings.append(Finding("truncated", f"the log has {n:,} events, fewer than the trusted checkpoint "
+                                                    f"of size {size:,} covers: a rollback", n, size))
+        return
+    if merkle.root_from_nodes(size, tree) != root:
+        report.findings.append(Finding("inconsistent-checkpoints", f"the tree at the trusted size {size:,} does not "
+                                                                   "have the trusted root: this record does not "
+                                                                   "extend the checkpoint you trusted (a fork, or a "
+                                                                   "rewritten history)", None, size))
+        return
+    new, new_root = report.signed_size, report.signed_root
+    if new_root is not None and new >= size:
+        proof = merkle.consistency_proof_from_nodes(size, new, tree)
+        if merkle.verify_consistency(size, new, root, new_root, proof):
+            report.consistency_proof = proof
+        else:  # pragma: no cover - both roots were recomputed from one tree
+            report.findings.append(Finding("inconsistent-checkpoints", f"checkpoint {new:,} does not extend the "
+                                                                       f"trusted checkpoint {size:,}", None, new))
+
+
 def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] = (),
-                  workers: int | None = None) -> VerifyReport:
+                  workers: int | None = None, start: int = 0, compact_range: Sequence[bytes] = (),
+                  trusted: tuple[int, bytes] | None = None,
+                  check_tree: Callable[[Mapping[tuple[int, int], bytes]], list[Finding]] | None = None
+                  ) -> VerifyReport:
     """Run every check over ``source``; return a :class:`VerifyReport` (never raises for damage).
 
     ``extra_notes``: signed checkpoint notes held outside the log (a bundle's ``checkpoint.note``,
     or notes an auditor kept), checked like the log's own snapshots; a note for a size larger than
     the log reveals a truncated log. ``workers``: hashing processes (default: cores - 1; 0 hashes
     in this process).
+
+    Incremental verification: with ``start`` > 0 the source holds only the events from seq
+    ``start`` on, and ``compact_range`` the hashes of the tree's compact range at ``start``
+    (:func:`rlhf_audit_kit.ledger.tree.compact_range_nodes`); roots of every size from ``start`` on
+    are computed from it and the new leaf hashes (:class:`~rlhf_audit_kit.ledger.tree.ExtendedTree`).
+    ``trusted``: the (size, root) of a checkpoint verified before; the tree at that size must have
+    that root, and the report carries the consistency proof from it to the newest signed size.
+    ``check_tree``: more checks over the recomputed tree (a node oracle), returning findings.
     """
     verifiers = resolve_verifiers(verifier)
     t_start = time.perf_counter()
@@ -802,11 +674,14 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
     entries = _binary(log.column("entry"))
     timings["read-log"] = time.perf_counter() - t0
     seq = log.column("seq").to_numpy()
-    order, sorted_seq, bad = _seq_order(seq)
-    job = _TreeJob(entries, workers, order).start()  # hashing runs in workers while we re-encode
+    order, sorted_seq, bad = _seq_order(seq - start if start else seq)
+    if start:
+        sorted_seq, bad = sorted_seq + start, (None if bad is None else bad + start)
+    # hashing runs in workers while we re-encode (leaf hashes only when the tree extends a compact range)
+    job = _TreeJob(entries, workers, order, leaves_only=bool(start)).start()
     log_ok = bad is None
     if not log_ok:
-        findings.append(Finding("seq-order", "the log's seq column is not exactly 0..n-1 "
+        findings.append(Finding("seq-order", f"the log's seq column is not exactly {start}..{start + n - 1} "
                                              "(missing, duplicated or forged rows)", bad))
     lp = pl.from_arrow(log.select(["seq", "kind", "ts", "entry"]))
     if order is not None:
@@ -820,7 +695,11 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
     timings["read-nodes"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    tree = job.result()
+    levels = job.result()
+    tree: Mapping[tuple[int, int], bytes] = levels
+    if start:
+        flat = levels.level_array(0).tobytes()
+        tree = ExtendedTree(start, compact_range, [flat[i:i + 32] for i in range(0, len(flat), 32)])
     timings["wait-hashing"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     leaf_bad = np.zeros(n, dtype=bool)
@@ -829,20 +708,24 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
         stored, malformed = _hash_col_array(log.column("leaf_hash"))
         if order is not None:
             stored, malformed = stored[order], malformed[order]
-        leaf_bad = (stored != tree.level_array(0)).any(axis=1) | malformed
+        leaf_bad = (stored != levels.level_array(0)).any(axis=1) | malformed
         diff = np.flatnonzero(leaf_bad)
         if len(diff):
             s = int(sorted_seq[diff].min())
             findings.append(Finding("leaf-hash-mismatch", "entry does not hash to its stored leaf_hash", s))
-    if stored_nodes is not None:
-        _check_nodes(stored_nodes, tree, leaf_bad, findings)
+    if stored_nodes is not None and not start:
+        _check_nodes(stored_nodes, levels, leaf_bad, findings)
+    if check_tree is not None:
+        findings += check_tree(tree)
     timings["compare-hashes"] = time.perf_counter() - t0
 
-    report = VerifyReport(source=source.description, events=n, findings=findings, timings=timings,
-                          verifier=", ".join(v.vkey for v in verifiers))
+    report = VerifyReport(source=source.description, events=start + n, findings=findings, timings=timings,
+                          verifier=", ".join(v.vkey for v in verifiers), covered=(start, start + n))
     t0 = time.perf_counter()
-    _check_checkpoints(source, frames.get("snapshot"), list(extra_notes), verifiers, tree, n,
+    _check_checkpoints(source, frames.get("snapshot"), list(extra_notes), verifiers, tree, start + n,
                        findings, report, stored_nodes, stored)
+    if trusted is not None:
+        _check_trusted(tree, start + n, trusted, report)
     timings["checkpoints"] = time.perf_counter() - t0
     # a root mismatch located to a leaf pair (2i, 2i+1): if an event check names 2i+1 but not 2i,
     # the pair's damage is 2i+1
