@@ -6,6 +6,7 @@
     rlhf-audit keys init keys/ --name example.com/audit      # passphrase: $RLHF_AUDIT_PASSPHRASE or prompt
     rlhf-audit snapshot audit.duckdb --keys keys/             # prints the signed checkpoint note
     rlhf-audit verify audit.duckdb --vkey keys/verifier.vkey  # or a bundle folder; exit 0 "OK ..."
+    rlhf-audit verify bundle/ --vkey keys/verifier.vkey --since trusted.note  # only the newer segments
     rlhf-audit proof inclusion audit.duckdb 42                # JSON: proof against a signed checkpoint
     rlhf-audit proof consistency audit.duckdb 100 250
 
@@ -95,13 +96,24 @@ def _open_target(path: str):
     return open_store(path, read_only=True, pseudonymize=False)
 
 
+def _since(value: str | None):
+    """``--since``: a tree size (digits), or a file holding the signed note you trusted before."""
+    if value is None or not value.strip().isdigit():
+        return value
+    return int(value)
+
+
 def _cmd_verify(args) -> int:
     from .bundle import is_bundle, verify_bundle
     from .ledger.verify import resolve_verifiers
     verifiers = resolve_verifiers(args.vkey)
     kw = {"workers": args.workers} if args.workers is not None else {}
+    since = _since(args.since)
     if is_bundle(args.target):  # a bundle refused on opening is a failed report too
-        report = verify_bundle(args.target, verifiers, **kw)
+        report = verify_bundle(args.target, verifiers, since=since, **kw)
+    elif since is not None:
+        raise AuditKitError(f"--since verifies a bundle folder incrementally; {args.target} is not a bundle "
+                            "(verify a store in full, without --since)")
     else:
         target = _open_target(args.target)
         try:
@@ -111,8 +123,25 @@ def _cmd_verify(args) -> int:
     if report.ok:
         root = report.signed_root.hex() if report.signed_root else "-"
         print(f"{report.message}; root {root} ({report.elapsed:.2f} s)")
+        _print_identity(report)
         return 0
     return print_failure(report.message, report.first_bad_seq, report.damage)
+
+
+def _print_identity(report) -> None:
+    """Who signed, from the pinned keys that verified; a bundle's unsigned manifest fields marked as such."""
+    from .report.identity import manifest_claims, signers
+    for v in signers(report.signed_by):
+        print(f"signed by the pinned key {v.name} (key id {v.key_id.hex()})")
+    if report.unsigned:  # printed with repr where not plain text: a manifest is anyone's to write
+        claims = manifest_claims(report.unsigned, signed_by=report.signed_by, entries_verified=True)
+        names = [c.field if c.field.isprintable() and len(c.field) <= 40 else repr(c.field[:40]) for c in claims]
+        more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
+        print("not verified (manifest.json fields no signature covers): " + ", ".join(names[:20]) + more)
+        for c, name in zip(claims, names):
+            if c.agrees is False:
+                print(f"warning: manifest.json states {name} {str(c.value)[:200]!r}, which is not signed and "
+                      f"{c.check}", file=sys.stderr)
 
 
 def print_failure(message: str, first_bad_seq: int | None, damage: str | None) -> int:
@@ -208,6 +237,10 @@ def register(subparsers) -> None:
     s.add_argument("target", metavar="STORE_OR_BUNDLE")
     s.add_argument("--vkey", required=True, help="verifier key string, or a file / keys folder holding it")
     s.add_argument("--workers", type=int, default=None, help="hashing processes (default: cores - 1)")
+    s.add_argument("--since", metavar="NOTE_FILE_OR_SIZE", default=None,
+                   help="a bundle only: re-derive just the segments after a checkpoint you verified before (its "
+                        "signed note file, or a tree size the bundle publishes: a size alone cannot reveal a fork); "
+                        "earlier segments are not re-read")
     s.set_defaults(func=_cmd_verify)
 
     s = subparsers.add_parser("proof", help="print an RFC 9162 proof with its signed checkpoint (JSON)")
