@@ -21,7 +21,7 @@ since the last publication, unless an error is pending.
 >>> with store.publish(os.path.join(d, "live"), signer, every=60) as publisher:
 ...     _ = store.extend([{"kind": "dataset", "name": "hh", "version": "1"}])
 >>> publisher.published.size, publisher.publications
-(1, 2)
+(2, 2)
 >>> store.close()
 """
 from __future__ import annotations
