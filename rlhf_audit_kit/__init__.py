@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from ._lazy import lazy_getattr
 from .artifacts import hash_artifact
-from .errors import (AuditKitError, BudgetExceededError, IntegrityError, KeysError, SignatureError,
-                     ValidationError)
+from .errors import (AuditKitError, BudgetExceededError, BundleError, ForkError, IntegrityError, KeysError,
+                     SignatureError, StoreInUseError, StoreLockedError, ValidationError)
 from .schema import KINDS
 from .store import AuditStore, open_store
 
@@ -41,6 +41,7 @@ _SUBMODULES = ("analysis", "apps", "demo", "ingest", "keys", "ledger", "privacy"
                "encoding", "schema", "bundle", "recorder", "integrations")
 
 __all__ = ["AuditStore", "open_store", "hash_artifact", "KINDS", "AuditKitError", "BudgetExceededError",
-           "IntegrityError", "KeysError", "SignatureError", "ValidationError", *_LAZY]
+           "IntegrityError", "KeysError", "SignatureError", "ValidationError", "BundleError", "ForkError",
+           "StoreInUseError", "StoreLockedError", *_LAZY]
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals(), _SUBMODULES)
