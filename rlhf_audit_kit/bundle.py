@@ -37,6 +37,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,13 +53,14 @@ from .bundle_files import (Limits, check_name, check_parquet, duckdb_path, file_
 from .errors import AuditKitError, BundleError, KeysError, SignatureError
 from .ledger.checkpoint import Checkpoint, Verifier, verify_checkpoint
 from .ledger.merkle import EMPTY_ROOT
-from .ledger.snapshot import Snapshot
+from .ledger.snapshot import Snapshot, list_snapshots
 from .ledger.tree import compact_range_nodes
 from .ledger.verify import DuckSource, Finding, VerifyReport, resolve_verifiers, verify_source
 from .reader import RecordReader, _quote, cursor_sql, typed_columns
 from .schema import KINDS
-from .segments import (FORMAT_V1, FORMAT_V2, Segment, checkpoint_file, complete_subtree,
+from .segments import (CHECKPOINT_DIR, FORMAT_V1, FORMAT_V2, SEGMENT_DIR, Segment, checkpoint_file, complete_subtree,
                        later_files, parse_segments)
+from .store import _SQL_TYPES, typed_table_ddl
 
 __all__ = ["Bundle", "open_bundle", "verify_bundle", "export_bundle", "BUNDLE_FORMAT", "is_bundle", "Limits"]
 
@@ -148,7 +150,6 @@ def _view_sql(table: str, files: Sequence[str], columns: Sequence[Sequence[str]]
     A file written before a field was added to its kind lacks that column: it reads as NULL (the
     entries of such rows have no key for it either, see ``Field.omit_null``).
     """
-    from .store import _SQL_TYPES
     have = set().union(*map(set, columns)) if columns else set()
     union = ", union_by_name = true" if len({tuple(sorted(c)) for c in columns}) > 1 else ""
     source = f"read_parquet([{', '.join(_sql_str(f) for f in files)}]{union})"
@@ -164,7 +165,6 @@ def _view_sql(table: str, files: Sequence[str], columns: Sequence[Sequence[str]]
 def _create_views(con, tables: Mapping[str, list[tuple[str, tuple[str, ...]]]]) -> set[str]:
     """Views ``log`` and one per kind over ``tables`` (table -> [(DuckDB path, columns)]); returns the
     kinds with files (the others are empty tables, so every kind is queryable)."""
-    from .store import typed_table_ddl
     if "log" in tables:
         files = tables["log"]
         con.execute(f"CREATE VIEW log AS {_view_sql('log', [f for f, _ in files], [c for _, c in files])}")
@@ -201,7 +201,8 @@ class Bundle(RecordReader):
     (and verifying) what that manifest names, which is never rewritten.
     """
 
-    def __init__(self, path: str | os.PathLike, *, limits: Limits | None = None, _manifest: bytes | None = None):
+    def __init__(self, path: str | os.PathLike, *, limits: Limits | None = None, _manifest: bytes | None = None,
+                 _from: int | None = None):
         self.path = Path(path)
         self.limits = limits or Limits()
         if not self.path.is_dir():
@@ -225,12 +226,16 @@ class Bundle(RecordReader):
         self.origin: str = self.manifest["origin"]
         self._lock = threading.RLock()
         self._columns: dict[str, tuple[str, ...]] = {}
-        self._missing = self._check_files()
+        # _from (the exporter's own use): open only the segments from that seq on, the earlier ones unread
+        self._from = 0 if _from is None else min(_from, self.manifest["tree_size"])
+        opened = [s for s in self.segments if s.start >= self._from]
+        self._missing = self._check_files(None if _from is None else [
+            *(f for s in opened for f in s.files), *(n for n, i in self.manifest["files"].items() if "table" not in i)])
         self._con = duckdb.connect(":memory:")
         try:
             self._con.execute("SET TimeZone = 'UTC'")
-            self._kinds = _create_views(self._con, self._table_files(self.segments))
-            self._size = self._con.sql("SELECT count(*) FROM log").fetchall()[0][0]
+            self._kinds = _create_views(self._con, self._table_files(opened))
+            self._size = self._from + self._con.sql("SELECT count(*) FROM log").fetchall()[0][0]
         except duckdb.Error as e:
             self._con.close()
             raise BundleError(f"the bundle's Parquet files do not read ({_one_line(e)}); refused",
@@ -269,8 +274,8 @@ class Bundle(RecordReader):
         except KeysError:
             return None, f"{VKEY_FILE} does not hold a verifier key (name+keyid+base64); its content is not shown"
 
-    def _check_files(self) -> set[str]:
-        """Check every file the manifest names before decoding any; return the missing ones.
+    def _check_files(self, names: Iterable[str] | None = None) -> set[str]:
+        """Check every file the manifest names (or ``names``) before decoding any; return the missing ones.
 
         Refuses (BundleError) links, FIFOs, devices and folders, files and Parquet pages over the
         limits; missing files are left to :meth:`verify` (a table without its file is empty).
@@ -278,7 +283,8 @@ class Bundle(RecordReader):
         files, lim = self.manifest["files"], self.limits
         missing: set[str] = set()
         on_disk = decoded = 0
-        for name, info in files.items():
+        for name in (files if names is None else names):
+            info = files[name]
             try:
                 os.close(open_file(self._root, name))  # type and link checks; nothing is read
             except FileNotFoundError:
@@ -381,7 +387,6 @@ class Bundle(RecordReader):
 
     def snapshots(self, verifier: Any = None) -> list[Snapshot]:
         """Earlier snapshots recorded inside the bundle's log, plus the bundle's own, oldest first."""
-        from .ledger.snapshot import list_snapshots
         out = list_snapshots(self, verifier)
         own = self.snapshot
         if verifier is not None:
@@ -421,6 +426,8 @@ class Bundle(RecordReader):
         """
         v = resolve_verifiers(verifier if verifier is not None else self.verifier)
         if since is None:
+            if self._from:  # pragma: no cover - the exporter's partial view
+                raise AuditKitError(f"this bundle object was opened from seq {self._from:,}; open it whole to verify it")
             report = self._verify(v, self.segments, workers)
         else:
             size, root = self._trusted(since, v)
@@ -475,6 +482,9 @@ class Bundle(RecordReader):
                                            size, trusted))
             return report
         start = max([0] + [s.end for s in self.segments if s.compact_range is not None and s.end <= trusted])
+        if start < self._from:  # pragma: no cover - the exporter opens from the trusted size
+            raise AuditKitError(f"this bundle object was opened from seq {self._from:,}; open it whole to verify "
+                                f"from {start:,}")
         compact = next((s.compact_range for s in self.segments if s.end == start), ())
         fresh = [s for s in self.segments if s.start >= start]
         notes = [s.note for s in self.segments if s.end >= start] if self.format == FORMAT_V2 else []
@@ -551,6 +561,8 @@ class Bundle(RecordReader):
         # witnesses' cosigned notes live in cosignatures/ (read by rlhf_audit_kit.ledger.witness): not bundle files
         listed = [*m["files"], MANIFEST_FILE] + ([NOTE_FILE] if self.format == FORMAT_V2 else [])
         stray = [n for n in unlisted(self._root, listed) if n not in _NOT_BUNDLE_FILES]
+        if self.format == FORMAT_V2:  # a segments/ folder the manifest names nothing in yet: look inside
+            stray = [x for n in stray for x in _folder_entries(self._root, n)]
         later = set(later_files(self._root, stray, m["tree_size"])) if self.format == FORMAT_V2 else set()
         report.later_files = sorted(later)
         stray = [n for n in stray if n not in later]
@@ -632,6 +644,15 @@ class Bundle(RecordReader):
                 f"{len(self.segments)} segment(s) · root "
                 f"<code>{html.escape(self.manifest.get('root_hash', '')[:16])}…</code> · {key}<br>{status}"
                 f"<table><tr><th>kind</th><th>events</th></tr>{rows}</table></div>")
+
+
+def _folder_entries(root: Path, name: str) -> list[str]:
+    """``name``, or the entries of ``name`` when it is a real ``segments``/``checkpoints`` folder (not a link)."""
+    if name not in (SEGMENT_DIR, CHECKPOINT_DIR) or not stat.S_ISDIR(os.lstat(root / name).st_mode):
+        return [name]
+    with os.scandir(root / name) as it:
+        entries = [f"{name}/{e.name}" for e in it]
+    return entries  # an empty one (an export creating it) holds nothing
 
 
 def _sizes(sizes: Sequence[int]) -> str:

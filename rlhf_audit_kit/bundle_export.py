@@ -31,6 +31,7 @@ import hashlib
 import os
 import shutil
 import stat
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from .segments import (CHECKPOINT_DIR, FORMAT_V1, FORMAT_V2, SEGMENT_DIR, Segmen
                        complete_subtree, fsync_dir, fsync_file, later_files, manifest_bytes, segment_entries,
                        segment_file, write_atomic)
 
-__all__ = ["export_bundle"]
+__all__ = ["export_bundle", "write_bundle"]
 
 
 def _sql_str(s: str | os.PathLike) -> str:
@@ -65,7 +66,8 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 
 
 def _nodes(store, wanted: list[tuple[int, int]]) -> list[bytes]:
-    got = store._get_nodes(wanted)
+    with store._lock:  # the store's connection serves one call at a time (a writer thread may be recording)
+        got = store._get_nodes(wanted)
     missing = [w for w in wanted if w not in got]
     if missing:
         raise IntegrityError(f"the store lacks Merkle node {missing[0]}; cannot export (run store.verify)",
@@ -136,18 +138,26 @@ def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verif
     before it is published (a full verification for a new bundle, one since the old checkpoint for
     an extension): IntegrityError or SignatureError if the store does not match its own snapshot.
     """
+    write_bundle(store, snapshot, folder, verifier=verifier, verify=verify, overwrite=overwrite)
+    return Bundle(folder, limits=_OWN_EXPORT)
+
+
+def write_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verifier: Verifier,
+                 verify: bool = True, overwrite: bool = False) -> None:
+    """:func:`export_bundle` without opening the result (what a publisher needs)."""
     folder = Path(folder)
     if snapshot.origin != store.origin:
         raise AuditKitError(f"snapshot origin {snapshot.origin!r} is not this store's {store.origin!r}")
     if is_bundle(folder) and not overwrite:
-        return _extend(store, snapshot, folder, verifier, verify)
+        _extend(store, snapshot, folder, verifier, verify)
+        return
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
         raise AuditKitError(f"{folder} exists and is not empty (and holds no bundle); pass overwrite=True to "
                             "replace it")
-    return _write_new(store, snapshot, folder, verifier, verify)
+    _write_new(store, snapshot, folder, verifier, verify)
 
 
-def _write_new(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify: bool) -> Bundle:
+def _write_new(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify: bool) -> None:
     size = int(snapshot.size)
     tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -172,7 +182,6 @@ def _write_new(store, snapshot: Snapshot, folder: Path, verifier: Verifier, veri
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Bundle(folder, limits=_OWN_EXPORT)
 
 
 def _keep_cosignatures(folder: Path, tmp: Path, origin: str) -> None:
@@ -190,8 +199,8 @@ def _keep_cosignatures(folder: Path, tmp: Path, origin: str) -> None:
         shutil.copytree(src, tmp / COSIGNATURE_DIR, symlinks=True)
 
 
-def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify: bool) -> Bundle:
-    with Bundle(folder, limits=_OWN_EXPORT) as old:
+def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify: bool) -> None:
+    with Bundle(folder, limits=_OWN_EXPORT, _from=sys.maxsize) as old:  # manifest and note: no segment read
         if old.format == FORMAT_V1:
             raise AuditKitError(f"{folder} holds a bundle of the v1 layout (one file per table), which cannot grow; "
                                 "export with overwrite=True once to rewrite it as an append-only bundle")
@@ -215,7 +224,7 @@ def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify:
                         "(another history of this log: a fork); refused", origin=snapshot.origin,
                         seen_note=old_note, new_note=snapshot.note)
     if old_size == size:  # the same tree: nothing to add
-        return Bundle(folder, limits=_OWN_EXPORT)
+        return
     staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     placed: list[Path] = []
@@ -233,7 +242,7 @@ def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify:
         new = _manifest(store, snapshot, verifier, {**manifest["files"], **files}, [*segments, seg])
         data = manifest_bytes(new)
         if verify:
-            with Bundle(folder, limits=_OWN_EXPORT, _manifest=data) as b:
+            with Bundle(folder, limits=_OWN_EXPORT, _manifest=data, _from=old_size) as b:
                 b.verify(verifier, since=old_note).raise_for_status()
         write_atomic(folder / NOTE_FILE, snapshot.note.encode("utf-8"), staging)
         write_atomic(folder / MANIFEST_FILE, data, staging)  # last: the publication
@@ -243,7 +252,6 @@ def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Bundle(folder, limits=_OWN_EXPORT)
 
 
 def _remove_leftovers(folder: Path, manifest: dict) -> None:

@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .bundle_export import write_bundle
 from .ledger.snapshot import Snapshot, resolve_signer
 
 __all__ = ["Publisher"]
@@ -68,7 +69,7 @@ class Publisher:
         with self._lock:
             if self._due():
                 snap = self.store.snapshot(self.signer)
-                snap.export(self.folder, verifier=self.signer.verifier, verify=self.verify).close()
+                write_bundle(self.store, snap, self.folder, verifier=self.signer.verifier, verify=self.verify)
                 self.published = snap
                 self.publications += 1
             return self.published

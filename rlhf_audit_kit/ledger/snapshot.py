@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import KeysError, SignatureError
-from .checkpoint import Checkpoint, Signer, Verifier, sign_checkpoint, verify_checkpoint
+from ..keys import load_signer
+from ..store import AuditStore, _x
+from .checkpoint import SIG_PREFIX, Checkpoint, Signer, Verifier, sign_checkpoint, verify_checkpoint
 from .tree import TreeReader
+from .verify import resolve_verifiers
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import Bundle
-    from ..store import AuditStore
 
 __all__ = ["Snapshot", "take_snapshot", "list_snapshots", "resolve_signer"]
 
@@ -65,7 +67,6 @@ class Snapshot:
 
         Raises :class:`SignatureError` if a verifier is given and the note does not verify under it.
         """
-        from .checkpoint import SIG_PREFIX
         text = note[:note.rfind("\n\n") + 1] if "\n\n" in note else note
         if verifier is not None:
             cp = verify_checkpoint(note, verifier)
@@ -114,7 +115,6 @@ class Snapshot:
         Uses ``verifier`` (a Verifier, vkey string or file) or the snapshot's own verifier.
         Returns True or raises :class:`SignatureError`.
         """
-        from .verify import resolve_verifiers
         vs = resolve_verifiers(verifier if verifier is not None else self.verifier)
         try:
             cp = verify_checkpoint(self.note, vs)
@@ -140,7 +140,6 @@ class Snapshot:
         v = verifier if verifier is not None else self.verifier
         if v is None:
             raise KeysError("exporting needs the snapshot's verifier key: pass verifier=")
-        from .verify import resolve_verifiers
         return export_bundle(self.store, self, folder, verifier=resolve_verifiers(v)[0], verify=verify,
                              overwrite=overwrite)
 
@@ -176,7 +175,6 @@ def resolve_signer(signer: Any, store: AuditStore | None = None, passphrase: str
     """A :class:`Signer`, or one loaded from a keys folder (default: the store's keys folder)."""
     if isinstance(signer, Signer):
         return signer
-    from ..keys import load_signer
     folder = signer if signer is not None else (store.keys_folder if store is not None else None)
     if folder is None:
         raise KeysError("snapshot needs a signer: pass a Signer or a keys folder "
@@ -186,7 +184,6 @@ def resolve_signer(signer: Any, store: AuditStore | None = None, passphrase: str
 
 def take_snapshot(store: AuditStore, signer: Any = None, *, passphrase: str | None = None) -> Snapshot:
     """Sign the store's current tree and record the snapshot event; see ``AuditStore.snapshot``."""
-    from ..store import _x
     s = resolve_signer(signer, store, passphrase)
     with store._lock:
         store._check_writable()
@@ -208,7 +205,6 @@ def take_snapshot(store: AuditStore, signer: Any = None, *, passphrase: str | No
 
 def list_snapshots(store: Any, verifier: Any = None) -> list[Snapshot]:
     """Every snapshot recorded in a store or bundle, oldest first (signatures checked if a key is given)."""
-    from .verify import resolve_verifiers
     v = resolve_verifiers(verifier)[0] if verifier is not None else None
     df = store.sql("SELECT seq, ts, key_name, key_id, note FROM snapshot ORDER BY seq")
     out = []

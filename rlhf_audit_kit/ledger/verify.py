@@ -58,11 +58,14 @@ import pyarrow as pa
 
 from .. import encoding
 from ..errors import IntegrityError, KeysError, SignatureError
+from ..keys import load_verifier
+from ..reader import _quote, typed_select_list
 from ..schema import KINDS
+from ..store import fetch_nodes
 from . import merkle
-from .checkpoint import Checkpoint, Verifier, verify_checkpoint
+from .checkpoint import SIG_PREFIX, Checkpoint, Verifier, _b64decode, verify_checkpoint
 from .levels import TreeLevels, _binary, _TreeJob, compute_tree
-from .tree import ExtendedTree
+from .tree import ExtendedTree, TreeReader
 
 __all__ = ["Finding", "VerifyReport", "DuckSource", "verify_source", "resolve_verifiers",
            "compute_tree", "TreeLevels", "DAMAGE_KINDS", "verify_inclusion_against",
@@ -221,7 +224,6 @@ def resolve_verifiers(key: Any) -> list[Verifier]:
     >>> resolve_verifiers("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")[0].name
     'PeterNeumann'
     """
-    from ..keys import load_verifier
     if key is None:
         raise KeysError("verification needs the verifier key you trust (vkey string, file or Verifier)")
     if isinstance(key, Verifier):
@@ -259,7 +261,6 @@ class DuckSource:
         return self.con.sql("SELECT seq, kind, ts, entry, leaf_hash FROM log").to_arrow_table()
 
     def typed(self, kind: str) -> pl.DataFrame:
-        from ..reader import _quote, typed_select_list
         if kind not in self.kinds:
             return pl.DataFrame()
         return self.con.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)}").pl()
@@ -270,7 +271,6 @@ class DuckSource:
         return self.con.sql("SELECT level, idx, hash FROM merkle_node ORDER BY level, idx").to_arrow_table()
 
     def get_nodes(self, wanted):  # TreeReader oracle over the stored nodes
-        from ..store import fetch_nodes
         return fetch_nodes(self.con, wanted)
 
     @property
@@ -524,7 +524,6 @@ class _Cp:
 
 def _note_signers(note: str, verifiers: list[Verifier]) -> list[Verifier]:
     """The pinned keys with a signature line in ``note`` (call after it verified: each one was checked)."""
-    from .checkpoint import SIG_PREFIX, _b64decode
     known = {(v.name, v.key_id): v for v in verifiers}
     out = []
     for line in note[note.rfind("\n\n") + 2:].splitlines():
@@ -597,7 +596,6 @@ def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: S
     good.sort(key=lambda g: g[0])
     stored_reader = None
     if getattr(source, "has_nodes", False) and hasattr(source, "get_nodes"):
-        from .tree import TreeReader
         stored_reader = TreeReader(source.get_nodes)
     for (s0, r0, _), (s1, r1, q1) in zip(good, good[1:]):
         proof = merkle.consistency_proof_from_nodes(s0, s1, tree)
@@ -698,7 +696,7 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
     levels = job.result()
     tree: Mapping[tuple[int, int], bytes] = levels
     if start:
-        flat = levels.level_array(0).tobytes()
+        flat = levels.level_array(0).tobytes() if n else b""
         tree = ExtendedTree(start, compact_range, [flat[i:i + 32] for i in range(0, len(flat), 32)])
     timings["wait-hashing"] = time.perf_counter() - t0
     t0 = time.perf_counter()
