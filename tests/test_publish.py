@@ -26,12 +26,13 @@ WRITER = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
 from rlhf_audit_kit.store import open_store
-from test_snapshot_verify import SIGNER, events
+from factories import annotation
+from test_snapshot_verify import SIGNER
 store = open_store(sys.argv[1], pseudonymize=False, origin="audit.example/live")
-with store.publish(sys.argv[2], SIGNER, every=0.25) as publisher:
+with store.publish(sys.argv[2], SIGNER, every=0.2) as publisher:
     print("started", flush=True)
-    for i in range(40):
-        store.extend(events(i))
+    for i in range(20):
+        store.extend([annotation(5 * i + j) for j in range(5)])
         time.sleep(0.05)
 print("published", publisher.published.size, publisher.publications, flush=True)
 store.close()
@@ -75,7 +76,7 @@ def test_a_second_process_reads_the_folder_while_the_writer_records(tmp_path):
     with open_bundle(folder) as b:
         full = b.verify(VKEY, workers=0)
         assert full.ok and full.signed_size == int(size) and full.covered == (0, int(size))
-        assert b.counts()["annotation"] == 40
+        assert b.counts()["annotation"] == 100
 
 
 def test_publish_now_and_stop_publish_only_what_is_new(tmp_path):
@@ -142,9 +143,9 @@ def test_a_reader_never_sees_a_half_published_bundle(tmp_path):
         with store.publish(tmp_path / "live", SIGNER, every=0.02):
             reader = threading.Thread(target=read)
             reader.start()
-            for i in range(30):
+            for i in range(12):
                 store.extend([annotation(i)])
-                time.sleep(0.01)
+                time.sleep(0.02)
         stop.set()
         reader.join()
     assert not errors, errors[0]
