@@ -56,10 +56,13 @@ def _segment(folder: Path, table: str, index: int) -> Path:
     return sorted((folder / "segments").glob(f"{table}-*.parquet"))[index]
 
 
-def _tamper(path: Path, seq: int, column: str) -> None:
+def _tamper(path: Path, seq: int | None = None, column: str = "prompt") -> int:
+    """Edit one row (default: the file's first) as someone tidying up the record would; its seq."""
     df = pl.read_parquet(path)
+    seq = int(df["seq"][0]) if seq is None else seq
     df.with_columns(pl.when(pl.col("seq") == seq).then(pl.col(column) + " (edited)").otherwise(pl.col(column))
                     .alias(column)).write_parquet(path)
+    return seq
 
 
 def test_since_rederives_only_the_new_segments(grown):
@@ -99,9 +102,7 @@ def test_since_accepts_only_trusted_checkpoints_of_this_log(grown, tmp_path):
 
 def test_a_tampered_new_segment_is_found(grown, copy):
     _, (first, second, third) = grown
-    f = _segment(copy, "annotation", 2)
-    seq = int(pl.read_parquet(f)["seq"][0])
-    _tamper(f, seq, "prompt")
+    seq = _tamper(_segment(copy, "annotation", 2))
     with open_bundle(copy) as b:
         r = b.verify(VKEY, workers=0, since=second.note)
         assert not r.ok and r.first_bad_seq == seq and r.damage == "typed-row-mismatch", r.findings
@@ -110,9 +111,7 @@ def test_a_tampered_new_segment_is_found(grown, copy):
 
 def test_a_tampered_old_segment_is_found_only_by_a_full_verification(grown, copy):
     _, (first, second, third) = grown
-    f = _segment(copy, "annotation", 0)
-    seq = int(pl.read_parquet(f)["seq"][1])
-    _tamper(f, seq, "prompt")
+    seq = _tamper(_segment(copy, "annotation", 0))
     with open_bundle(copy) as b:
         r = b.verify(VKEY, workers=0, since=second.note)
         assert r.ok and r.covered == (second.size, third.size), r.message  # not re-read
@@ -198,7 +197,6 @@ def test_cli_since(grown, copy, tmp_path):
     assert p.returncode == 0 and f"trusted checkpoint of size {second.size:,}" in p.stdout, p.stderr
     p = cli("--since", "5")
     assert p.returncode == 1 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    f = _segment(copy, "annotation", 2)
-    _tamper(f, int(pl.read_parquet(f)["seq"][0]), "prompt")
+    _tamper(_segment(copy, "annotation", 2))
     p = cli("--since", str(note))
     assert p.returncode == 3 and p.stderr.startswith("FAILED") and "typed-row-mismatch" in p.stderr
