@@ -124,11 +124,12 @@ def test_integrity_names_first_bad_seq(demo, tmp_path):
     import pyarrow.parquet as pq
     bad = tmp_path / "bundle"
     shutil.copytree(demo.bundle, bad)
-    t = pq.read_table(bad / "log.parquet")
+    log = sorted(bad.glob("segments/log-*.parquet"))[0]  # the first segment holds seq 7
+    t = pq.read_table(log)
     entries = t.column("entry").to_pylist()
     entries[7] = entries[7].replace(b'"', b"'", 1)
     pq.write_table(t.set_column(t.schema.get_field_index("entry"), "entry",
-                                [entries]).cast(t.schema), bad / "log.parquet")
+                                [entries]).cast(t.schema), log)
     v = Integrity(bad, verifier=demo.vkey)
     st = v.verify()
     # the verifier names the smallest bad seq over all checks (a root mismatch may name an earlier one)
@@ -192,7 +193,8 @@ def test_malformed_note_is_named_not_shown(demo, tmp_path):
     import shutil
     bad = tmp_path / "bundle"
     shutil.copytree(demo.bundle, bad)
-    (bad / "checkpoint.note").write_text("not a checkpoint: secret-looking-text\n")
+    for note in (bad / "checkpoint.note", *bad.glob("checkpoints/*.note")):  # the copy and the one named
+        note.write_text("not a checkpoint: secret-looking-text\n")
     d = AuditDashboard(bad)
     assert "the latest checkpoint note does not parse" in d.header_html()
     text = _doc_text(d.integrity)

@@ -32,6 +32,7 @@ class VerifyStatus:
     root: str | None = None
     checked_signature: bool = False
     details: dict = field(default_factory=dict)
+    pinned: bool = True  # False: the key was the record's own (shipped in the bundle, or its keys folder)
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,14 @@ class Source:
         snapshot, or a path: a folder is opened as a bundle, a file as a store (read-only).
     verifier
         Verifier key string (``name+keyid+base64``), a ``.vkey`` file or a keys folder; the trust
-        anchor for signature checks. Default: the key the bundle ships (if any).
+        anchor for signature checks. Default: the key the bundle ships (if any), which is then
+        reported as not pinned.
+    pinned
+        Whether ``verifier`` is a key the user chose (default: True when one is given). A live
+        source passes the key a bundle shipped at start-up with ``pinned=False``.
     """
 
-    def __init__(self, obj: Any, *, verifier: Any = None):
+    def __init__(self, obj: Any, *, verifier: Any = None, pinned: bool | None = None):
         self._lock = threading.RLock()
         self._cache: dict[Any, Any] = {}
         self._owned = False
@@ -87,6 +92,12 @@ class Source:
         if self.is_bundle and not hasattr(obj, "sql"):
             self._duck = _parquet_views(obj)
         self._verifier_arg = verifier
+        self._pinned = pinned
+
+    @property
+    def pinned(self) -> bool:
+        """True when signatures are checked against a key the user gave (not the record's own)."""
+        return self._verifier_arg is not None if self._pinned is None else self._pinned
 
     # ------------------------------------------------------------------ identity
     @property
@@ -320,7 +331,7 @@ def _verifier(src: Source):
     return Verifier.from_vkey(vk) if vk else None
 
 
-def _report_to_status(report: Any, size: int) -> VerifyStatus:
+def _report_to_status(report: Any, size: int, pinned: bool = True) -> VerifyStatus:
     ok = bool(getattr(report, "ok", False))
     root = getattr(report, "signed_root", None) or getattr(report, "root", None)
     if isinstance(root, bytes):
@@ -330,7 +341,8 @@ def _report_to_status(report: Any, size: int) -> VerifyStatus:
                                                 "verifier") if hasattr(report, k)}
     return VerifyStatus(ok=ok, size=int(n), message=str(getattr(report, "message", report)),
                         first_bad_seq=getattr(report, "first_bad_seq", None), root=root,
-                        checked_signature=bool(getattr(report, "checkpoints_verified", 0)), details=details)
+                        checked_signature=bool(getattr(report, "checkpoints_verified", 0)), details=details,
+                        pinned=pinned)
 
 
 def _verify(src: Source) -> VerifyStatus:
@@ -344,8 +356,9 @@ def _verify(src: Source) -> VerifyStatus:
     try:
         report = fn(vk)
     except AuditKitError as e:
-        return VerifyStatus(ok=False, size=src.size, message=str(e), first_bad_seq=getattr(e, "seq", None))
-    return _report_to_status(report, src.size)
+        return VerifyStatus(ok=False, size=src.size, message=str(e), first_bad_seq=getattr(e, "seq", None),
+                            pinned=src.pinned)
+    return _report_to_status(report, src.size, src.pinned)
 
 
 def _verify_fallback(src: Source, vk: Any) -> VerifyStatus:
@@ -380,7 +393,7 @@ def _verify_fallback(src: Source, vk: Any) -> VerifyStatus:
     if root != cp.root_hash:
         return VerifyStatus(False, len(seqs), "root of the log differs from the signed root")
     return VerifyStatus(True, len(seqs), "verified" + ("" if vk else " (signature not checked: no verifier key)"),
-                        root=root.hex(), checked_signature=vk is not None)
+                        root=root.hex(), checked_signature=vk is not None, pinned=src.pinned)
 
 
 def _inclusion(src: Source, seq: int) -> ProofResult:

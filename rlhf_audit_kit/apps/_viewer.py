@@ -25,6 +25,13 @@ class SourceViewer(pn.viewable.Viewer):
             params["source"] = source
         super().__init__(**params)
         self._given = set(params)  # parameters the caller set (others may be chosen from the data)
-        self._src = as_source(self.source, verifier=getattr(self, "verifier", None))
+        # None only for a dashboard over a live folder that has no verified checkpoint yet
+        self._src = as_source(self.source, verifier=getattr(self, "verifier", None)) if self.source is not None else None
         self._loaded = False
         self._layout = None
+
+    def reload(self, source: Any) -> bool:
+        """Show newer data of the same record (a live source's next checkpoint) in place, keeping
+        the layout and the filters; True if done. The default does not: the caller then builds a
+        new view. A view whose charts only re-run on their parameters overrides this."""
+        return False

@@ -247,6 +247,31 @@ class AnnotatorBehaviour(SourceViewer):
                     self.time_window = (lo, hi)
         self._loaded = True
 
+    def _shape(self) -> tuple:
+        """Which charts have data (the others are 'not enough data' notes): fixed per layout."""
+        t, ann = self.table(), self._ann
+        return (self._pairs.height > 0, *(c in t.columns and t[c].drop_nulls().len() > 0
+                                          for c in ("share_a", "share_longer")),
+                ann.height > 0, ann["secs"].drop_nulls().len() > 0)
+
+    def reload(self, source: Any) -> bool:
+        """Newer data of the same record in place: the charts re-run (their Bokeh data is patched,
+        no new plots), the tables refresh, the filters stay; a time window left at the whole range
+        grows with it. False (build a new view) when a chart would switch to or from a note."""
+        if self._layout is None:
+            return False
+        whole = self.time_window == self.param.time_window.bounds
+        shape = self._shape()
+        self._src, self._loaded, self._memo = source, False, {}
+        self._load()
+        if whole and self.param.time_window.bounds is not None:
+            with param.parameterized.discard_events(self):
+                self.time_window = self.param.time_window.bounds
+        if self._shape() != shape:
+            return False
+        self.param.trigger("time_window", "task", "annotator")
+        return True
+
     def _key(self) -> tuple:
         return (self.time_window, self.task)
 
@@ -472,8 +497,7 @@ class AnnotatorBehaviour(SourceViewer):
         self._items.on_click(self._on_item_click)
         self.param.watch(self._refresh_tables, ["time_window", "task", "annotator"])
         # A chart whose statistic the whole record cannot give (a filter only narrows) is a note.
-        t, ann = self.table(), self._ann
-        has = {c: c in t.columns and t[c].drop_nulls().len() > 0 for c in ("share_a", "share_longer")}
+        has_pairs, has_a, has_longer, has_ann, has_secs = self._shape()
 
         def chart(fn, ok: bool, title: str, why: str, height: int = 230):
             return (pn.pane.HoloViews(hv.DynamicMap(fn), linked_axes=False) if ok
@@ -481,13 +505,13 @@ class AnnotatorBehaviour(SourceViewer):
         self._layout = pn.Column(
             pn.Row(*widgets, sizing_mode="stretch_width"),
             self.summary,
-            pn.Row(chart(self.heatmap, self._pairs.height > 0, "Pairwise agreement",
+            pn.Row(chart(self.heatmap, has_pairs, "Pairwise agreement",
                          "no item was judged by two annotators", PLOT_OPTS["height"] + 60),
-                   pn.Column(chart(self.position_bias, has["share_a"], "Position bias", "no a/b choice"),
-                             chart(self.length_bias, has["share_longer"], "Length bias",
+                   pn.Column(chart(self.position_bias, has_a, "Position bias", "no a/b choice"),
+                             chart(self.length_bias, has_longer, "Length bias",
                                    "no a/b choice between responses of different lengths"))),
-            pn.Row(chart(self.throughput, ann.height > 0, "Throughput", "no annotations"),
-                   chart(self.time_per_item, ann["secs"].drop_nulls().len() > 0, "Time per item",
+            pn.Row(chart(self.throughput, has_ann, "Throughput", "no annotations"),
+                   chart(self.time_per_item, has_secs, "Time per item",
                          "no annotation has both shown_at and submitted_at")),
             pn.pane.Markdown("#### Annotators (flagged first; click a row to drill down)", margin=(5, 10, 0, 10)),
             self._flags,

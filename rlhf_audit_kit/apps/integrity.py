@@ -4,7 +4,9 @@ Verification runs the store's or bundle's own ``verify(key)`` (every link: typed
 leaves, signed roots, signatures; the first bad ``seq`` is named). It runs when asked (button) or
 at first display with ``verify_on_load=True``; a million events take a few seconds. Inclusion
 proofs are checked against the latest signed checkpoint, whose signature is checked with the
-verifier key (given, else the one the bundle ships; pin your own key when you can).
+verifier key (given, else the one the bundle ships, marked NOT PINNED in red; pin your own key).
+With ``witnesses=`` the pinned witnesses that cosigned a bundle's checkpoint are named (cosigned
+notes in its ``cosignatures/`` folder), and a cosignature that does not verify is shown in red.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ._data import ProofResult, VerifyStatus
 pn = require_panel()
 import holoviews as hv  # noqa: E402
 
-__all__ = ["Integrity", "status_html", "proof_html"]
+__all__ = ["Integrity", "status_html", "proof_html", "witnesses_html"]
 
 
 def status_html(st: VerifyStatus | None) -> str:
@@ -36,6 +38,9 @@ def status_html(st: VerifyStatus | None) -> str:
         extra += f"<div>signed root <code>{esc(st.root)}</code></div>"
     if not st.checked_signature:
         extra += "<div style='color:#b8860b'>signature not checked: no verifier key</div>"
+    elif not st.pinned:
+        extra += ("<div class='not-pinned' style='color:#d62728;font-weight:600'>NOT PINNED: checked against the "
+                  "key shipped with the record, which proves only that it is self-consistent</div>")
     return card(title, f"<div class='verify-message'>{esc(st.message)}</div>{extra}", colour)
 
 
@@ -56,6 +61,18 @@ def proof_html(p: ProofResult | None) -> str:
                 f"<div class='proof-message'>{esc(p.message)}</div>{rows}", colour)
 
 
+def witnesses_html(cosigners, findings=(), pinned: int = 0) -> str:
+    """The pinned witnesses that cosigned (escaped), and in red what does not verify or is missing."""
+    from ..report.identity import cosigned_by
+    rows = "".join(f"<li class='cosigner'>{esc(cosigned_by(c))}</li>" for c in cosigners)
+    bad = "".join(f"<div class='witness-problem' style='color:#d62728'>{esc(f.damage)}: {esc(f.message)}</div>"
+                  for f in findings)
+    if not rows:
+        rows = f"<li>none of the {pinned} pinned witness(es) cosigned this checkpoint</li>"
+    return card("Witness cosignatures", f"<ul style='margin:2px 0'>{rows}</ul>{bad}",
+                "#d62728" if findings else ACCENT)
+
+
 class Integrity(SourceViewer):
     """Snapshots, verification, inclusion proofs and the verifier key of a store or bundle.
 
@@ -65,7 +82,10 @@ class Integrity(SourceViewer):
         An AuditStore, a bundle or a path. Read only.
     verifier
         Verifier key string, ``.vkey`` file or keys folder: the trust anchor (default: the key a
-        bundle ships, or the store's keys folder).
+        bundle ships, or the store's keys folder, marked NOT PINNED).
+    witnesses, witness_quorum
+        Witness keys whose cosignatures of the bundle's checkpoint are named, and how many of them
+        must have cosigned (default: all).
     """
 
     verifier = param.Parameter(default=None, doc="Verifier key (string, .vkey file or keys folder) to trust.")
@@ -73,6 +93,30 @@ class Integrity(SourceViewer):
     verify_on_load = param.Boolean(default=False, doc="Verify the whole record when first displayed.")
     status = param.Parameter(default=None, doc="Last VerifyStatus (None until verified).")
     proof = param.Parameter(default=None, doc="Last ProofResult (None until looked up).")
+    witnesses = param.Parameter(default=None, doc="Witness keys (vkey strings, files or witness keys folders) "
+                                                  "whose cosignatures are named.")
+    witness_quorum = param.Integer(default=None, allow_None=True,
+                                   doc="How many pinned witnesses must have cosigned (default: all).")
+    cosigners = param.Parameter(default=None, doc="Cosignatures already checked (a live source's); "
+                                                  "None: checked here from the bundle.")
+
+    def witness_check(self) -> tuple[list, list]:
+        """``(cosignatures, findings)`` of the pinned witnesses over the bundle's checkpoint."""
+        if self.cosigners is not None:
+            return list(self.cosigners), []
+        if not self.witnesses:
+            return [], []
+        from ..ledger.verify import Finding
+        if not self._src.is_bundle:
+            return [], [Finding("witness-quorum", "cosignatures are kept in bundles (cosignatures/), not in a store")]
+        from ..ledger.witness import bundle_cosignatures, resolve_witnesses
+        ws = resolve_witnesses(self.witnesses)
+        key = ("witnesses", tuple(w.vkey for w in ws), self.witness_quorum)
+        return self._src.cached(key, lambda: bundle_cosignatures(self._src.obj, ws, self.witness_quorum))
+
+    def cosignatures(self) -> list:
+        """The pinned witnesses that cosigned the bundle's checkpoint (verified cosignatures)."""
+        return self.witness_check()[0]
 
     def verify(self) -> VerifyStatus:
         """Verify now (cached on the source: a snapshot or bundle does not change)."""
@@ -113,6 +157,15 @@ class Integrity(SourceViewer):
     @param.depends("status")
     def _status_pane(self):
         return pn.pane.HTML(status_html(self.status), sizing_mode="stretch_width")
+
+    @param.depends("cosigners")
+    def _witness_pane(self):
+        if not self.witnesses:
+            return pn.pane.HTML("", width=0, height=0, visible=False)
+        cosigs, findings = self.witness_check()
+        from ..ledger.witness import resolve_witnesses
+        return pn.pane.HTML(witnesses_html(cosigs, findings, len(resolve_witnesses(self.witnesses))),
+                            sizing_mode="stretch_width")
 
     @param.depends("proof")
     def _proof_pane(self):
@@ -156,7 +209,8 @@ class Integrity(SourceViewer):
         self._layout = pn.Column(
             pn.pane.HTML(self._identity_html(), sizing_mode="stretch_width"),
             pn.Row(pn.pane.HoloViews(self.timeline(), linked_axes=False),
-                   pn.Column(pn.pane.Markdown("#### Verification"), verify_btn, self._status_pane, width=560)),
+                   pn.Column(pn.pane.Markdown("#### Verification"), verify_btn, self._status_pane,
+                             self._witness_pane, width=560)),
             pn.Row(pn.Column(pn.pane.Markdown("#### Inclusion proof (against the latest signed checkpoint)"),
                              pn.Row(seq_in, prove_btn), self._proof_pane, width=620),
                    pn.Column(pn.pane.Markdown("#### Verifier key"), pn.Row(key_box, copy_btn, sizing_mode="stretch_width"),

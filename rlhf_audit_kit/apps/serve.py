@@ -1,9 +1,19 @@
 """``rlhf-audit serve STORE_OR_BUNDLE``: the dashboard over HTTP.
 
-A folder is served as a snapshot bundle (Parquet, read only); a file as a store opened
-**read-only** (DuckDB allows one writing process per file, and a read-only open fails while a
-writer holds it: serve a bundle, or stop the writer). Every browser session gets its own
-:class:`~rlhf_audit_kit.apps.AuditDashboard`; sessions share one read-only source and its cache.
+A folder is served as a snapshot bundle (Parquet, read only) and **followed**: about once a second
+one watcher looks at its ``manifest.json``; a new checkpoint that verifies against the last one
+shown (signature, consistency, the new segments) is shown in every open session within seconds,
+without a reload, and one that does not is shown as a failure in red while the last good view
+stays. A file is served as a store opened **read-only** (DuckDB allows one writing process per
+file, and a read-only open fails while a writer holds it: publish a bundle, or stop the writer).
+Every browser session gets its own :class:`~rlhf_audit_kit.apps.AuditDashboard`; sessions share one
+read-only source and its cache.
+
+Pin the key you trust with ``--vkey`` (a key string or file) or ``--keys DIR``. Without one the
+record's own key is used (a bundle's ``verifier.vkey``, kept from start-up on) and every page says
+in red that nothing was pinned. ``--witness VKEY`` (repeatable) names the pinned witnesses that
+cosigned the checkpoint shown; then a new checkpoint is shown only once ``--witness-quorum N``
+(default: all) of them have cosigned it.
 
 Bound to anything but a loopback address (127.0.0.0/8, ::1, localhost) the server refuses to
 start without ``--basic-auth FILE`` unless ``--insecure`` is given. FILE holds hashed
@@ -85,7 +95,8 @@ def _warm_imports() -> None:  # the privacy accountant (dp-accounting) takes sec
 
 def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_auth: Any = None,
           insecure: bool = False, verifier: Any = None, show: bool = False, threaded: bool = False,
-          warm: bool = False, **kw: Any):
+          warm: bool = False, follow: bool | None = None, witnesses: Any = None,
+          witness_quorum: int | None = None, poll_interval: float = 1.0, **kw: Any):
     """Serve the dashboard of ``source`` (path, store or bundle); returns Panel's server (thread).
 
     ``basic_auth``: a password file or ``{user: hashed entry}`` (see ``rlhf-audit serve-passwd``);
@@ -93,6 +104,10 @@ def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_au
     Each session builds its own :class:`AuditDashboard` over one shared read-only source.
     ``warm=True`` builds every tab once before serving, so the shared per-source caches (the
     aggregated frames each view plots) are loaded at start-up and no visitor pays for them.
+    ``follow`` (default: True for a bundle folder path): watch the folder every ``poll_interval``
+    seconds and show each new checkpoint that verifies (:class:`~rlhf_audit_kit.apps._live.LiveSource`).
+    ``verifier``: the key you trust (without it the page says in red that nothing was pinned);
+    ``witnesses``/``witness_quorum``: witness keys whose cosignatures are named and required.
 
     >>> serve("bundle/", address="0.0.0.0")   # doctest: +SKIP
     Traceback (most recent call last):
@@ -107,16 +122,29 @@ def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_au
 
     from ._auth import login_provider
     from ._data import as_source
+    from ._live import LiveSource
     from .dashboard import AuditDashboard
-    src = as_source(source, verifier=verifier)
-    src.vkey()  # a --verifier that is not a key fails now, not in a visitor's session
+    if follow is None:
+        from ..bundle import is_bundle
+        follow = isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_bundle(source)
+    if follow:
+        if not (isinstance(source, (str, os.PathLike)) and Path(source).is_dir()):
+            raise AuditKitError("follow=True needs a bundle folder (a path) to watch")
+        src = live = LiveSource(source, verifier=verifier, witnesses=witnesses, witness_quorum=witness_quorum,
+                                interval=poll_interval)
+        live.poll()  # the first checkpoint is verified before the first visitor
+    else:
+        live = None
+        src = as_source(source, verifier=verifier)
+        src.vkey()  # a --verifier that is not a key fails now, not in a visitor's session
 
     def app():
         pn.extension("tabulator")
-        return AuditDashboard(src, verifier=verifier).template()
+        return AuditDashboard(src, verifier=None if live else verifier, witnesses=witnesses,
+                              witness_quorum=witness_quorum).template()
 
     if warm:
-        _warm_dashboard(src, verifier)
+        _warm_dashboard(src, verifier, witnesses, witness_quorum)
     else:
         threading.Thread(target=_warm_imports, daemon=True).start()
     host = "localhost" if is_loopback(address) else address
@@ -127,6 +155,8 @@ def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_au
         if not os.environ.get("PANEL_COOKIE_SECRET"):
             kw.setdefault("cookie_secret", secrets.token_urlsafe(32))
     kw.update(port=port, address=address, show=show, title="RLHF audit", liveness=False, verbose=False)
+    if live is not None:
+        kw["live"] = live
     if not threaded:
         return _run({"/": app}, login=users is not None, **kw)
     from panel.io.state import state
@@ -140,11 +170,14 @@ def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_au
     return thread
 
 
-def _run(apps: dict, *, login: bool, start: bool = True, **kw: Any):
-    """Panel's server with our route guard applied before it answers any request."""
+def _run(apps: dict, *, login: bool, start: bool = True, live: Any = None, **kw: Any):
+    """Panel's server with our route guard applied before it answers any request, and the live
+    source's watcher on its loop (one per server, stopped with it)."""
     from panel.io.server import get_server
     server = get_server(apps, start=False, **kw)
     _guard_routes(server._tornado, login)
+    if live is not None:
+        server.io_loop.add_callback(live.start)
     if start:
         server.start()
         try:
@@ -225,13 +258,17 @@ def _liveness_handler():  # tornado comes with panel: imported only when serving
     return Liveness
 
 
-def _warm_dashboard(src: Any, verifier: Any) -> None:
+def _warm_dashboard(src: Any, verifier: Any, witnesses: Any = None, witness_quorum: int | None = None) -> None:
     """Render every tab once, off-screen, to fill the source's caches before the first visitor."""
     import panel as pn
 
+    from ._live import LiveSource
     from .dashboard import AuditDashboard
+    if isinstance(src, LiveSource) and src.state.source is None:
+        return
     try:
-        d = AuditDashboard(src, verifier=verifier)
+        d = AuditDashboard(src, verifier=None if isinstance(src, LiveSource) else verifier, witnesses=witnesses,
+                           witness_quorum=witness_quorum)
         pn.panel(d).get_root()
         for i in range(1, 4):
             d.active = i
@@ -248,12 +285,22 @@ def _cmd_serve(args) -> int:
     path = Path(args.source)
     if not path.exists():
         raise FileNotFoundError(f"no store or bundle at {path}")
+    if args.verifier is not None and args.keys is not None:
+        raise AuditKitError("pass either --vkey (--verifier) or --keys, not both")
+    verifier = args.verifier if args.verifier is not None else args.keys
+    if args.witness_quorum is not None and not args.witness:
+        raise AuditKitError("--witness-quorum needs the witness keys: pass --witness VKEY (repeatable)")
     host = "localhost" if is_loopback(address) else address
-    kind = "bundle" if path.is_dir() else "store (read-only)"
+    follow = path.is_dir() and not args.no_follow
+    kind = "bundle (following new checkpoints)" if follow else "bundle" if path.is_dir() else "store (read-only)"
     print(f"serving {kind} {path} at http://{host}:{args.port}/"
           + (" (login required)" if auth else ""), flush=True)
+    if verifier is None:
+        print("warning: no verifier key pinned (--vkey or --keys): signatures are checked against the record's "
+              "own key, and the page says so in red", file=sys.stderr, flush=True)
     serve(path, port=args.port, address=address, basic_auth=auth, insecure=args.insecure,
-          verifier=args.verifier, show=False, warm=True)
+          verifier=verifier, show=False, warm=True, follow=follow, witnesses=args.witness or None,
+          witness_quorum=args.witness_quorum, poll_interval=args.poll)
     return 0
 
 
@@ -284,8 +331,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "enables a login page")
     s.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without --basic-auth")
-    s.add_argument("--verifier", metavar="VKEY", default=None,
-                   help="verifier key string, .vkey file or keys folder to trust (default: the bundle's key)")
+    s.add_argument("--vkey", "--verifier", dest="verifier", metavar="VKEY", default=None,
+                   help="verifier key you trust: a key string or .vkey file (without it or --keys, the record's "
+                        "own key is used and the page says in red that nothing was pinned)")
+    s.add_argument("--keys", metavar="DIR", default=None, help="keys folder holding the verifier key to pin")
+    s.add_argument("--witness", metavar="VKEY", action="append", default=None,
+                   help="witness key (string, file or witness keys folder) whose cosignatures are named "
+                        "(repeatable)")
+    s.add_argument("--witness-quorum", metavar="N", type=int, default=None,
+                   help="show a new checkpoint only once N of the --witness keys cosigned it (default: all)")
+    s.add_argument("--no-follow", action="store_true",
+                   help="serve a bundle folder as it is now, without watching it for new checkpoints")
+    s.add_argument("--poll", metavar="SECONDS", type=float, default=1.0,
+                   help="seconds between two looks at a followed bundle folder (default 1)")
     s.set_defaults(func=_cmd_serve)
     p = subparsers.add_parser(
         "serve-passwd", help="add a user to a password file for serve --basic-auth (or change their password)",

@@ -25,7 +25,7 @@ from ..bundle import SIGNED_MANIFEST_FIELDS
 from ..encoding import ENCODING_NAME
 from ..ledger.checkpoint import Verifier
 
-__all__ = ["SIGNED_MANIFEST_FIELDS", "Claim", "manifest_claims", "signers", "store_id_from_origin"]
+__all__ = ["SIGNED_MANIFEST_FIELDS", "Claim", "cosigned_by", "manifest_claims", "signers", "store_id_from_origin"]
 
 # A store created without an origin signs "rlhf-audit-kit.local/<store id>" (see AuditStore).
 _STORE_ORIGIN = re.compile(r"rlhf-audit-kit\.local/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
@@ -48,6 +48,17 @@ class Claim:
 def signers(signed_by: Sequence[str]) -> list[Verifier]:
     """The pinned keys that verified a checkpoint, from ``VerifyReport.signed_by``."""
     return [Verifier.from_vkey(v) for v in signed_by]
+
+
+def cosigned_by(cosignature) -> str:
+    """One verified witness cosignature in words (plain text: escape it where it is shown).
+
+    >>> from rlhf_audit_kit.ledger.cosignature import Cosignature
+    >>> cosigned_by(Cosignature("witness.example/w1", "cacf2e50", 1767225600, "witness.example/w1+cacf2e50+B..."))
+    'cosigned by the pinned witness witness.example/w1 (key id cacf2e50) at 2026-01-01 00:00:00 UTC'
+    """
+    return (f"cosigned by the pinned witness {cosignature.name} (key id {cosignature.key_id}) at "
+            f"{cosignature.time.strftime('%Y-%m-%d %H:%M:%S')} UTC")
 
 
 def store_id_from_origin(origin: str) -> str | None:
