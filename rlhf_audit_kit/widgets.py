@@ -132,7 +132,9 @@ class VerifyButton(w.VBox):
     snapshot_or_bundle
         A bundle, snapshot, store or path.
     verifier
-        Verifier key to trust (string, ``.vkey`` file, keys folder); default the bundle's own key.
+        Verifier key to trust (string, ``.vkey`` file, keys folder). Without it the record's own
+        key is used (a bundle's ``verifier.vkey``), which proves only self-consistency: the result
+        then says NOT PINNED in red.
     """
 
     def __init__(self, snapshot_or_bundle: Any, verifier: Any = None):

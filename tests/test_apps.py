@@ -242,7 +242,19 @@ def test_widgets(demo):
     assert b.total == 0 and "no annotations match" in b.body.value
     v = VerifyButton(demo.bundle, verifier=demo.vkey)
     v.button.click()
-    assert v.result.ok and "Verified" in v.output.value
+    assert v.result.ok and "Verified" in v.output.value and "NOT PINNED" not in v.output.value
+    own = VerifyButton(demo.bundle)  # the bundle's own key: self-consistency only, said in red
+    own.button.click()
+    assert own.result.ok and not own.result.pinned and "NOT PINNED" in own.output.value
+
+
+def test_not_pinned_is_said_in_red(demo):
+    assert "NOT PINNED" in AuditDashboard(demo.bundle).header_html()
+    assert "NOT PINNED" not in AuditDashboard(demo.bundle, verifier=demo.vkey).header_html()
+    st = Integrity(demo.bundle).verify()
+    from rlhf_audit_kit.apps.integrity import status_html
+    assert st.ok and not st.pinned and "class='not-pinned' style='color:#d62728" in status_html(st)
+    assert Integrity(demo.bundle, verifier=demo.keys).verify().pinned
 
 
 def test_widgets_show_hostile_strings_as_text(tmp_path):
