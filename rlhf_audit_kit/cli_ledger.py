@@ -6,6 +6,7 @@
     rlhf-audit keys init keys/ --name example.com/audit      # passphrase: $RLHF_AUDIT_PASSPHRASE or prompt
     rlhf-audit snapshot audit.duckdb --keys keys/             # prints the signed checkpoint note
     rlhf-audit verify audit.duckdb --vkey keys/verifier.vkey  # or a bundle folder; exit 0 "OK ..."
+    rlhf-audit verify bundle/ --vkey keys/verifier.vkey --witness w1.vkey --witness w2.vkey --witness-quorum 1
     rlhf-audit verify bundle/ --vkey keys/verifier.vkey --since trusted.note  # only the newer segments
     rlhf-audit proof inclusion audit.duckdb 42                # JSON: proof against a signed checkpoint
     rlhf-audit proof consistency audit.duckdb 100 250
@@ -109,8 +110,16 @@ def _cmd_verify(args) -> int:
     verifiers = resolve_verifiers(args.vkey)
     kw = {"workers": args.workers} if args.workers is not None else {}
     since = _since(args.since)
+    if args.witness_quorum is not None and not args.witness:
+        raise AuditKitError("--witness-quorum needs the witness keys: pass --witness VKEY (repeatable)")
+    if args.witness and not is_bundle(args.target):
+        raise AuditKitError(f"--witness checks the cosignatures a bundle keeps (cosignatures/); {args.target} is "
+                            "not a bundle folder (export one, let the witness cosign it, verify that)")
+    cosigs = []
     if is_bundle(args.target):  # a bundle refused on opening is a failed report too
         report = verify_bundle(args.target, verifiers, since=since, **kw)
+        if args.witness and report.ok:
+            cosigs = _check_witnesses(args.target, args.witness, args.witness_quorum, report)
     elif since is not None:
         raise AuditKitError(f"--since verifies a bundle folder incrementally; {args.target} is not a bundle "
                             "(verify a store in full, without --since)")
@@ -124,8 +133,21 @@ def _cmd_verify(args) -> int:
         root = report.signed_root.hex() if report.signed_root else "-"
         print(f"{report.message}; root {root} ({report.elapsed:.2f} s)")
         _print_identity(report)
+        from .report.identity import cosigned_by
+        for c in cosigs:
+            print(cosigned_by(c))
         return 0
     return print_failure(report.message, report.first_bad_seq, report.damage)
+
+
+def _check_witnesses(folder: str, witnesses: list[str], quorum: int | None, report) -> list:
+    """The pinned witnesses that cosigned the bundle's checkpoint; policy findings go into ``report``."""
+    from .bundle import open_bundle
+    from .ledger.witness import bundle_cosignatures, resolve_witnesses
+    with open_bundle(folder) as bundle:
+        cosigs, findings = bundle_cosignatures(bundle, resolve_witnesses(witnesses), quorum)
+    report.findings += findings
+    return cosigs
 
 
 def _print_identity(report) -> None:
@@ -241,6 +263,11 @@ def register(subparsers) -> None:
                    help="a bundle only: re-derive just the segments after a checkpoint you verified before (its "
                         "signed note file, or a tree size the bundle publishes: a size alone cannot reveal a fork); "
                         "earlier segments are not re-read")
+    s.add_argument("--witness", metavar="VKEY", action="append", default=None,
+                   help="a bundle only: witness key (string, file or witness keys folder) whose cosignature of the "
+                        "checkpoint counts (repeatable)")
+    s.add_argument("--witness-quorum", metavar="N", type=int, default=None,
+                   help="how many of the --witness keys must have cosigned (default: all of them)")
     s.set_defaults(func=_cmd_verify)
 
     s = subparsers.add_parser("proof", help="print an RFC 9162 proof with its signed checkpoint (JSON)")

@@ -248,9 +248,20 @@ def load_signer(folder: str | os.PathLike, passphrase: str | bytes | None = None
     """Load the signing key of a keys folder (passphrase or ``$RLHF_AUDIT_PASSPHRASE``).
 
     KeysError on a wrong or missing passphrase, on an unencrypted key in a folder created with
-    encryption (someone replaced or decrypted it), or on a key that does not match ``keys.json``.
+    encryption (someone replaced or decrypted it), on a key that does not match ``keys.json``, and
+    on a witness keys folder (``"role": "witness"``): a witness's key cosigns checkpoints of others'
+    logs and must never sign a log (:func:`rlhf_audit_kit.witness_keys.load_witness_signer` loads it).
     """
     folder = Path(folder)
+    info = _read_info(folder)
+    if isinstance(info, dict) and info.get("role") == "witness":
+        raise KeysError(f"{folder} is a witness keys folder: its key only cosigns checkpoints (rlhf-audit witness); "
+                        "sign a log with a log keys folder (rlhf-audit keys init DIR --name ORIGIN)")
+    return _load_signer(folder, passphrase)
+
+
+def _load_signer(folder: Path, passphrase: str | bytes | None) -> Signer:
+    """The keys folder's key, decrypted and checked against ``keys.json``, whatever the folder's role."""
     info = _read_info(folder)
     try:
         pem = (folder / SIGNING_KEY_FILE).read_bytes()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KeysError
-from .keys import INFO_FILE, PSEUDONYM_KEY_FILE, SIGNING_KEY_FILE, VKEY_FILE, init_keys, load_signer
+from .keys import INFO_FILE, PSEUDONYM_KEY_FILE, SIGNING_KEY_FILE, VKEY_FILE, _load_signer, init_keys
 from .ledger.checkpoint import Verifier
 from .ledger.cosignature import WitnessSigner, WitnessVerifier, cosignature_vkey
 from .ledger.witness import _write_atomic
@@ -99,7 +99,7 @@ def load_witness_signer(folder: str | os.PathLike, passphrase: str | bytes | Non
     if info.get("role") != ROLE:
         raise KeysError(f"{folder} is a log keys folder, not a witness keys folder: a witness cosigns with its own "
                         "key (create one with `rlhf-audit keys init DIR --name NAME --witness`)")
-    key = load_signer(folder, passphrase)  # the keys folder's decryption and checks, unchanged
+    key = _load_signer(folder, passphrase)  # the keys folder's decryption and checks (load_signer refuses a witness's)
     signer = WitnessSigner(key.name, key.private_key)
     if signer.vkey != info.get("witness_vkey"):
         raise KeysError(f"the witness key in {folder} does not match the witness key recorded in {INFO_FILE}")

@@ -77,6 +77,7 @@ DAMAGE_KINDS: tuple[str, ...] = (
     "duplicate-typed-row", "log-ts-mismatch", "leaf-hash-mismatch", "bad-signature", "origin-mismatch",
     "snapshot-mismatch", "truncated", "root-mismatch", "inconsistent-checkpoints", "bad-node",
     "unsafe-file", "oversized", "malformed-bundle", "manifest-mismatch", "unlisted-file", "bundle-metadata-mismatch",
+    "bad-cosignature", "witness-quorum",
 )
 _ORDER = {d: i for i, d in enumerate(DAMAGE_KINDS)}
 _SIG_DAMAGE = {"bad-signature"}
