@@ -54,7 +54,7 @@ from .errors import AuditKitError, BundleError, KeysError, SignatureError
 from .ledger.checkpoint import Checkpoint, Verifier, verify_checkpoint
 from .ledger.merkle import EMPTY_ROOT
 from .ledger.snapshot import Snapshot, list_snapshots
-from .ledger.tree import compact_range_nodes
+from .ledger.tree import ExtendedTree, compact_range_nodes
 from .ledger.verify import DuckSource, Finding, VerifyReport, resolve_verifiers, verify_source
 from .reader import RecordReader, _quote, cursor_sql, typed_columns
 from .schema import KINDS
@@ -351,6 +351,27 @@ class Bundle(RecordReader):
             raise AuditKitError(f"the bundle publishes no checkpoint of size {size:,} "
                                 f"(its sizes: {_sizes(self.checkpoint_sizes)})")
         return self._text(name, required=True)
+
+    def consistency_proof(self, old_size: int) -> list[bytes]:
+        """RFC 9162 consistency proof from ``old_size`` to the bundle's size, read in O(events after it).
+
+        Built from the compact range the manifest stores at the last segment boundary at or below
+        ``old_size`` and the stored leaf hashes after it; nothing here is verified, so check the proof
+        against the two signed roots (``merkle.verify_consistency``), as a witness does.
+
+        >>> # merkle.verify_consistency(old.size, b.size, old.root_hash, b.checkpoint.root_hash,
+        >>> #                           b.consistency_proof(old.size))
+        """
+        size = self.manifest["tree_size"]
+        if not 0 <= old_size <= size:
+            raise AuditKitError(f"old size {old_size:,} is outside 0..{size:,}")
+        start = max([0] + [s.end for s in self.segments if s.compact_range is not None and s.end <= old_size])
+        compact = next((s.compact_range for s in self.segments if s.end == start), ())
+        leaves = self.sql("SELECT leaf_hash FROM log WHERE seq >= ? ORDER BY seq", [start])["leaf_hash"].to_list()
+        if len(leaves) != size - start or any(not isinstance(h, bytes) or len(h) != 32 for h in leaves):
+            raise BundleError(f"the bundle's log does not hold the {size - start:,} leaf hashes after seq {start:,}; "
+                              "run verify", damage="malformed-bundle")
+        return ExtendedTree(start, compact or (), leaves).consistency_proof(old_size, size)
 
     @property
     def vkey(self) -> str | None:

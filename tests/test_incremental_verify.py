@@ -87,6 +87,17 @@ def test_since_rederives_only_the_new_segments(grown):
         assert "nothing new" in inside.message
 
 
+def test_consistency_proofs_from_the_segments(grown):
+    d, snaps = grown
+    with open_bundle(d / "bundle") as b, open_store(d / "a.duckdb", read_only=True, pseudonymize=False) as store:
+        for old in (0, 1, snaps[0].size, snaps[0].size + 3, snaps[1].size, b.size):
+            proof = b.consistency_proof(old)
+            assert proof == store.consistency_proof(old, b.size)
+            assert merkle.verify_consistency(old, b.size, store.root(old), b.checkpoint.root_hash, proof)
+        with pytest.raises(AuditKitError, match="outside"):
+            b.consistency_proof(b.size + 1)
+
+
 def test_since_accepts_only_trusted_checkpoints_of_this_log(grown, tmp_path):
     d, snaps = grown
     with open_bundle(d / "bundle") as b:
