@@ -236,16 +236,19 @@ def _signer_text(vkeys: Sequence[str]) -> SafeMarkdown:
                     if keys else "**none**: no checkpoint verified")
 
 
-def section_identity(bundle, report, pinned: bool = True) -> Evidence:
+def section_identity(bundle, report, pinned: bool = True, cosigned: Sequence | None = None, witnesses: int = 0,
+                     quorum: int | None = None) -> Evidence:
     """Snapshot binding: what was verified, under which key (Art 12, Annex IV 2(h)).
 
     Only verified facts are shown as such: the signer is the pinned key that verified the
     checkpoint, never the ``key_name`` the manifest states; manifest fields no signature covers
     are listed apart, marked unverified (see :mod:`rlhf_audit_kit.report.identity`).
     ``pinned=False``: the notebook checks the bundle against the key shipped inside it.
+    ``cosigned``: the verified cosignatures of the ``witnesses`` pinned witness keys (of which
+    ``quorum`` were required), named in the table.
     """
     from ..encoding import ENCODING_NAME
-    from .identity import manifest_claims, store_id_from_origin
+    from .identity import cosigned_by, manifest_claims, store_id_from_origin
     cp = bundle.checkpoint
     m = bundle.manifest
     files = m.get("files", {})
@@ -263,6 +266,12 @@ def section_identity(bundle, report, pinned: bool = True) -> Evidence:
             ("files checked against the manifest", len(files)),
             ("signed checkpoints verified", report.checkpoints_verified),
             ("verification", report.message)]
+    if cosigned is not None:
+        need = witnesses if quorum is None else quorum
+        rows += [("witness policy", f"{len(cosigned)} of the {witnesses} pinned witness key(s) cosigned this "
+                                    f"checkpoint; {need} required"),
+                 ("cosigned by (the pinned witnesses)",
+                  SafeMarkdown("; ".join(md_escape(cosigned_by(c)) for c in cosigned) or "none"))]
     claims = manifest_claims(m, signed_by=report.signed_by, origin=cp.origin, entries_verified=report.ok)
     stated = [c.value if isinstance(c.value, str) else json.dumps(c.value) for c in claims]
     unverified = pl.DataFrame({"field": [c.field for c in claims], "value": stated, "check": [c.check for c in claims]},
@@ -271,7 +280,7 @@ def section_identity(bundle, report, pinned: bool = True) -> Evidence:
     if not pinned:
         md += [NOT_PINNED, ""]
     md += ["This notebook is bound to one signed snapshot. Its first code cell re-derived every leaf "
-           "hash from the canonical entries in `log.parquet`, re-encoded every typed row, rebuilt the "
+           "hash from the canonical entries in the bundle's log segments, re-encoded every typed row, rebuilt the "
            "RFC 9162 root, checked the Ed25519 signature of the checkpoint note against the "
            + ("pinned verifier key" if pinned else "verifier key shipped in the bundle")
            + ", checked each file against its SHA-256 in `manifest.json`, and compared the "
@@ -371,12 +380,15 @@ def section_data_governance(bundle) -> Evidence:
         choices = bundle.sql("""SELECT choice, count(*) AS labels,
                                        round(count(*) / sum(count(*)) OVER (), 4) AS share
                                 FROM annotation GROUP BY choice ORDER BY choice""")
-        span = bundle.sql("""SELECT min(coalesce(submitted_at, ts)) AS first_label,
-                                    max(coalesce(submitted_at, ts)) AS last_label FROM annotation""")
+        # the annotation's own time; ts is when it was recorded (a loaded file's rows: the ingest)
+        span = bundle.sql("""SELECT min(coalesce(submitted_at, shown_at)) AS first_label,
+                                    max(coalesce(submitted_at, shown_at)) AS last_label,
+                                    count(*) FILTER (WHERE submitted_at IS NULL AND shown_at IS NULL) AS untimed
+                             FROM annotation""")
         tables.update(provenance=prov, labels_per_item=per_item, choices=choices)
         md += ["Annotation provenance (pairwise preference labels), by dataset and guideline version:", "",
                md_table(prov), "",
-               f"Labels were submitted from {fmt(span['first_label'][0])} to {fmt(span['last_label'][0])} UTC.", "",
+               _label_span(span.row(0, named=True)), "",
                "Labels per item (an item = a prompt and an unordered pair of responses):", "",
                md_table(per_item), "", "Choices over the whole pool:", "", md_table(choices, digits=4)]
     if _has(bundle, "rating"):
@@ -386,6 +398,14 @@ def section_data_governance(bundle) -> Evidence:
         tables["ratings"] = rat
         md += ["", "Ratings (`rating` events):", "", md_table(rat)]
     return Evidence("\n".join(md), tables)
+
+
+def _label_span(span: dict) -> str:
+    untimed = (f" {span['untimed']:,} label(s) have no time of their own (no `submitted_at` or `shown_at`; their "
+               "recording time is not when they were made) and are not in this span." if span["untimed"] else "")
+    if span["first_label"] is None:
+        return "No label has a time of its own (`submitted_at` or `shown_at`): when they were made is not recorded."
+    return f"Labels were made from {fmt(span['first_label'])} to {fmt(span['last_label'])} UTC.{untimed}"
 
 
 # ------------------------------------------------------------------------------ 6. annotators and privacy
@@ -480,7 +500,11 @@ def section_bias(bundle) -> Evidence:
     from ..analysis import krippendorff_alpha
     df = an.annotation_frame(bundle)
     ab = df.filter(pl.col("choice").is_in(["a", "b"]))
-    rows = [_binom_row("first-shown response chosen (position)", int((ab["choice"] == "a").sum()), ab.height)]
+    # "a" is the first-shown response only where the display order is known (a dataset of
+    # chosen/rejected pairs stored chosen-first says display_order_known = false)
+    shown = ab.filter(pl.col("order_known"))
+    unknown = ab.height - shown.height
+    rows = [_binom_row("first-shown response chosen (position)", int((shown["choice"] == "a").sum()), shown.height)]
     lens = ab.filter(pl.col("len_a").is_not_null() & pl.col("len_b").is_not_null()
                      & (pl.col("len_a") != pl.col("len_b")))
     longer = ((lens["choice"] == "a") & (lens["len_a"] > lens["len_b"])) | (
@@ -501,17 +525,25 @@ def section_bias(bundle) -> Evidence:
               .select("item", "annotator", "label"))
     multi = labels.group_by("item").len().filter(pl.col("len") >= 2).height
     alpha = krippendorff_alpha(labels) if multi else None
-    by_guideline = bundle.sql("""SELECT coalesce(guideline_version, '–') AS guideline_version,
-                                        count(*) AS ab_labels,
-                                        round(avg(CASE WHEN choice = 'a' THEN 1.0 ELSE 0.0 END), 4) AS share_first_shown
-                                 FROM annotation WHERE choice IN ('a', 'b') GROUP BY ALL ORDER BY guideline_version""")
+    known = ("coalesce(display_order_known, true)"
+             if "display_order_known" in bundle.sql("SELECT * FROM annotation LIMIT 0").columns else "true")
+    by_guideline = bundle.sql(f"""SELECT coalesce(guideline_version, '–') AS guideline_version,
+                                         count(*) AS ab_labels, count(*) FILTER (WHERE NOT {known}) AS order_unknown,
+                                         round(avg(CASE WHEN choice = 'a' THEN 1.0 ELSE 0.0 END)
+                                               FILTER (WHERE {known}), 4) AS share_first_shown
+                                  FROM annotation WHERE choice IN ('a', 'b') GROUP BY ALL ORDER BY guideline_version""")
+    excluded = (f"{unknown:,} a/b choices of unknown display order (`display_order_known` false, e.g. a dataset "
+                "of chosen/rejected pairs stored chosen-first) are left out of the position measure: for them "
+                "\"a\" is not the first-shown response." if unknown else
+                "Every a/b choice has a known display order.")
     md += ["Computed over the whole annotator pool (never per annotator) with "
            "`rlhf_audit_kit.analysis`: exact binomial tests against 0.5 with Clopper-Pearson 95% "
-           "intervals.", "", md_table(bias, digits=4), "",
+           "intervals. " + excluded, "", md_table(bias, digits=4), "",
            f"Inter-annotator agreement: Krippendorff's alpha (nominal, labels a/b/tie in the item's "
            f"canonical order, first label per annotator and item) = **{fmt(alpha, 4)}** over "
            f"{multi:,} items with two or more labels.", "",
-           "Position share by guideline version (a change of guidelines is a mitigation event):", "",
+           "Position share by guideline version (a change of guidelines is a mitigation event; the share "
+           "is over the choices of known display order):", "",
            md_table(by_guideline, digits=4), "",
            "Per-annotator screens (position, length, random clicking, agreement, gold accuracy) exist in "
            "`rlhf_audit_kit.analysis.annotator_report`; their results identify people, so they are not "
