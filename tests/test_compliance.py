@@ -341,3 +341,66 @@ def test_a_notebook_inside_its_bundle_folder_is_refused(exported, tmp_path):
     nb.metadata["rlhf_audit_kit"]["bundle"] = "."
     with pytest.raises(AuditKitError, match="inside the bundle folder"):
         execute_notebook(nb, tmp_path / "bundle")
+
+
+# ------------------------------------------------------------------ witnesses (issue 13)
+def test_notebook_names_the_pinned_witnesses_that_cosigned_and_rechecks_the_quorum(exported, tmp_path, capsys):
+    from rlhf_audit_kit.cli import main
+    from rlhf_audit_kit.errors import IntegrityError
+    from rlhf_audit_kit.ledger.witness import Witness, write_cosigned_note
+    from rlhf_audit_kit.witness_keys import init_witness_keys, load_witness_signer
+    bundle, _ = _tampered_copy(exported, tmp_path)  # an untampered copy next to report/
+    witnesses = []
+    for n in (1, 2):
+        init_witness_keys(tmp_path / f"w{n}", f"witness.example/<w{n}>", no_passphrase=True)
+        witnesses.append(Witness(tmp_path / f"w{n}" / "state", load_witness_signer(tmp_path / f"w{n}")))
+    w1 = witnesses[0]
+    write_cosigned_note(bundle, w1.observe_bundle(bundle, exported["keys"].vkey), w1.signer)
+    out = tmp_path / "report" / "witnessed.ipynb"
+    key = exported["keys"].vkey
+    with pytest.raises(IntegrityError, match="1 of the 2 pinned witness"):  # default quorum: all of them
+        export_compliance_notebook(bundle, out, verifier=key, witnesses=[tmp_path / "w1", tmp_path / "w2"],
+                                   html=False)
+    assert not out.exists()
+    p = export_compliance_notebook(bundle, out, verifier=key, witnesses=[tmp_path / "w1", tmp_path / "w2"],
+                                   witness_quorum=1, html=False)
+    nb = nbformat.read(p, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert w1.signer.vkey in first.source and "WITNESS_QUORUM = 1" in first.source
+    assert f"cosigned by the pinned witness witness.example/<w1> (key id {w1.signer.key_id.hex()})" in \
+        first.outputs[0]["text"]
+    section1 = next(str(o["data"]["text/markdown"]) for c in nb.cells for o in c.get("outputs", [])
+                    if "1. Snapshot binding" in str(o.get("data", {}).get("text/markdown", "")))
+    assert "cosigned by the pinned witness witness.example/&#60;w1&#62;" in section1 and "<w1>" not in section1
+    assert "1 of the 2 pinned witness key(s) cosigned this checkpoint; 1 required" in section1
+    assert nb.metadata["rlhf_audit_kit"]["witness_quorum"] == 1
+    # the cosignature gone: a re-run stops in the first code cell
+    shutil.rmtree(bundle / "cosignatures")
+    assert "WITNESS CHECK FAILED" in _rerun_fails_in_first_code_cell(p)
+    rc = main(["export-notebook", str(bundle), "--out", str(tmp_path / "report" / "cli.ipynb"), "--vkey", key,
+               "--witness", str(tmp_path / "w1"), "--no-execute"])
+    assert rc == 1 and "0 of the 1 pinned witness" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bias over known display order (real data)
+def test_position_bias_leaves_out_unknown_display_order_and_label_times_are_their_own(tmp_path):
+    from factories import annotation
+    from rlhf_audit_kit.bundle import open_bundle
+    from rlhf_audit_kit.report.sections import section_bias, section_data_governance
+    init_keys(tmp_path / "keys", "audit.example/order", no_passphrase=True)
+    rows = ([annotation(i, choice="a" if i < 15 else "b") for i in range(20)]  # shown: 15 of 20 chose the first
+            + [annotation(100 + i, choice="a", display_order_known=False, shown_at=None, submitted_at=None)
+               for i in range(30)])  # a chosen-first dataset, loaded from a file: no order, no own time
+    with open_store(tmp_path / "a.duckdb", pseudonymize=False, origin="audit.example/order") as store:
+        store.extend(rows)
+        store.snapshot(tmp_path / "keys").export(tmp_path / "bundle").close()
+    with open_bundle(tmp_path / "bundle") as b:
+        bias = section_bias(b)
+        gov = section_data_governance(b)
+    position = bias.tables["bias"].row(0, named=True)
+    assert position["n"] == 20 and position["share"] == pytest.approx(0.75)
+    assert "30 a/b choices of unknown display order" in bias.markdown
+    g = bias.tables["by_guideline"].row(0, named=True)
+    assert (g["ab_labels"], g["order_unknown"], g["share_first_shown"]) == (50, 30, 0.75)
+    assert "Labels were made from 2026-01-01 12:01:00 to 2026-01-01 12:01:19 UTC." in gov.markdown
+    assert "30 label(s) have no time of their own" in gov.markdown

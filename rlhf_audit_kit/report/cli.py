@@ -1,4 +1,4 @@
-"""``rlhf-audit export-notebook BUNDLE --out PATH.ipynb (--vkey VKEY | --keys DIR) [--html]``.
+"""``rlhf-audit export-notebook BUNDLE --out PATH.ipynb (--vkey VKEY | --keys DIR) [--witness VKEY ...] [--html]``.
 
 Writes a compliance notebook bound to the bundle, executes it offline and prints its path (and the
 HTML's, with ``--html``). The bundle must verify under the key you pin (``--vkey``: a vkey string or
@@ -28,7 +28,8 @@ def _cmd_export_notebook(args: argparse.Namespace) -> int:
     path = export_compliance_notebook(args.bundle, args.out, template=args.template,
                                       verifier=args.vkey if args.vkey is not None else args.keys,
                                       include_texts=args.include_texts, html=args.html,
-                                      execute=not args.no_execute)
+                                      execute=not args.no_execute, witnesses=args.witness,
+                                      witness_quorum=args.witness_quorum)
     print(path)
     if args.html:
         print(path.with_suffix(".html"))
@@ -46,6 +47,11 @@ def register(subparsers) -> None:
                    help="verifier key you trust, pinned in the notebook: vkey string or .vkey file "
                         "(this or --keys is required)")
     s.add_argument("--keys", default=None, metavar="DIR", help="keys folder holding the verifier key to pin")
+    s.add_argument("--witness", metavar="VKEY", action="append", default=None,
+                   help="witness key you trust (string, file or witness keys folder; repeatable): the notebook "
+                        "re-checks its cosignature and names it")
+    s.add_argument("--witness-quorum", metavar="N", type=int, default=None,
+                   help="how many of the --witness keys must have cosigned (default: all of them)")
     s.add_argument("--template", default="eu-ai-act", choices=sorted(TEMPLATES))
     s.add_argument("--html", action="store_true", help="also render PATH.html (offline-friendly)")
     s.add_argument("--include-texts", action="store_true",

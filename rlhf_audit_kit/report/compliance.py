@@ -7,7 +7,8 @@ The notebook is built with nbformat from the section templates of
 1. snapshot binding and verification: the first code cell opens the bundle (path relative to the
    notebook), verifies every link (manifest hashes, typed rows, leaf hashes, root, Ed25519 signature
    against the **pinned** verifier key) and that the bundle's checkpoint is the pinned (origin,
-   size, root); on any failure it raises and the notebook stops, showing nothing else;
+   size, root), and with pinned witnesses that enough of them cosigned it; on any failure it
+   raises and the notebook stops, showing nothing else;
 2. applicability (manual input), 3. system identity, 4. training methodology, 5. data governance,
 6. annotators and privacy (DP releases recorded in the log only), 7. data quality and bias (pool
 level), 8. reward model and policy training record, 9. evaluation (gap unless logged),
@@ -130,7 +131,24 @@ sys.path[:] = [p for p in sys.path if os.path.isabs(p) and os.path.realpath(p) !
 """
 
 
-def _first_cell(rel_bundle: str, vkey: str, origin: str, size: int, root: str, pinned: bool = True) -> str:
+_WITNESS_CHECK = """
+# The witnesses you pinned (public keys) and how many of them must have cosigned this checkpoint.
+PINNED_WITNESSES = {witnesses!r}
+WITNESS_QUORUM = {quorum!r}
+
+from rlhf_audit_kit.ledger.witness import bundle_cosignatures
+from rlhf_audit_kit.report.identity import cosigned_by
+
+cosigned, witness_findings = bundle_cosignatures(bundle, PINNED_WITNESSES, WITNESS_QUORUM)
+if witness_findings:
+    raise IntegrityError(f"WITNESS CHECK FAILED: {{witness_findings[0].message}}", damage=witness_findings[0].damage)
+for c in cosigned:
+    print(cosigned_by(c))
+"""
+
+
+def _first_cell(rel_bundle: str, vkey: str, origin: str, size: int, root: str, pinned: bool = True,
+                witnesses: list[str] | tuple = (), quorum: int | None = None) -> str:
     key_comment = ("the verifier key you pinned" if pinned else
                    "NOT PINNED: the key shipped in the bundle itself, which proves only self-consistency")
     verified = "Verified" if pinned else "Self-consistent only (NO key was pinned)"
@@ -160,17 +178,21 @@ if (cp.origin, cp.size, cp.root_hash.hex()) != (PINNED_ORIGIN, PINNED_SIZE, PINN
 print(f"{verified}: {{report.message}}")
 print(f"Bound to: origin {{cp.origin}}, size {{cp.size:,}}, root {{cp.root_hash.hex()}}")
 print(f"Signed by: {{PINNED_VKEY}}")
-'''
+''' + (_WITNESS_CHECK.format(witnesses=list(witnesses), quorum=len(witnesses) if quorum is None else quorum)
+       if witnesses else "")
 
 
 def build_compliance_notebook(bundle, *, notebook_dir: str | os.PathLike, vkey: str,
                               template: str = "eu-ai-act", include_texts: bool = False,
-                              bundle_ref: str | None = None, pinned: bool = True):
+                              bundle_ref: str | None = None, pinned: bool = True,
+                              witnesses: list[str] | tuple = (), witness_quorum: int | None = None):
     """The (unexecuted) compliance notebook of an open, verified ``bundle`` as a ``NotebookNode``.
 
     ``bundle_ref``: how the first cell names the bundle (default: its path relative to
     ``notebook_dir``). ``pinned=False``: ``vkey`` is the bundle's own key, not one the exporter
-    trusts; the notebook then says in red at its top that nothing was pinned.
+    trusts; the notebook then says in red at its top that nothing was pinned. ``witnesses``:
+    witness vkeys pinned in the first cell, which re-checks that ``witness_quorum`` (default: all)
+    of them cosigned the checkpoint; section 1 names those that did.
     """
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -187,9 +209,11 @@ def build_compliance_notebook(bundle, *, notebook_dir: str | os.PathLike, vkey: 
     md, code = new_markdown_cell, new_code_cell
     cells = [
         md(title.strip()),
-        code(_first_cell(ref, vkey, cp.origin, cp.size, cp.root_hash.hex(), pinned)),
+        code(_first_cell(ref, vkey, cp.origin, cp.size, cp.root_hash.hex(), pinned, witnesses, witness_quorum)),
         code("from rlhf_audit_kit.report import sections as S\n\nS.section_identity(bundle, report"
-             + (")" if pinned else ", pinned=False)")),
+             + ("" if pinned else ", pinned=False")
+             + (", cosigned=cosigned, witnesses=len(PINNED_WITNESSES), quorum=WITNESS_QUORUM" if witnesses else "")
+             + ")"),
         md(_APPLICABILITY.strip()),
         code("S.section_system_identity(bundle)"),
         code("S.section_training(bundle)"),
@@ -216,6 +240,8 @@ def build_compliance_notebook(bundle, *, notebook_dir: str | os.PathLike, vkey: 
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["rlhf_audit_kit"] = {"template": template, "origin": cp.origin, "tree_size": cp.size,
                                      "root_hash": cp.root_hash.hex(), "vkey": vkey, "pinned": bool(pinned),
+                                     **({"witnesses": list(witnesses), "witness_quorum": len(witnesses)
+                                         if witness_quorum is None else witness_quorum} if witnesses else {}),
                                      "bundle": ref, "include_texts": bool(include_texts)}
     nbformat.validate(nb)
     return nb
@@ -302,10 +328,27 @@ def _resolve_vkey(verifier: Any) -> str:
     return vs[0].vkey
 
 
+def _check_witnesses(bundle, witnesses: Any, quorum: int | None) -> list[str]:
+    """The pinned witness vkeys, after checking that ``quorum`` of them cosigned ``bundle`` now."""
+    if witnesses is None or (isinstance(witnesses, (list, tuple)) and not witnesses):
+        if quorum is not None:
+            raise AuditKitError("a witness quorum needs the witness keys (witnesses=...)")
+        return []
+    from ..errors import IntegrityError
+    from ..ledger.witness import bundle_cosignatures, resolve_witnesses
+    ws = resolve_witnesses(witnesses)
+    _, findings = bundle_cosignatures(bundle, ws, quorum)
+    if findings:
+        raise IntegrityError(f"the bundle's checkpoint does not meet the witness policy: {findings[0].message}",
+                             damage=findings[0].damage)
+    return [w.vkey for w in ws]
+
+
 def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike, template: str = "eu-ai-act", *,
                                verifier: Any = None, include_texts: bool = False, html: bool = True,
                                execute: bool = True, bundle_folder: str | os.PathLike | None = None,
-                               timeout: int = 600, trust_bundle_key: bool = False) -> Path:
+                               timeout: int = 600, trust_bundle_key: bool = False, witnesses: Any = None,
+                               witness_quorum: int | None = None) -> Path:
     """Write a compliance notebook bound to a snapshot bundle; execute it and render it to HTML.
 
     Parameters
@@ -327,6 +370,12 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
         Explicit opt-out for a bundle without ``verifier``: check it against the key shipped inside
         it. That proves only that the bundle is self-consistent (whoever altered it could re-sign
         it), and the notebook says so in red at its top.
+    witnesses, witness_quorum
+        Witness keys you trust (vkey strings, files or witness keys folders) and how many of them
+        must have cosigned the bundle's checkpoint (default: all). The notebook pins their public
+        keys, its first code cell re-checks the quorum (cosigned notes in the bundle's
+        ``cosignatures/``), and section 1 names the witnesses that cosigned. Nothing is written
+        when the quorum is not met now.
     include_texts
         Add an appendix with prompt and response texts (off by default: they may hold personal data).
     html
@@ -342,7 +391,8 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
     Raises
     ------
     IntegrityError, SignatureError
-        The bundle does not verify under the pinned key (nothing is written).
+        The bundle does not verify under the pinned key, or fewer than ``witness_quorum`` pinned
+        witnesses cosigned it (nothing is written).
     KeysError
         No key was pinned (and no ``trust_bundle_key``).
     AuditKitError
@@ -391,8 +441,10 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
         vkey = _resolve_vkey(verifier if verifier is not None else bundle.verifier)
         # refuse to write a notebook bound to a bundle that does not verify now
         bundle.verify(vkey, workers=0).raise_for_status()
+        wkeys = _check_witnesses(bundle, witnesses, witness_quorum)
         nb = build_compliance_notebook(bundle, notebook_dir=path.parent, vkey=vkey, template=template,
-                                       include_texts=include_texts, pinned=verifier is not None)
+                                       include_texts=include_texts, pinned=verifier is not None,
+                                       witnesses=wkeys, witness_quorum=witness_quorum)
     finally:
         if opened is not None:
             opened.close()
