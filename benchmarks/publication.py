@@ -45,12 +45,14 @@ def timed(fn):
 def publish_to_browser_delay(work: Path) -> float | None:
     """HOOK for the dashboard that follows a published folder (``rlhf-audit serve FOLDER``).
 
-    To be filled in by the dashboard helper: start a store publishing into ``work / "live"``
-    (``store.publish(folder, SIGNER, every=...)``), serve the folder, open it in headless Chromium,
-    record more events, and return the seconds from the publication of the new checkpoint to the
-    page showing the new size. Returns None until then (printed as "not measured yet").
+    A store publishes into ``work / "live"`` (``store.publish(folder, SIGNER, ...)``), a second process
+    serves the folder, headless Chromium opens it; more events are recorded and published, and this
+    returns the longest of the seconds from a publication to the page showing the new size
+    (:func:`publication_browser.measure`; None without Playwright or Chromium).
     """
-    return None
+    from publication_browser import measure
+    res = measure(work)
+    return None if res is None else max(res["header"])
 
 
 def main(argv=None) -> int:
