@@ -133,6 +133,9 @@ def serve(source: Any, *, port: int = 5006, address: str = "127.0.0.1", basic_au
         src = live = LiveSource(source, verifier=verifier, witnesses=witnesses, witness_quorum=witness_quorum,
                                 interval=poll_interval)
         live.poll()  # the first checkpoint is verified before the first visitor
+        if live.state.failure is not None:
+            print(f"warning: {live.state.failure.message}; the page shows this in red, and no data until a "
+                  f"checkpoint verifies", file=sys.stderr, flush=True)
     else:
         live = None
         src = as_source(source, verifier=verifier)
