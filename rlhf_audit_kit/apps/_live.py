@@ -4,14 +4,14 @@
 ``cosignatures/`` folder when witnesses are pinned) about once a second, from one thread. A changed
 manifest is opened as a new bundle and verified against the last checkpoint shown
 (``bundle.verify(key, since=last_note)``: the newest note's signature, its consistency with the
-shown one, and the new segments only; a full verification where ``since=`` is not available).
+shown one, and the new segments only; the first checkpoint is verified in full).
 Only a checkpoint that verifies (and, with pinned witnesses, is cosigned by enough of them)
 replaces the data the sessions show; anything else is kept as a failure, shown in red, and the
 last good view stays. Sessions read :attr:`LiveSource.state`, an immutable :class:`LiveState`
 replaced in one assignment, so they never see half an update.
 
-Without a pinned key, the key the bundle ships when the watcher first reads it is kept for every
-later checkpoint (a later bundle signed by another key fails), and the state says it is not pinned.
+Without a pinned key, the key the bundle shipped with the first checkpoint shown is kept for every
+later one (a later bundle signed by another key fails), and the state says it is not pinned.
 
 >>> live = LiveSource("bundle/", verifier="keys/verifier.vkey")   # doctest: +SKIP
 >>> live.poll(); live.state.size, live.state.failure                # doctest: +SKIP
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import inspect
 import os
 import threading
 import time
@@ -87,11 +86,6 @@ class LiveState:
         from ._data import VerifyStatus
         return VerifyStatus(ok=True, size=self.size or 0, message=self.message, root=self.root,
                             checked_signature=True, pinned=self.pinned)
-
-
-def _since_supported() -> bool:
-    from ..bundle import Bundle
-    return "since" in inspect.signature(Bundle.verify).parameters
 
 
 def _one_line(e: BaseException) -> str:
@@ -191,19 +185,15 @@ class LiveSource:
         try:
             shown = self.state
             cp = bundle.checkpoint
-            if self._verifier is None:  # trust on first use: the shipped key, kept from now on
-                self._verifier = bundle.verifier
-                self.state = shown = dataclasses.replace(shown, vkey=self._verifier.vkey)
+            # without a pinned key: the shipped key, kept from the first checkpoint shown on
+            key = self._verifier if self._verifier is not None else bundle.verifier
             if shown.note is not None and (cp.size, cp.root_hash.hex()) == (shown.size, shown.root):
                 cosigners, problem = self._cosigners(bundle)
                 if problem is None and tuple(cosigners) != shown.cosigners:
                     self.state = dataclasses.replace(shown, cosigners=tuple(cosigners))
                     return True
                 return False
-            if shown.note is not None and _since_supported():
-                report = bundle.verify(self._verifier, since=shown.note)
-            else:
-                report = bundle.verify(self._verifier)
+            report = bundle.verify(key, since=shown.note)  # since=None: the first one, verified in full
             if not report.ok:
                 return self._fail(report.message, cp.size)  # the message names the damage
             cosigners, problem = self._cosigners(bundle)
@@ -213,13 +203,14 @@ class LiveSource:
                                                                          f"but awaits cosignatures: {problem[1]}")
                     return True
                 return self._fail(f"[{problem[0]}] {problem[1]}", cp.size)
-            source = Source(bundle, verifier=self._verifier, pinned=self._pinned)
-            source._owned = True
+            self._verifier = key
+            source = Source(bundle, verifier=key, pinned=self._pinned)
+            source._owned = True  # closed when retired
             old = self.state.source
             self.state = dataclasses.replace(
-                self.state, version=self.state.version + 1, source=source, size=cp.size, root=cp.root_hash.hex(),
-                note=bundle.note, published=fp[0] / 1e9, verified_at=time.time(), message=report.message,
-                covered=getattr(report, "covered", None), cosigners=tuple(cosigners), pending=None)
+                self.state, version=self.state.version + 1, source=source, vkey=key.vkey, size=cp.size,
+                root=cp.root_hash.hex(), note=bundle.note, published=fp[0] / 1e9, verified_at=time.time(),
+                message=report.message, covered=report.covered, cosigners=tuple(cosigners), pending=None)
             keep = True
             if old is not None:
                 self._retired.append((time.monotonic(), old))
