@@ -69,7 +69,7 @@ def run_demo(size: int = 20_000, out: Path | str = "rlhf-audit-demo", *, serve: 
     say(f"      done in {time.perf_counter() - t0:.1f} s")
     if not serve:
         say("[6/6] not serving (--no-serve). Serve later with: "
-            f"rlhf-audit serve {bundle_dir} --port {port}")
+            f"rlhf-audit serve {bundle_dir} --vkey {keys_dir / 'verifier.vkey'} --port {port}")
         return 0
     from .apps.serve import serve
     say(f"[6/6] serving the dashboard over the bundle at http://localhost:{port}/  (Ctrl-C to stop)", flush=True)
