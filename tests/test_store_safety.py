@@ -247,7 +247,7 @@ def test_a_store_locked_by_another_process_names_its_pid(held_store, read_only):
 def test_cli_on_a_locked_store_prints_one_line_and_fails(held_store, keys_dir, tmp_path, command):
     path, pid = held_store
     args = {"info": [str(path)], "verify": [str(path), "--vkey", str(keys_dir)],
-            "serve": [str(path), "--port", "5987"],  # fails before it listens: no server is left behind
+            "serve": [str(path), "--vkey", str(keys_dir), "--port", "5987"],  # fails before it listens
             "ingest": [str(tmp_path / "none.jsonl"), "--format", "jsonl", "--store", str(path)]}[command]
     (tmp_path / "none.jsonl").write_text("")
     out = subprocess.run([sys.executable, "-m", "rlhf_audit_kit.cli", command, *args],
