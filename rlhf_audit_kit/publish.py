@@ -60,6 +60,7 @@ class Publisher:
         self._publish()
         self._thread = threading.Thread(target=self._run, name=f"rlhf-audit-publish {self.folder.name}", daemon=True)
         self._thread.start()
+        store._attached.add(self)  # store.close() stops it (and publishes what is left) first
 
     def _due(self) -> bool:
         # a publication records a snapshot event: only events after it call for another one
@@ -105,8 +106,14 @@ class Publisher:
         self._stopped.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
+        self.store._attached.discard(self)
         self._raise_pending()
         return self._publish() if final else self.published
+
+    def close(self) -> None:
+        """Stop and publish what is left (what ``store.close()`` calls)."""
+        if self.store._attached and self in self.store._attached:
+            self.stop()
 
     def __enter__(self) -> Publisher:
         return self
@@ -117,6 +124,7 @@ class Publisher:
         else:  # leave the caller's exception alone; a publishing error would hide it
             self._stopped.set()
             self._thread.join()
+            self.store._attached.discard(self)
 
     def __repr__(self) -> str:
         size = self.published.size if self.published else None

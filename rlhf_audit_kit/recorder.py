@@ -94,7 +94,7 @@ class Recorder:
         self._closing = self._closed = False
         self._thread = threading.Thread(target=self._run, name="rlhf-audit-recorder", daemon=True)
         self._thread.start()
-        store._recorders.add(self)
+        store._attached.add(self)
         _OPEN.add(self)
 
     # ------------------------------------------------------------------ the caller's side
@@ -162,7 +162,7 @@ class Recorder:
         finally:
             self._closed = True
             _OPEN.discard(self)
-            self._store._recorders.discard(self)
+            self._store._attached.discard(self)
 
     @property
     def logged(self) -> int:

@@ -246,7 +246,7 @@ class AuditStore(RecordReader):
         self._pseudonymizer = None
         self._privacy = None
         self._root_parts: tuple[int, dict] | None = None  # (size, nodes giving its root): append's right edge
-        self._recorders: weakref.WeakSet = weakref.WeakSet()  # open Recorders: close() flushes them
+        self._attached: weakref.WeakSet = weakref.WeakSet()  # open Recorders and Publishers: close() ends them first
 
     def _open(self, read_only: bool, origin: str | None, memory_limit: str | None) -> None:
         _x(self._con, "SET TimeZone = 'UTC'")
@@ -878,8 +878,8 @@ class AuditStore(RecordReader):
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         try:
-            for rec in list(self._recorders):  # flush them first (their writers need the lock)
-                rec.close()
+            for part in list(self._attached):  # Recorders flush, Publishers publish the rest (they need the lock)
+                part.close()
         finally:
             with self._lock:
                 if self._con is not None:

@@ -150,3 +150,16 @@ def test_a_reader_never_sees_a_half_published_bundle(tmp_path):
         reader.join()
     assert not errors, errors[0]
     assert sizes and sizes == sorted(sizes)
+
+
+def test_closing_the_store_stops_its_publisher_and_publishes_the_rest(tmp_path):
+    store = open_store(tmp_path / "s.duckdb", pseudonymize=False, origin="audit.example/live")
+    store.extend(events(0))
+    pub = store.publish(tmp_path / "live", SIGNER, every=3600)
+    first = pub.published.size
+    store.extend(events(1))  # recorded after the first publication, before close
+    size = store.size
+    store.close()
+    assert not pub.running
+    with open_bundle(tmp_path / "live") as b:
+        assert first < b.size <= size and b.verify(SIGNER.verifier).ok
