@@ -425,7 +425,8 @@ class Bundle(RecordReader):
         return export_compliance_notebook(self, path, template=template, **kw)
 
     # ---------------------------------------------------------------- verification
-    def verify(self, verifier: Any = None, *, workers: int | None = None, since: Any = None) -> VerifyReport:
+    def verify(self, verifier: Any = None, *, workers: int | None = None, since: Any = None,
+               scheduler: Any = None) -> VerifyReport:
         """Re-derive and check the bundle from its Parquet files; return a :class:`VerifyReport`.
 
         ``verifier``: the key you trust (Verifier, vkey string or file). By default the bundle's own
@@ -444,15 +445,22 @@ class Bundle(RecordReader):
         it cannot reveal a fork: pass the note or report you kept.
 
         >>> # bundle.verify(key, since=open("trusted.note").read()).covered
+
+        ``scheduler``: a ``dask.distributed.Client`` or a scheduler address; the segments are then
+        re-derived in parallel on its workers and the same report comes back
+        (:func:`rlhf_audit_kit.bundle_dask.verify_on_dask`; needs the ``dask`` extra).
         """
         v = resolve_verifiers(verifier if verifier is not None else self.verifier)
-        if since is None:
+        trusted = None if since is None else self._trusted(since, v)
+        if scheduler is not None:
+            from .bundle_dask import verify_on_dask
+            report = verify_on_dask(self, v, scheduler, trusted=trusted)
+        elif since is None:
             if self._from:  # pragma: no cover - the exporter's partial view
                 raise AuditKitError(f"this bundle object was opened from seq {self._from:,}; open it whole to verify it")
             report = self._verify(v, self.segments, workers)
         else:
-            size, root = self._trusted(since, v)
-            report = self._verify_since(v, size, root, workers)
+            report = self._verify_since(v, *trusted, workers)
         report.unsigned = {k: v for k, v in self.manifest.items() if k not in SIGNED_MANIFEST_FIELDS}
         self._verified = report
         return report
@@ -709,12 +717,13 @@ def open_bundle(folder: str | os.PathLike, *, limits: Limits | None = None) -> B
 
 
 def verify_bundle(folder: str | os.PathLike, verifier: Any, *, workers: int | None = None,
-                  limits: Limits | None = None, since: Any = None) -> VerifyReport:
+                  limits: Limits | None = None, since: Any = None, scheduler: Any = None) -> VerifyReport:
     """Open and verify a bundle against the pinned ``verifier``; never raises for a damaged bundle.
 
     A bundle refused when opening (:class:`~rlhf_audit_kit.errors.BundleError`) is a failed report
     with that one finding, so callers handle every hostile bundle the same way. ``since``: see
-    :meth:`Bundle.verify` (a ``since`` that is no trusted checkpoint of this log raises).
+    :meth:`Bundle.verify` (a ``since`` that is no trusted checkpoint of this log raises); ``scheduler``:
+    verify on a Dask cluster (:meth:`Bundle.verify`).
 
     >>> verify_bundle("/nonexistent", "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").damage
     'malformed-bundle'
@@ -726,4 +735,4 @@ def verify_bundle(folder: str | os.PathLike, verifier: Any, *, workers: int | No
         return VerifyReport(source=f"bundle {folder}", events=0, verifier=", ".join(v.vkey for v in vs),
                             findings=[Finding(e.damage, str(e))])
     with bundle:
-        return bundle.verify(vs, workers=workers, since=since)
+        return bundle.verify(vs, workers=workers, since=since, scheduler=scheduler)
