@@ -327,7 +327,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("source", metavar="STORE_OR_BUNDLE", help="a store file (opened read-only) or a bundle folder")
-    s.add_argument("--port", type=int, default=5006)
+    s.add_argument("--port", type=int, default=5006, help="port to listen on")
     s.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--basic-auth", metavar="FILE",
                    help="password file of hashed 'user:pbkdf2_sha256$...' lines (see serve-passwd); "
