@@ -107,7 +107,7 @@ def _cmd_info(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo_run import run_demo
     return run_demo(size=args.size, out=Path(args.out), serve=not args.no_serve, port=args.port,
-                    seed=args.seed)
+                    seed=args.seed, overwrite=args.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--port", type=int, default=5006)
     s.add_argument("--no-serve", action="store_true", help="stop after exporting; do not serve the dashboard")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo's output in --out (files the demo did not create are kept)")
     s.set_defaults(func=_cmd_demo)
 
     for mod in _PLUGINS:

@@ -65,9 +65,16 @@ def _passphrase_existing(folder: Path) -> str | None:
 def _cmd_keys_init(args) -> int:
     from .keys import init_keys
     from .witness_keys import init_witness_keys
+    witness, store = getattr(args, "witness", False), getattr(args, "store", None)
+    if witness and store is not None:
+        raise KeysError("--store names a log's key after its origin; a witness key is named after the witness: "
+                        "--name NAME")
+    if args.name is None and store is None:
+        raise KeysError("name the key: --store STORE (named after its origin) or --name NAME")
     passphrase = None if args.no_passphrase else _passphrase_new()
-    info = (init_witness_keys if getattr(args, "witness", False) else init_keys)(
-        args.dir, args.name, passphrase=passphrase, no_passphrase=args.no_passphrase)
+    kw = {} if witness else {"store": store}
+    info = (init_witness_keys if witness else init_keys)(
+        args.dir, args.name, passphrase=passphrase, no_passphrase=args.no_passphrase, **kw)
     print(f"created keys folder {info.folder} (key {info.name}, id {info.key_id}, "
           f"{'encrypted' if info.encrypted else 'NOT encrypted'})")
     print(f"verifier key: {info.vkey}")
@@ -133,6 +140,8 @@ def _cmd_verify(args) -> int:
         root = report.signed_root.hex() if report.signed_root else "-"
         print(f"{report.message}; root {root} ({report.elapsed:.2f} s)")
         _print_identity(report)
+        for w in report.warnings:
+            print(f"warning: {w}", file=sys.stderr)
         from .report.identity import cosigned_by
         for c in cosigs:
             print(cosigned_by(c))
@@ -241,7 +250,8 @@ def register(subparsers) -> None:
     ks = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = ks.add_parser("init", help="create a keys folder with a new Ed25519 signing key")
     k.add_argument("dir")
-    k.add_argument("--name", required=True, help="key name, e.g. your log's origin (no spaces or '+')")
+    k.add_argument("--name", help="key name (no spaces or '+'); default: the --store's origin, as C2SP asks")
+    k.add_argument("--store", help="an existing store: name the key after its checkpoint origin")
     k.add_argument("--no-passphrase", action="store_true",
                    help="store the signing key unencrypted (tests, throwaway demos)")
     k.add_argument("--witness", action="store_true",

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import (
 from .errors import KeysError
 from .ledger.checkpoint import Signer, Verifier, validate_key_name
 
-__all__ = ["KeysInfo", "init_keys", "load_signer", "load_verifier", "load_pseudonym_key",
+__all__ = ["KeysInfo", "init_keys", "store_origin", "load_signer", "load_verifier", "load_pseudonym_key",
            "keys_folder_from_env", "kdf_rounds_of", "PASSPHRASE_ENV", "KEYS_ENV", "SIGNING_KEY_FILE",
            "PSEUDONYM_KEY_FILE", "VKEY_FILE", "INFO_FILE", "KDF_ROUNDS", "MIN_KDF_ROUNDS",
            "MIN_PASSPHRASE_CHARS"]
@@ -176,10 +176,35 @@ def kdf_rounds_of(pem: bytes | str | os.PathLike) -> int | None:
         return None
 
 
-def init_keys(folder: str | os.PathLike, name: str, *, passphrase: str | bytes | None = None,
-              no_passphrase: bool = False, kdf_rounds: int = KDF_ROUNDS) -> KeysInfo:
+def store_origin(store: str | os.PathLike) -> str:
+    """The checkpoint origin of an existing store file, read without writing to it.
+
+    C2SP tlog-checkpoint: a log's key name SHOULD match its origin line, so this is the name to
+    give the key that signs the store (``init_keys(folder, store=path)`` does).
+
+    >>> import tempfile, pathlib
+    >>> from rlhf_audit_kit import open_store
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.duckdb"
+    >>> open_store(path, origin="example.com/log", pseudonymize=False).close()
+    >>> store_origin(path)
+    'example.com/log'
+    """
+    from .store import open_store
+    path = Path(store)
+    if not path.is_file():
+        raise KeysError(f"no store at {path} to name the key after: create it first "
+                        f"(`rlhf-audit init {path} --origin ORIGIN`) or give the key a name")
+    with open_store(path, read_only=True, pseudonymize=False) as s:
+        return s.origin
+
+
+def init_keys(folder: str | os.PathLike, name: str | None = None, *, store: str | os.PathLike | None = None,
+              passphrase: str | bytes | None = None, no_passphrase: bool = False,
+              kdf_rounds: int = KDF_ROUNDS) -> KeysInfo:
     """Create a keys folder with a new signing key and pseudonymisation key.
 
+    ``name``: the signing key's name; without one, the origin of the existing ``store`` file
+    (:func:`store_origin`), as C2SP tlog-checkpoint asks of a log's key. An explicit ``name`` wins.
     The passphrase is ``passphrase`` or ``$RLHF_AUDIT_PASSPHRASE``; without either, KeysError
     unless ``no_passphrase=True`` (the private key is then stored unencrypted, and recorded so).
     Refuses (KeysError) if the folder exists and is not empty, or if the passphrase is shorter
@@ -192,6 +217,10 @@ def init_keys(folder: str | os.PathLike, name: str, *, passphrase: str | bytes |
     >>> load_signer(d, "correct horse battery").vkey == info.vkey
     True
     """
+    if name is None:
+        if store is None:
+            raise KeysError("name the key: pass a name, or the store whose origin names it")
+        name = store_origin(store)
     validate_key_name(name)
     folder = Path(folder)
     secret = _passphrase(passphrase)

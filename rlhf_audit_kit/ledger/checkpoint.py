@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ..errors import KeysError, SignatureError
 
 __all__ = ["Checkpoint", "Signer", "Verifier", "key_id", "vkey_string", "open_note",
-           "verify_checkpoint", "sign_checkpoint", "validate_key_name", "split_vkey", "MAX_SIGNATURES"]
+           "verify_checkpoint", "sign_checkpoint", "validate_key_name", "split_vkey", "MAX_SIGNATURES",
+           "key_name_warning"]
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "  # em dash + space
@@ -76,6 +77,21 @@ def validate_key_name(name: str) -> None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise KeysError(f"invalid key name {name!r}: not valid Unicode") from None
+
+
+def key_name_warning(key_name: str, origin: str) -> str | None:
+    """Why a log's key name is unusual, or None: C2SP tlog-checkpoint says it SHOULD equal the origin.
+
+    >>> key_name_warning("example.com/log", "example.com/log") is None
+    True
+    >>> key_name_warning("my-lab", "example.com/log")[:40]
+    "signing key name 'my-lab' is not the che"
+    """
+    if key_name == origin:
+        return None
+    return (f"signing key name {key_name!r} is not the checkpoint origin {origin!r} (C2SP tlog-checkpoint: "
+            "a log's key name SHOULD match its origin; name a new key after it with "
+            "`rlhf-audit keys init DIR --store STORE`)")
 
 
 def key_id(name: str, public_key: bytes) -> bytes:

@@ -63,7 +63,7 @@ from ..reader import _quote, typed_select_list
 from ..schema import KINDS
 from ..store import fetch_nodes
 from . import merkle
-from .checkpoint import SIG_PREFIX, Checkpoint, Verifier, _b64decode, verify_checkpoint
+from .checkpoint import SIG_PREFIX, Checkpoint, Verifier, _b64decode, key_name_warning, verify_checkpoint
 from .levels import TreeLevels, _binary, _TreeJob, compute_tree
 from .tree import ExtendedTree, TreeReader
 
@@ -116,7 +116,8 @@ class VerifyReport:
     was not re-read. ``since``: the trusted tree size it started from; ``consistency_proof``: the
     RFC 9162 proof from the trusted checkpoint to ``signed_size``; ``left_to_full``: signed notes
     of sizes below ``start`` whose roots only a full verification recomputes; ``later_files``:
-    files of a later publication into a bundle folder (not read).
+    files of a later publication into a bundle folder (not read). ``warnings``: what is verified but
+    unusual (a signing key not named after the checkpoint origin); they do not make ``ok`` False.
 
     >>> r = VerifyReport(source="x", events=3, checkpoints_verified=1, signed_size=3)
     >>> r.ok, r.first_bad_seq
@@ -141,6 +142,7 @@ class VerifyReport:
     consistency_proof: list[bytes] = field(default_factory=list)
     left_to_full: int = 0
     later_files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def first(self) -> Finding | None:
@@ -210,6 +212,7 @@ class VerifyReport:
                 f"<small>{self.events:,} events in {self.elapsed:.2f} s"
                 f"{f' ({self.events_per_second:,.0f}/s)' if self.elapsed else ''}"
                 f"{' · key ' + html.escape(self.verifier) if self.verifier else ''}</small>")
+        head += "".join(f"<br><small>warning: {html.escape(w)}</small>" for w in self.warnings)
         if self.findings:
             rows = "".join(
                 f"<tr><td>{'' if f.seq is None else f.seq}</td><td>{html.escape(f.damage)}</td>"
@@ -592,7 +595,12 @@ def _check_checkpoints(source: Source, snap: pl.DataFrame | None, extra_notes: S
                                     lower, checkpoint.size))
             continue
         good.append((checkpoint.size, checkpoint.root_hash, cp.seq))
-        report.signed_by += [v.vkey for v in _note_signers(cp.note, verifiers) if v.vkey not in report.signed_by]
+        for v in _note_signers(cp.note, verifiers):
+            warning = key_name_warning(v.name, checkpoint.origin)
+            if warning and warning not in report.warnings:
+                report.warnings.append(warning)
+            if v.vkey not in report.signed_by:
+                report.signed_by.append(v.vkey)
     # consistency: every verified checkpoint extends the previous ones (proofs made and checked)
     good.sort(key=lambda g: g[0])
     stored_reader = None
