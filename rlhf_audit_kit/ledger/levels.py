@@ -29,10 +29,12 @@ FORK_MIN_LEAVES = 50_000
 
 
 def _binary(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    # 64-bit offsets before combining: chunks of more than 2 GiB of entries in total (~2M events)
+    # do not fit one binary array's 32-bit offsets
     if not pa.types.is_large_binary(arr.type):
         arr = arr.cast(pa.large_binary())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
     return arr
 
 
