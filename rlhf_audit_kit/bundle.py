@@ -500,7 +500,8 @@ class Bundle(RecordReader):
                                 f"log {self.origin!r}")
         return cp.size, cp.root_hash
 
-    def _verify_since(self, v: list[Verifier], trusted: int, root: bytes, workers: int | None) -> VerifyReport:
+    def _verify_since(self, v: list[Verifier], trusted: int, root: bytes, workers: int | None,
+                      run: Any = None) -> VerifyReport:
         """Re-derive the segments from the last boundary at or below ``trusted`` on."""
         size = self.manifest["tree_size"]
         if trusted > size:
@@ -522,7 +523,7 @@ class Bundle(RecordReader):
             con.execute("SET TimeZone = 'UTC'")
             kinds = _create_views(con, self._table_files(fresh))
             return self._verify(v, fresh, workers, con=con, kinds=kinds, notes=notes, start=start,
-                                compact=compact or (), trusted=(trusted, root))
+                                compact=compact or (), trusted=(trusted, root), run=run)
         except duckdb.Error as e:
             report = VerifyReport(source=f"bundle {self.path}", events=self._size,
                                   verifier=", ".join(x.vkey for x in v), since=trusted)
@@ -533,8 +534,12 @@ class Bundle(RecordReader):
 
     def _verify(self, v: list[Verifier], segments: Sequence[Segment], workers: int | None, *, con=None,
                 kinds: set[str] | None = None, notes: Sequence[str] | None = None, start: int = 0,
-                compact: Sequence[bytes] = (), trusted: tuple[int, bytes] | None = None) -> VerifyReport:
-        """Verify ``segments`` (all by default) through ``con``'s views, then the manifest's files of them."""
+                compact: Sequence[bytes] = (), trusted: tuple[int, bytes] | None = None,
+                run: Any = None) -> VerifyReport:
+        """Verify ``segments`` (all by default) through ``con``'s views, then the manifest's files of them.
+
+        ``run``: what re-derives them, called as :func:`verify_source` (default; Dask: :mod:`.bundle_dask`).
+        """
         full = con is None
         src = DuckSource(self._con if full else con, origin=self.origin, description=f"bundle {self.path}",
                          kinds=self._kinds if full else kinds, has_nodes=False)
@@ -543,9 +548,9 @@ class Bundle(RecordReader):
         texts, problems = self._notes([n for n in notes if n != self._note_file])
         with self._lock:
             try:
-                report = verify_source(src, v, extra_notes=[self.note, *texts], workers=workers, start=start,
-                                       compact_range=compact, trusted=trusted,
-                                       check_tree=lambda tree: _check_segments(segments, tree))
+                report = (run or verify_source)(src, v, extra_notes=[self.note, *texts], workers=workers,
+                                                start=start, compact_range=compact, trusted=trusted,
+                                                check_tree=lambda tree: _check_segments(segments, tree))
             except _DECODE_ERRORS as e:  # hostile data past the open checks: fail closed, as a finding
                 report = VerifyReport(source=src.description, events=self._size,
                                       verifier=", ".join(x.vkey for x in v))

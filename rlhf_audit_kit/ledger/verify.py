@@ -67,7 +67,8 @@ from .checkpoint import SIG_PREFIX, Checkpoint, Verifier, _b64decode, key_name_w
 from .levels import TreeLevels, _binary, _TreeJob, compute_tree
 from .tree import ExtendedTree, TreeReader
 
-__all__ = ["Finding", "VerifyReport", "DuckSource", "verify_source", "resolve_verifiers",
+__all__ = ["Finding", "VerifyReport", "DuckSource", "verify_source", "derive_range", "Derived", "conclude",
+           "resolve_verifiers",
            "compute_tree", "TreeLevels", "DAMAGE_KINDS", "verify_inclusion_against",
            "verify_consistency_against"]
 
@@ -324,9 +325,14 @@ def _hash_col_array(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
 
 
 def _check_typed(source: Source, lp: pl.DataFrame, log_ok: bool, findings: list[Finding],
-                 timings: dict[str, float]) -> dict[str, pl.DataFrame]:
-    """Check (b); returns the typed frames read (the snapshot frame is used for checkpoints)."""
+                 timings: dict[str, float], groups: dict[int, str] | None = None) -> dict[str, pl.DataFrame]:
+    """Check (b); returns the typed frames read (the snapshot frame is used for checkpoints).
+
+    ``groups``: filled with finding index -> the kind whose check made it (``kind!`` when that
+    kind's rows do not even encode, which skips its other checks), so results of seq ranges combine.
+    """
     frames = {}
+    groups = {} if groups is None else groups
     known = list(KINDS)
     unknown = lp.filter(~pl.col("kind").is_in(known))
     if unknown.height:
@@ -335,6 +341,7 @@ def _check_typed(source: Source, lp: pl.DataFrame, log_ok: bool, findings: list[
     for kind_name in known:
         kind = KINDS[kind_name]
         t0 = time.perf_counter()
+        first = len(findings)
         typed = source.typed(kind_name)
         lk = lp.filter(pl.col("kind") == kind_name).select("seq", "ts", "entry")
         if typed.height == 0 and lk.height == 0:
@@ -349,6 +356,7 @@ def _check_typed(source: Source, lp: pl.DataFrame, log_ok: bool, findings: list[
                 bad = _unencodable_row(kind, typed)
                 findings.append(Finding("typed-row-mismatch",
                                         f"{kind_name} row cannot be encoded: {e}", bad))
+                groups[first] = f"{kind_name}!"
                 continue
             t_side = pl.DataFrame({"seq": typed["seq"], "t_ts": typed["ts"], "enc": enc})
         else:
@@ -365,6 +373,7 @@ def _check_typed(source: Source, lp: pl.DataFrame, log_ok: bool, findings: list[
                 findings.append(Finding("log-ts-mismatch", "log ts differs from the typed row's ts", s))
         else:
             _check_joined(kind_name, lk, t_side, findings)
+        groups.update(dict.fromkeys(range(first, len(findings)), kind_name))
         timings[f"typed:{kind_name}"] = time.perf_counter() - t0
     return frames
 
@@ -650,6 +659,88 @@ def _check_trusted(tree: Mapping[tuple[int, int], bytes], n: int, trusted: tuple
                                                                        f"trusted checkpoint {size:,}", None, new))
 
 
+@dataclass
+class Derived:
+    """What re-deriving the events of one seq range from its rows found (:func:`derive_range`).
+
+    ``findings``: checks (a)-(c) (seq order, typed rows, leaf hashes); ``groups[i]``: the kind whose
+    typed check made ``findings[i]`` (``kind!``: its rows do not encode), or ``""``. ``levels``: the
+    leaf hashes in seq order (level 0) and, unless derived with ``leaves_only``, every complete
+    node; ``bad``: the first bad seq of the seq column (None if it is exactly ``start..start+n-1``);
+    ``frames``: the typed rows read, by kind; ``stored_leaves``: the stored leaf hashes in seq order.
+    """
+
+    start: int
+    n: int
+    findings: list[Finding]
+    groups: list[str]
+    frames: dict[str, pl.DataFrame]
+    levels: TreeLevels
+    bad: int | None
+    sorted_seq: np.ndarray
+    leaf_bad: np.ndarray
+    stored_leaves: np.ndarray | None
+    stored_nodes: pa.Table | None
+    timings: dict[str, float]
+
+
+def derive_range(source: Source, *, start: int = 0, workers: int | None = None,
+                 leaves_only: bool = False) -> Derived:
+    """Re-derive the events of ``source`` (seq ``start`` on): seq order, typed rows re-encoded to
+    entries, leaf hashes against the stored ones, and the tree's hashes; nothing signed is checked.
+
+    The per-range half of :func:`verify_source`; a range's results depend on its rows only, so
+    ranges can be derived apart (the segments of a bundle on Dask: :mod:`rlhf_audit_kit.bundle_dask`).
+    ``workers``: hashing processes (see :func:`verify_source`).
+    """
+    timings: dict[str, float] = {}
+    findings: list[Finding] = []
+    groups: dict[int, str] = {}
+    t0 = time.perf_counter()
+    log = source.log()
+    n = log.num_rows
+    entries = _binary(log.column("entry"))
+    timings["read-log"] = time.perf_counter() - t0
+    seq = log.column("seq").to_numpy()
+    order, sorted_seq, bad = _seq_order(seq - start if start else seq)
+    if start:
+        sorted_seq, bad = sorted_seq + start, (None if bad is None else bad + start)
+    # hashing runs in workers while we re-encode
+    job = _TreeJob(entries, workers, order, leaves_only=leaves_only).start()
+    if bad is not None:
+        findings.append(Finding("seq-order", f"the log's seq column is not exactly {start}..{start + n - 1} "
+                                             "(missing, duplicated or forged rows)", bad))
+    lp = pl.from_arrow(log.select(["seq", "kind", "ts", "entry"]))
+    if order is not None:
+        lp = lp.sort("seq", maintain_order=True)
+    t0 = time.perf_counter()
+    frames = _check_typed(source, lp, bad is None, findings, timings, groups)
+    timings["typed"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    stored_nodes = source.nodes()
+    timings["read-nodes"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    levels = job.result()
+    timings["wait-hashing"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    leaf_bad = np.zeros(n, dtype=bool)
+    stored = None
+    if n:
+        stored, malformed = _hash_col_array(log.column("leaf_hash"))
+        if order is not None:
+            stored, malformed = stored[order], malformed[order]
+        leaf_bad = (stored != levels.level_array(0)).any(axis=1) | malformed
+        diff = np.flatnonzero(leaf_bad)
+        if len(diff):
+            s = int(sorted_seq[diff].min())
+            findings.append(Finding("leaf-hash-mismatch", "entry does not hash to its stored leaf_hash", s))
+    timings["compare-hashes"] = time.perf_counter() - t0
+    return Derived(start, n, findings, [groups.get(i, "") for i in range(len(findings))], frames, levels, bad,
+                   sorted_seq, leaf_bad, stored, stored_nodes, timings)
+
+
 def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] = (),
                   workers: int | None = None, start: int = 0, compact_range: Sequence[bytes] = (),
                   trusted: tuple[int, bytes] | None = None,
@@ -672,65 +763,41 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
     """
     verifiers = resolve_verifiers(verifier)
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    findings: list[Finding] = []
-
+    d = derive_range(source, start=start, workers=workers, leaves_only=bool(start))
     t0 = time.perf_counter()
-    log = source.log()
-    n = log.num_rows
-    entries = _binary(log.column("entry"))
-    timings["read-log"] = time.perf_counter() - t0
-    seq = log.column("seq").to_numpy()
-    order, sorted_seq, bad = _seq_order(seq - start if start else seq)
+    tree: Mapping[tuple[int, int], bytes] = d.levels
     if start:
-        sorted_seq, bad = sorted_seq + start, (None if bad is None else bad + start)
-    # hashing runs in workers while we re-encode (leaf hashes only when the tree extends a compact range)
-    job = _TreeJob(entries, workers, order, leaves_only=bool(start)).start()
-    log_ok = bad is None
-    if not log_ok:
-        findings.append(Finding("seq-order", f"the log's seq column is not exactly {start}..{start + n - 1} "
-                                             "(missing, duplicated or forged rows)", bad))
-    lp = pl.from_arrow(log.select(["seq", "kind", "ts", "entry"]))
-    if order is not None:
-        lp = lp.sort("seq", maintain_order=True)
-    t0 = time.perf_counter()
-    frames = _check_typed(source, lp, log_ok, findings, timings)
-    timings["typed"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    stored_nodes = source.nodes()
-    timings["read-nodes"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    levels = job.result()
-    tree: Mapping[tuple[int, int], bytes] = levels
-    if start:
-        flat = levels.level_array(0).tobytes() if n else b""
+        flat = d.levels.level_array(0).tobytes() if d.n else b""
         tree = ExtendedTree(start, compact_range, [flat[i:i + 32] for i in range(0, len(flat), 32)])
-    timings["wait-hashing"] = time.perf_counter() - t0
+    if d.stored_nodes is not None and not start:
+        _check_nodes(d.stored_nodes, d.levels, d.leaf_bad, d.findings)
+    d.timings["compare-hashes"] += time.perf_counter() - t0
+    return conclude(source, verifiers, d.findings, d.frames.get("snapshot"), tree, start=start, n=d.n, bad=d.bad,
+                    extra_notes=extra_notes, trusted=trusted, check_tree=check_tree, timings=d.timings,
+                    stored_nodes=d.stored_nodes, stored_leaves=d.stored_leaves, t_start=t_start)
+
+
+def conclude(source: Source, verifiers: list[Verifier], findings: list[Finding], snapshots: pl.DataFrame | None,
+             tree: Mapping[tuple[int, int], bytes], *, start: int, n: int, bad: int | None,
+             extra_notes: Sequence[str] = (), trusted: tuple[int, bytes] | None = None,
+             check_tree: Callable[[Mapping[tuple[int, int], bytes]], list[Finding]] | None = None,
+             timings: dict[str, float] | None = None, stored_nodes: pa.Table | None = None,
+             stored_leaves: np.ndarray | None = None, t_start: float | None = None) -> VerifyReport:
+    """The checks over the whole record, from what re-deriving its range(s) found: ``tree`` (a node
+    oracle of seq ``start..start+n-1``, see :func:`verify_source`) against the signed checkpoints
+    (``snapshots``: the snapshot rows; ``extra_notes``), the trusted one, and ``check_tree``; then
+    the first bad seq is named as :func:`verify_source` names it (``bad``: :attr:`Derived.bad`)."""
+    timings = {} if timings is None else timings
+    t_start = time.perf_counter() if t_start is None else t_start
     t0 = time.perf_counter()
-    leaf_bad = np.zeros(n, dtype=bool)
-    stored = None
-    if n:
-        stored, malformed = _hash_col_array(log.column("leaf_hash"))
-        if order is not None:
-            stored, malformed = stored[order], malformed[order]
-        leaf_bad = (stored != levels.level_array(0)).any(axis=1) | malformed
-        diff = np.flatnonzero(leaf_bad)
-        if len(diff):
-            s = int(sorted_seq[diff].min())
-            findings.append(Finding("leaf-hash-mismatch", "entry does not hash to its stored leaf_hash", s))
-    if stored_nodes is not None and not start:
-        _check_nodes(stored_nodes, levels, leaf_bad, findings)
     if check_tree is not None:
         findings += check_tree(tree)
-    timings["compare-hashes"] = time.perf_counter() - t0
-
+    timings["compare-hashes"] = timings.get("compare-hashes", 0.0) + time.perf_counter() - t0
     report = VerifyReport(source=source.description, events=start + n, findings=findings, timings=timings,
                           verifier=", ".join(v.vkey for v in verifiers), covered=(start, start + n))
     t0 = time.perf_counter()
-    _check_checkpoints(source, frames.get("snapshot"), list(extra_notes), verifiers, tree, start + n,
-                       findings, report, stored_nodes, stored)
+    _check_checkpoints(source, snapshots, list(extra_notes), verifiers, tree, start + n,
+                       findings, report, stored_nodes, stored_leaves)
     if trusted is not None:
         _check_trusted(tree, start + n, trusted, report)
     timings["checkpoints"] = time.perf_counter() - t0
