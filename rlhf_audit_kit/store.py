@@ -49,6 +49,7 @@ from .schema import KINDS, Kind
 from .reader import RecordReader, _quote, typed_columns
 from .single import check_event, entry_of
 from .validate import ROW, normalise
+from .write_lock import file_writer
 
 STORE_FORMAT = 1
 # merkle_node keeps every complete subtree (so verification can walk down a signed root to the
@@ -263,7 +264,15 @@ class AuditStore(RecordReader):
             raise AuditKitError(f"{self.path} is not an rlhf-audit-kit store of format {STORE_FORMAT}")
         self.store_id: str = meta["store_id"]
         self.origin: str = meta["origin"]
-        self._committed = _x(self._con, "SELECT count(*) FROM log")[0][0]
+        self._writer = None
+        if read_only:
+            self._committed = _x(self._con, "SELECT count(*) FROM log")[0][0]
+            return
+        self._writer = file_writer(self._real)
+        if not self._writer.refresh(lambda: _x(self._con, "SELECT count(*) FROM log")[0][0]):
+            raise StoreInUseError(f"{self.path}: another handle of this store kept writing for a minute; "
+                                  "use one store object per file (open_store returns the open one)", path=self._real)
+        self._committed = self._writer.size
 
     def _same_options(self, path, keys, origin, pseudonymize, memory_limit) -> "AuditStore":
         """Self, if a writer open_store() call asks for this store as it is open; else StoreInUseError."""
@@ -305,13 +314,8 @@ class AuditStore(RecordReader):
                     ("created_at", dt.datetime.now(dt.timezone.utc).isoformat())]
             for row in rows:
                 _x(con, "INSERT INTO meta VALUES (?, ?)", list(row))
-        # The next seq, which every write claims first (see _begin_write). Set from the log on open:
-        # only this process writes meanwhile, but another version of the kit may have written before.
-        _x(con, "CREATE TABLE IF NOT EXISTS write_claim (next_seq BIGINT NOT NULL)")
-        n = _x(con, "SELECT count(*) FROM log")[0][0]
-        if [r[0] for r in _x(con, "SELECT next_seq FROM write_claim")] != [n]:
-            _x(con, "DELETE FROM write_claim")
-            _x(con, "INSERT INTO write_claim VALUES (?)", [n])
+        # (Older stores hold a table ``write_claim``: an in-database seq claim, one UPDATE per write, which
+        # rlhf_audit_kit.write_lock replaced. It is left as it is and not read.)
 
     @property
     def _internal_write(self) -> bool:
@@ -457,7 +461,11 @@ class AuditStore(RecordReader):
         for i, (kind, _) in enumerate(items):
             by_kind.setdefault(kind.name, []).append(i)
         parts, self._root_parts = self._root_parts, None
-        start = self._begin_write(con, len(items))  # seq, uniqueness, tree edge: read in the transaction
+        # Under the file's write lock nothing else writes this file, so the seq, the uniqueness checks
+        # and the tree's right edge are read before the transaction begins; BEGIN then rides with the
+        # first insert. A DuckDB statement costs a fixed ~0.2-0.5 ms here, most of an append's time.
+        start = self._begin_write(con, len(items), begin=False)
+        committed = began = None
         try:
             for name, rows in by_kind.items():
                 self._check_unique_values(KINDS[name], rows, [items[i][1] for i in rows])
@@ -469,11 +477,19 @@ class AuditStore(RecordReader):
             for level, (first, hashes) in RightEdge(start, parts[1]).append(leaves).items():
                 known.update(((level, first + i), h) for i, h in enumerate(hashes))
             nodes = [(lv, i, known[(lv, i)]) for lv, i in sorted(known) if lv and (lv, i) not in parts[1]]
-            # scalar parameters in VALUES rows: binding list parameters for unnest() costs more than
-            # the insert itself for a handful of rows (measured: about half of an append's time)
-            _x(con, "INSERT INTO log (seq, kind, ts, entry, leaf_hash) VALUES "
-                    + ", ".join(["(?, ?, ?::TIMESTAMP, ?, ?)"] * len(items)),
-               [v for i, (k, _) in enumerate(items) for v in (start + i, k.name, ts, entries[i], leaves[i])])
+            # One call to DuckDB carries BEGIN and every insert: it binds parameters to the last
+            # statement of a call only, so the statements before it hold literals made only of our own
+            # integers, kind names, timestamps and hex digits (an entry's bytes as hex), never of text
+            # a user can shape; the typed rows, which hold user text, are the parameterised last one.
+            sql = ["BEGIN TRANSACTION"]
+            if nodes:
+                sql.append("INSERT INTO merkle_node VALUES " + ", ".join(
+                    f"({int(lv)}, {int(i)}, from_hex('{bytes(h).hex()}'))" for lv, i, h in nodes))
+            ts_sql = f"TIMESTAMP '{ts:%Y-%m-%d %H:%M:%S.%f}'"
+            sql.append("INSERT INTO log (seq, kind, ts, entry, leaf_hash) VALUES " + ", ".join(
+                f"({start + i}, '{k.name}', {ts_sql}, from_hex('{entries[i].hex()}'), from_hex('{leaves[i].hex()}'))"
+                for i, (k, _) in enumerate(items)))
+            typed = []
             for name, rows in by_kind.items():
                 kind = KINDS[name]
                 names = ", ".join(_quote(f.name) for f in kind.fields)
@@ -485,15 +501,24 @@ class AuditStore(RecordReader):
                         v = items[i][1][f.name]
                         params.append({"key": list(v), "value": list(v.values())}
                                       if v is not None and f.type.startswith("map_") else v)
-                _x(con, f"INSERT INTO {_quote(name)} (seq, ts, {names}) VALUES " + ", ".join([row_sql] * len(rows)),
-                   params)
-            if nodes:
-                _x(con, "INSERT INTO merkle_node VALUES " + ", ".join(["(?::UTINYINT, ?, ?)"] * len(nodes)),
-                   [v for node in nodes for v in node])
+                typed.append((f"INSERT INTO {_quote(name)} (seq, ts, {names}) VALUES "
+                              + ", ".join([row_sql] * len(rows)), params))
+            # scalar parameters in VALUES rows: binding list parameters for unnest() costs more than
+            # the insert itself for a handful of rows (measured: about half of an append's time)
+            began = True
+            for k, (query, params) in enumerate(typed):
+                _x(con, "; ".join([*sql, query]) if k == 0 else query, params)
             _x(con, "COMMIT")
+            committed = start + len(items)
         except BaseException:
-            _x(con, "ROLLBACK")
+            if began and committed is None:
+                try:
+                    _x(con, "ROLLBACK")
+                except duckdb.TransactionException:  # the failed call ended before its BEGIN took effect
+                    pass
             raise
+        finally:
+            self._end_write(committed)
         if self._node_cache is not None:
             self._node_cache.update(((lv, i), h) for lv, i, h in nodes if lv >= NODE_LEVEL)
         self._size = end = start + len(items)
@@ -535,32 +560,37 @@ class AuditStore(RecordReader):
         if self._con is None:
             raise AuditKitError(f"{self.path} is closed; open it again with open_store()")
 
-    def _begin_write(self, con, n: int) -> int:
-        """Begin the write transaction of ``n`` events; return the first seq, read inside it.
+    def _begin_write(self, con, n: int, *, begin: bool = True) -> int:
+        """Take the file's write lock and return the first seq of the next ``n`` events; with
+        ``begin``, also begin the transaction (``append`` folds BEGIN into its first insert).
+        Every path after this ends with :meth:`_end_write`.
 
-        The first statement claims the next ``n`` seqs by updating the one row of ``write_claim``:
-        DuckDB refuses a second transaction that updates that row before the first ends (or after it
-        started), so two handles of one file, which DuckDB's file lock cannot tell apart in one
-        process, can never write the same seq; the rest of the tree state is read after the claim.
+        The lock is the file's, shared by every handle of it in this process
+        (:mod:`rlhf_audit_kit.write_lock`): a second handle, which a reloaded module or a second copy
+        of the kit can make, never writes the same seq; it is refused while another one writes, and
+        reads the seq the other one left once it is done.
         """
-        _x(con, "BEGIN TRANSACTION")
-        try:
-            n = int(n)  # (DuckDB cannot prepare UPDATE ... RETURNING: an int of ours goes in as text)
-            size = _x(con, f"UPDATE write_claim SET next_seq = next_seq + {n} RETURNING next_seq - {n}")[0][0]
-        except duckdb.TransactionException as e:
-            _x(con, "ROLLBACK")
+        w = self._writer
+        if not w.try_acquire():
             raise StoreInUseError(
-                f"{self.path}: another handle of this store is writing at the same time ({e}); nothing "
-                "was written. Use one store object per file (open_store returns the open one)",
-                path=self._real) from None
+                f"{self.path}: another handle of this store is writing at the same time; nothing was "
+                "written. Use one store object per file (open_store returns the open one)", path=self._real)
+        try:
+            if begin:
+                _x(con, "BEGIN TRANSACTION")
+            size = w.size
         except BaseException:
-            _x(con, "ROLLBACK")
+            w.release()
             raise
         if size != self._committed:  # another handle wrote since: cached tree state is stale
             self._committed = size
             self._node_cache = None
             self._root_parts = None
         return size
+
+    def _end_write(self, committed: int | None) -> None:
+        """Release the file's write lock: ``committed`` is the new size after COMMIT, None after ROLLBACK."""
+        self._writer.release(committed)
 
     def _check_unique(self, kind: Kind, df: pl.DataFrame) -> None:
         for cols in kind.unique:
@@ -589,11 +619,12 @@ class AuditStore(RecordReader):
         bar = db = enc = None
         futures = []
         try:
-            # The seq, the uniqueness checks and the tree's right edge are read inside the transaction.
+            # The seq, the uniqueness checks and the tree's right edge are read under the file's lock.
             start = self._begin_write(con, n_total)
         except BaseException:
             _x(con, "SET preserve_insertion_order = true")
             raise
+        committed = None
         try:
             if guard is not None:
                 guard(con)
@@ -672,6 +703,7 @@ class AuditStore(RecordReader):
             for f in futures:
                 f.result()
             _x(con, "COMMIT")
+            committed = start + n_total
             if self._node_cache is not None:  # upper levels join the in-memory cache once committed
                 for t in new_nodes:
                     if t is not None:
@@ -680,11 +712,13 @@ class AuditStore(RecordReader):
                                                     t.column("hash").to_pylist()))
         except BaseException:
             self._node_cache = None  # reload from the table: the rolled-back nodes never happened
-            for f in futures:
-                f.exception()  # wait: the connection must be idle before the rollback
-            _x(con, "ROLLBACK")
+            if committed is None:
+                for f in futures:
+                    f.exception()  # wait: the connection must be idle before the rollback
+                _x(con, "ROLLBACK")
             raise
         finally:
+            self._end_write(committed)
             if enc is not None:
                 enc.shutdown(wait=True, cancel_futures=True)
                 db.shutdown(wait=True)

@@ -173,6 +173,52 @@ def test_concurrent_writes_through_two_handles_refuse_the_second(two_handles):
     assert b.extend(_batch(100, 2)) == range(3, 5)
 
 
+def test_the_write_lock_survives_a_reload_of_the_kit(two_handles):
+    """The lock table lives in sys.modules: a reloaded write_lock (as a second copy of the kit would
+    have) hands out the same lock, so the handles still serialise."""
+    import importlib
+
+    from rlhf_audit_kit import write_lock
+    a, b = two_handles
+    assert a._writer is b._writer
+    importlib.reload(write_lock)
+    assert write_lock.file_writer(a._real) is a._writer
+    assert a._writer.try_acquire()  # as if a copy of the kit were mid-write
+    try:
+        with pytest.raises(StoreInUseError, match="nothing was written"):
+            b.append(annotation(0))
+    finally:
+        a._writer.release()
+    assert b.append(annotation(0)) == 0 and a.append(annotation(1)) == 1 and _log_is_gap_free(a)
+
+
+def test_a_write_by_another_process_between_opens_is_seen(tmp_path):
+    """The next seq is re-read from the log whenever a store object opens the file."""
+    path = tmp_path / "audit.duckdb"
+    with open_store(path, pseudonymize=False) as s:
+        s.extend(_batch(0, 3))
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from factories import annotation; "
+            "from rlhf_audit_kit import open_store\n"
+            "with open_store(sys.argv[1], pseudonymize=False) as s: s.append(annotation(3))")
+    subprocess.run([sys.executable, "-c", code, str(path), os.path.dirname(__file__)], check=True)
+    with open_store(path, pseudonymize=False) as s:
+        assert s.append(annotation(4)) == 4 and _log_is_gap_free(s)
+
+
+def test_a_store_made_with_the_older_write_claim_table_keeps_its_seqs(tmp_path):
+    """Stores written before the process-wide lock carry a write_claim table; it is not read."""
+    import duckdb
+    path = tmp_path / "audit.duckdb"
+    with open_store(path, pseudonymize=False) as s:
+        s.extend(_batch(0, 2))
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE write_claim (next_seq BIGINT NOT NULL)")
+    con.execute("INSERT INTO write_claim VALUES (0)")  # stale on purpose
+    con.close()
+    with open_store(path, pseudonymize=False) as s:
+        assert s.append(annotation(2)) == 2 and s.extend(_batch(3, 2)) == range(3, 5) and _log_is_gap_free(s)
+
+
 # ------------------------------------------------------------------ privacy budget through two handles
 def _campaign(s):
     s.extend([annotation(i, annotator=f"w{i % 5}") for i in range(30)])
