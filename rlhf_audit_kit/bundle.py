@@ -48,8 +48,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from .bundle_files import (Limits, check_name, check_parquet, duckdb_path, file_digest, open_file, read_small,
-                           show_name, unlisted)
+from .bundle_files import BundleFiles, Limits, check_name, is_url, show_name, shown_url
 from .errors import AuditKitError, BundleError, KeysError, SignatureError
 from .ledger.checkpoint import Checkpoint, Verifier, verify_checkpoint
 from .ledger.merkle import EMPTY_ROOT
@@ -79,8 +78,11 @@ def _sql_str(s: str | os.PathLike) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
-def is_bundle(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a folder with an entry named ``manifest.json`` (of any type: opening checks it)."""
+def is_bundle(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> bool:
+    """True if ``path`` is a folder (or an fsspec URL) with an entry named ``manifest.json`` (of any
+    type: opening checks it). For a URL, errors reaching the store (credentials, network) raise."""
+    if is_url(path):
+        return BundleFiles(path, storage_options).exists(MANIFEST_FILE)
     return Path(path).is_dir() and os.path.lexists(Path(path) / MANIFEST_FILE)
 
 
@@ -199,20 +201,28 @@ class Bundle(RecordReader):
 
     The manifest is read once: a bundle opened while a writer extends the folder keeps reading
     (and verifying) what that manifest names, which is never rewritten.
+
+    A bundle on object storage opens from its fsspec URL (``s3://bucket/bundle``, ``gs://``,
+    ``memory://``) with the same checks, ``storage_options`` passed to the file system; ``url`` is
+    that URL (or a local bundle's real path) and ``storage_options`` the options, so that other
+    processes (Dask workers) can open the same files (:class:`~rlhf_audit_kit.bundle_files.BundleFiles`,
+    ``files``). ``path`` is the folder (a Path), or for a URL the URL as shown (no credentials).
     """
 
-    def __init__(self, path: str | os.PathLike, *, limits: Limits | None = None, _manifest: bytes | None = None,
+    def __init__(self, path: str | os.PathLike, *, limits: Limits | None = None,
+                 storage_options: dict[str, Any] | None = None, _manifest: bytes | None = None,
                  _from: int | None = None):
-        self.path = Path(path)
         self.limits = limits or Limits()
-        if not self.path.is_dir():
+        self.files = BundleFiles(path, storage_options, self.limits)
+        #: the fsspec URL, or the local folder's real path; and the options its file system takes
+        self.url, self.storage_options = self.files.url, self.files.storage_options
+        self.path: Path | str = Path(path) if self.files.local else self.files.shown
+        if self.files.local and not self.path.is_dir():
             raise BundleError(f"{self.path} is not a snapshot bundle folder", damage="malformed-bundle")
-        # the caller's own path may hold links; inside the bundle nothing is followed
-        self._root = Path(os.path.realpath(self.path))
         self._candidate = _manifest is not None  # the exporter's manifest, not yet published
         try:
-            raw = _manifest if _manifest is not None else read_small(self._root, MANIFEST_FILE,
-                                                                     self.limits.max_manifest_bytes)
+            raw = _manifest if _manifest is not None else self.files.read_small(MANIFEST_FILE,
+                                                                                self.limits.max_manifest_bytes)
         except FileNotFoundError:
             raise BundleError(f"{self.path} is not a snapshot bundle (no {MANIFEST_FILE})") from None
         self.manifest: dict[str, Any] = _parse_manifest(raw)
@@ -229,9 +239,11 @@ class Bundle(RecordReader):
         # _from (the exporter's own use): open only the segments from that seq on, the earlier ones unread
         self._from = 0 if _from is None else min(_from, self.manifest["tree_size"])
         opened = [s for s in self.segments if s.start >= self._from]
+        if _from is None and not self.files.local:
+            self.files.list_files()  # one listing instead of a request per file named
         self._missing = self._check_files(None if _from is None else [
             *(f for s in opened for f in s.files), *(n for n, i in self.manifest["files"].items() if "table" not in i)])
-        self._con = duckdb.connect(":memory:")
+        self._con = self.files.connect()
         try:
             self._con.execute("SET TimeZone = 'UTC'")
             self._kinds = _create_views(self._con, self._table_files(opened))
@@ -247,7 +259,7 @@ class Bundle(RecordReader):
 
     def _text(self, name: str, *, required: bool = False) -> str | None:
         try:
-            raw = read_small(self._root, name, self.limits.max_text_bytes)
+            raw = self.files.read_small(name, self.limits.max_text_bytes)
         except FileNotFoundError:
             if required:
                 raise BundleError(f"{name} is missing from the bundle", damage="malformed-bundle", file=name) from None
@@ -286,15 +298,15 @@ class Bundle(RecordReader):
         for name in (files if names is None else names):
             info = files[name]
             try:
-                os.close(open_file(self._root, name))  # type and link checks; nothing is read
+                size = self.files.size(name)  # type and link checks; nothing is read
             except FileNotFoundError:
                 missing.add(name)
                 continue
             if "table" in info:
-                cost = check_parquet(self._root, name, lim)
+                cost = self.files.check_parquet(name)
                 decoded += cost.decoded_bytes
                 self._columns[name] = cost.columns
-            on_disk += os.lstat(self._root / name).st_size
+            on_disk += size
             if max(on_disk, decoded) > lim.max_total_bytes:
                 raise BundleError(f"the bundle's files exceed {lim.max_total_bytes:,} bytes (on disk or decoded); "
                                   "refused before decoding (pass larger limits to open it)", damage="oversized",
@@ -311,7 +323,7 @@ class Bundle(RecordReader):
         for seg in segments:
             for name in seg.files:
                 if name not in self._missing:
-                    out.setdefault(info[name]["table"], []).append((duckdb_path(self._root, name),
+                    out.setdefault(info[name]["table"], []).append((self.files.duckdb_path(name),
                                                                     self._columns.get(name, ())))
         return out
 
@@ -401,7 +413,7 @@ class Bundle(RecordReader):
                 return cursor_sql(self._con, query, params)
             except duckdb.Error as e:
                 # DuckDB's own errors about reading the files (not the query's): the bundle's data
-                if type(e) in (duckdb.Error, duckdb.IOException, duckdb.InternalException) or str(self._root) in str(e):
+                if type(e) in (duckdb.Error, duckdb.IOException, duckdb.InternalException) or self.url in str(e):
                     raise BundleError(f"the bundle's data does not decode ({_one_line(e)}); run verify",
                                       damage="malformed-bundle") from None
                 raise
@@ -518,7 +530,7 @@ class Bundle(RecordReader):
         compact = next((s.compact_range for s in self.segments if s.end == start), ())
         fresh = [s for s in self.segments if s.start >= start]
         notes = [s.note for s in self.segments if s.end >= start] if self.format == FORMAT_V2 else []
-        con = duckdb.connect(":memory:")
+        con = self.files.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
             kinds = _create_views(con, self._table_files(fresh))
@@ -581,7 +593,7 @@ class Bundle(RecordReader):
         for name in (m["files"] if names is None else names):  # names were checked when the bundle was opened
             info = m["files"][name]
             try:
-                digest, size = file_digest(self._root, name)
+                digest, size = self.files.digest(name)
             except FileNotFoundError:
                 problems.append(f"{name} is missing")
                 continue
@@ -594,10 +606,12 @@ class Bundle(RecordReader):
             report.findings.append(Finding("manifest-mismatch", "; ".join(problems)))
         # witnesses' cosigned notes live in cosignatures/ (read by rlhf_audit_kit.ledger.witness): not bundle files
         listed = [*m["files"], MANIFEST_FILE] + ([NOTE_FILE] if self.format == FORMAT_V2 else [])
-        stray = [n for n in unlisted(self._root, listed) if n not in _NOT_BUNDLE_FILES]
-        if self.format == FORMAT_V2:  # a segments/ folder the manifest names nothing in yet: look inside
-            stray = [x for n in stray for x in _folder_entries(self._root, n)]
-        later = set(later_files(self._root, stray, m["tree_size"])) if self.format == FORMAT_V2 else set()
+        # a segments/ folder the manifest names nothing in yet: look inside
+        expand = (SEGMENT_DIR, CHECKPOINT_DIR) if self.format == FORMAT_V2 else ()
+        stray = [n for n in self.files.unlisted(listed, expand=expand) if n not in _NOT_BUNDLE_FILES]
+        if expand and self.files.local:
+            stray = [x for n in stray for x in _folder_entries(self.files.root, n)]
+        later = set(later_files(self.files, stray, m["tree_size"])) if self.format == FORMAT_V2 else set()
         report.later_files = sorted(later)
         stray = [n for n in stray if n not in later]
         if stray:
@@ -712,32 +726,39 @@ def _check_segments(segments: Sequence[Segment], tree: Mapping[tuple[int, int], 
     return out
 
 
-def open_bundle(folder: str | os.PathLike, *, limits: Limits | None = None) -> Bundle:
+def open_bundle(folder: str | os.PathLike, *, limits: Limits | None = None,
+                storage_options: dict[str, Any] | None = None) -> Bundle:
     """Open a snapshot bundle read-only (nothing is verified until :meth:`Bundle.verify`).
 
+    ``folder``: a local folder, or an fsspec URL (``s3://bucket/bundle``, ``gs://``, ``memory://``)
+    whose file system gets ``storage_options`` (credentials: from its usual environment and config).
     Raises :class:`~rlhf_audit_kit.errors.BundleError` for a bundle that cannot be read safely
     (see :class:`Bundle`); ``limits`` (:class:`~rlhf_audit_kit.bundle_files.Limits`) raises the size limits.
+
+    >>> # open_bundle("s3://audit/run-7", storage_options={"profile": "auditor"}).verify(key)
     """
-    return Bundle(folder, limits=limits)
+    return Bundle(folder, limits=limits, storage_options=storage_options)
 
 
 def verify_bundle(folder: str | os.PathLike, verifier: Any, *, workers: int | None = None,
-                  limits: Limits | None = None, since: Any = None, scheduler: Any = None) -> VerifyReport:
+                  limits: Limits | None = None, since: Any = None, scheduler: Any = None,
+                  storage_options: dict[str, Any] | None = None) -> VerifyReport:
     """Open and verify a bundle against the pinned ``verifier``; never raises for a damaged bundle.
 
     A bundle refused when opening (:class:`~rlhf_audit_kit.errors.BundleError`) is a failed report
     with that one finding, so callers handle every hostile bundle the same way. ``since``: see
     :meth:`Bundle.verify` (a ``since`` that is no trusted checkpoint of this log raises); ``scheduler``:
-    verify on a Dask cluster (:meth:`Bundle.verify`).
+    verify on a Dask cluster (:meth:`Bundle.verify`). ``folder`` may be an fsspec URL (:func:`open_bundle`).
 
     >>> verify_bundle("/nonexistent", "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").damage
     'malformed-bundle'
     """
     vs = resolve_verifiers(verifier)
     try:
-        bundle = Bundle(folder, limits=limits)
+        bundle = Bundle(folder, limits=limits, storage_options=storage_options)
     except BundleError as e:
-        return VerifyReport(source=f"bundle {folder}", events=0, verifier=", ".join(v.vkey for v in vs),
+        shown = shown_url(folder) if is_url(folder) else folder
+        return VerifyReport(source=f"bundle {shown}", events=0, verifier=", ".join(v.vkey for v in vs),
                             findings=[Finding(e.damage, str(e))])
     with bundle:
         return bundle.verify(vs, workers=workers, since=since, scheduler=scheduler)

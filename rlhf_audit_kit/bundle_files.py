@@ -32,11 +32,13 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
-from .errors import BundleError
+from .errors import AuditKitError, BundleError
 
 __all__ = ["Limits", "check_name", "open_file", "read_small", "file_digest", "unlisted", "check_parquet",
-           "ParquetCost", "duckdb_path", "show_name"]
+           "check_parquet_file", "ParquetCost", "duckdb_path", "show_name", "BundleFiles", "is_url",
+           "read_bundle_parquet"]
 
 _NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _MAX_DEPTH = 4
@@ -328,7 +330,15 @@ def _pages(fh, col, data_end: int) -> Iterator[int]:
 
 
 def check_parquet(root: Path, name: str, limits: Limits) -> ParquetCost:
-    """Rows and decoded size of a bundle Parquet file, from its footer and page headers only.
+    """Rows and decoded size of bundle Parquet file ``name`` in local folder ``root``; see
+    :func:`check_parquet_file`."""
+    with os.fdopen(open_file(root, name), "rb") as fh:
+        return check_parquet_file(fh, os.fstat(fh.fileno()).st_size, name, limits)
+
+
+def check_parquet_file(fh: BinaryIO, size: int, name: str, limits: Limits) -> ParquetCost:
+    """Rows and decoded size of the Parquet file open as ``fh`` (``size`` bytes), from its footer and
+    page headers only (a local file or an fsspec one: only ``seek`` and ``read`` are used).
 
     Raises :class:`BundleError`: ``oversized`` if a page (so a value) or the footer exceeds the
     limits, ``malformed-bundle`` if the file is not Parquet or its chunks point outside it,
@@ -340,47 +350,361 @@ def check_parquet(root: Path, name: str, limits: Limits) -> ParquetCost:
     def bad(msg: str, damage: str = "malformed-bundle") -> BundleError:
         return BundleError(f"{name}: {msg}; refused before decoding", damage=damage, file=name)
 
-    with os.fdopen(open_file(root, name), "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size < 12:
-            raise bad("not a Parquet file")
-        fh.seek(size - 8)
-        tail = fh.read(8)
-        if tail[4:] != b"PAR1":
-            raise bad("not a Parquet file (or an encrypted one)")
-        footer = int.from_bytes(tail[:4], "little")
-        if footer > size - 12:
-            raise bad("its footer length exceeds the file")
-        if footer > limits.max_footer_bytes:
-            raise bad(f"its footer has {footer:,} bytes, more than {limits.max_footer_bytes:,}", "oversized")
-        try:
-            fh.seek(0)
-            meta = pq.ParquetFile(fh).metadata  # the footer only
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise bad(f"its footer does not parse ({type(e).__name__})") from None
-        data_end = size - 8 - footer
-        total = largest = pages = 0
-        try:
-            for g in range(meta.num_row_groups):
-                group = meta.row_group(g)
-                for c in range(group.num_columns):
-                    col = group.column(c)
-                    if col.file_path:
-                        raise bad("a column chunk refers to data in another file", "unsafe-file")
-                    for decoded in _pages(fh, col, data_end):
-                        pages += 1
-                        largest = max(largest, decoded)
-                        total += decoded
-                        if decoded > limits.max_page_bytes:
-                            raise bad(f"a page decodes to {decoded:,} bytes, more than the {limits.max_page_bytes:,} "
-                                      "allowed for one page (one entry)", "oversized")
-                        if total > limits.max_total_bytes or pages > limits.max_pages:
-                            raise bad(f"its pages decode to more than {limits.max_total_bytes:,} bytes "
-                                      f"or {limits.max_pages:,} pages", "oversized")
-        except (ValueError, TypeError) as e:  # odd metadata values (None offsets, wrong Thrift types)
-            raise bad(show_name(str(e), 120)) from None
+    if size < 12:
+        raise bad("not a Parquet file")
+    fh.seek(size - 8)
+    tail = fh.read(8)
+    if tail[4:] != b"PAR1":
+        raise bad("not a Parquet file (or an encrypted one)")
+    footer = int.from_bytes(tail[:4], "little")
+    if footer > size - 12:
+        raise bad("its footer length exceeds the file")
+    if footer > limits.max_footer_bytes:
+        raise bad(f"its footer has {footer:,} bytes, more than {limits.max_footer_bytes:,}", "oversized")
+    try:
+        fh.seek(0)
+        meta = pq.ParquetFile(fh).metadata  # the footer only
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise bad(f"its footer does not parse ({type(e).__name__})") from None
+    data_end = size - 8 - footer
+    total = largest = pages = 0
+    try:
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                col = group.column(c)
+                if col.file_path:
+                    raise bad("a column chunk refers to data in another file", "unsafe-file")
+                for decoded in _pages(fh, col, data_end):
+                    pages += 1
+                    largest = max(largest, decoded)
+                    total += decoded
+                    if decoded > limits.max_page_bytes:
+                        raise bad(f"a page decodes to {decoded:,} bytes, more than the {limits.max_page_bytes:,} "
+                                  "allowed for one page (one entry)", "oversized")
+                    if total > limits.max_total_bytes or pages > limits.max_pages:
+                        raise bad(f"its pages decode to more than {limits.max_total_bytes:,} bytes "
+                                  f"or {limits.max_pages:,} pages", "oversized")
+    except (ValueError, TypeError) as e:  # odd metadata values (None offsets, wrong Thrift types)
+        raise bad(show_name(str(e), 120)) from None
     try:
         columns = tuple(dict.fromkeys(meta.schema.column(i).path.split(".")[0] for i in range(meta.num_columns)))
     except (pa.ArrowException, ValueError, TypeError) as e:
         raise bad(f"its schema does not parse ({type(e).__name__})") from None
     return ParquetCost(meta.num_rows, total, largest, columns)
+
+
+# ---------------------------------------------------------------- where a bundle lives: a folder or an fsspec URL
+#: Protocols whose object PUT is atomic (an object appears whole or not at all, also for multipart
+#: uploads): writers put files in place there; elsewhere they write aside and move.
+ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+_GLOB = re.compile(r"[\[*?{]")
+_PAGE_BLOCK = 1 << 20  # read-ahead of a remote Parquet file: page headers come a few per request
+
+
+def _local_path(location: str | os.PathLike) -> str | None:
+    """The local path ``location`` names (a path, or a ``file://`` URL), or None for another URL."""
+    if not isinstance(location, str):
+        return os.fspath(location)
+    if "://" not in location:
+        return location
+    protocol, rest = location.split("://", 1)
+    return rest if protocol in ("file", "local") else None
+
+
+def is_url(location: object) -> bool:
+    """True if ``location`` is an fsspec URL of a non-local file system (``s3://b/x``, ``memory://x``).
+
+    Plain paths and ``file://`` URLs are local folders, read with every check of this module.
+
+    >>> is_url("s3://bucket/bundle"), is_url("file:///tmp/b"), is_url("bundle/")
+    (True, False, False)
+    """
+    return isinstance(location, str) and _local_path(location) is None
+
+
+def shown_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part: a URL may carry credentials, which are never shown.
+
+    >>> shown_url("https://me:s3cret@host/b"), shown_url("s3://bucket/b")
+    ('https://host/b', 's3://bucket/b')
+    """
+    return re.sub(r"(://)[^/@]*@", r"\1", url)
+
+
+class BundleFiles:
+    """The files of one bundle, in a local folder or behind an fsspec URL, read only as this module allows.
+
+    A local folder (a path or a ``file://`` URL) is read with :func:`open_file` and its siblings: no
+    link followed, regular files only. Any other URL (``s3://``, ``gs://``, ``memory://``) is read
+    through fsspec: an object store has no links, FIFOs or devices, so a named entry must be a file
+    (an object, not a prefix); manifest and notes are read with a byte limit, and every Parquet file
+    is checked with :func:`check_parquet_file` before anything decodes it. ``storage_options`` go to
+    the file system (credentials normally come from its own environment and config files); they are
+    never shown: ``repr`` names only the URL, without a ``user:password@`` part.
+
+    Picklable: the file system is made again from ``url`` and ``storage_options`` where the object
+    is unpickled (a Dask worker), so ship this object, not an open file.
+
+    >>> files = BundleFiles("memory://doc-example/bundle")
+    >>> files.fs.pipe_file(files.path("manifest.json"), b"{}")
+    >>> files.read_small("manifest.json", 100), files.url, files.local
+    (b'{}', 'memory://doc-example/bundle', False)
+    >>> files.read_small("manifest.json", 1)
+    Traceback (most recent call last):
+    ...
+    rlhf_audit_kit.errors.BundleError: manifest.json has 2 bytes, more than the 1 allowed; refused
+    """
+
+    def __init__(self, location: str | os.PathLike, storage_options: dict[str, Any] | None = None,
+                 limits: Limits | None = None):
+        if not isinstance(location, (str, os.PathLike)):
+            raise TypeError(f"a bundle location is a path or a URL, not {type(location).__name__}")
+        local = _local_path(location)
+        self.limits = limits or Limits()
+        self.local = local is not None
+        self._fs: Any = None
+        self._root = ""
+        self._listing: dict[str, dict] | None = None
+        if self.local:
+            #: the local real path (the caller's own path may hold links; inside the bundle none is followed)
+            self.url: str = os.path.realpath(local)
+            self.storage_options: dict[str, Any] = {}
+        else:
+            self.url = location.rstrip("/")
+            self.storage_options = dict(storage_options or {})
+            if _GLOB.search(self.url.split("://", 1)[1]):  # fsspec and DuckDB would expand them
+                raise AuditKitError(f"the bundle URL {shown_url(self.url)!r} holds a glob character ([, *, ?, {{); "
+                                    "refused (copy the bundle under a plain name)")
+
+    # ------------------------------------------------------------ identity
+    @property
+    def shown(self) -> str:
+        """The location as shown to people: the local path, or the URL without credentials."""
+        return self.url if self.local else shown_url(self.url)
+
+    @property
+    def root(self) -> Path:
+        """The local folder (local bundles only)."""
+        if not self.local:
+            raise AuditKitError(f"{self.shown} is not a local folder")
+        return Path(self.url)
+
+    @property
+    def protocol(self) -> str:
+        """``file`` for a local folder, else the URL's protocol (``s3``, ``memory``, ...)."""
+        return "file" if self.local else self.url.split("://", 1)[0].split("::")[-1]
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system (made on first use, also after unpickling)."""
+        if self._fs is None:
+            import fsspec.core
+            if self.local:
+                self._fs, self._root = fsspec.filesystem("file"), self.url
+            else:
+                try:
+                    self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+                except (ImportError, ValueError, TypeError) as e:  # unknown protocol, missing package, bad option
+                    raise AuditKitError(f"cannot open {self.shown}: {show_name(str(e), 200)}") from None
+                self._root = self._root.rstrip("/")
+        return self._fs
+
+    def path(self, name: str) -> str:
+        """The file system path of bundle file ``name`` (checked to be a plain name inside the bundle first)."""
+        check_name(name)
+        if self.local:
+            return os.path.join(self.url, name)
+        self.fs
+        return f"{self._root}/{name}"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fs": None, "_listing": None}
+
+    def __repr__(self) -> str:
+        return f"BundleFiles({self.shown!r})"
+
+    # ------------------------------------------------------------ reading (every name checked first)
+    def _remote(self, name: str, call):
+        """``call()`` with the file system's errors as the kit's: missing stays FileNotFoundError."""
+        try:
+            return call()
+        except (FileNotFoundError, PermissionError, AuditKitError):
+            raise
+        except IsADirectoryError:
+            raise BundleError(f"{name} is a folder, not a file of the bundle; refused without reading it",
+                              damage="unsafe-file", file=name) from None
+        except Exception as e:  # noqa: BLE001 - network, credentials, odd objects: one line, no traceback
+            raise AuditKitError(f"cannot read {name} of {self.shown} ({show_name(f'{type(e).__name__}: {e}', 200)})"
+                                ) from None
+
+    def _info(self, name: str, *, fresh: bool = False) -> dict:
+        full = self.path(name)
+        info = None if fresh or self._listing is None else self._listing.get(full)
+        if info is None:
+            def head():
+                self.fs.invalidate_cache(full)  # the manifest and checkpoint.note are replaced: no stale listing
+                return self.fs.info(full)
+            info = self._remote(name, head)
+        if info.get("type") != "file":
+            what = "a folder" if info.get("type") == "directory" else f"an entry of type {show_name(info.get('type'), 20)}"
+            raise BundleError(f"{name} is {what}, not a file of the bundle; refused without reading it",
+                              damage="unsafe-file", file=name)
+        if type(info.get("size")) is not int or info["size"] < 0:
+            raise BundleError(f"{name} has no size; refused without reading it", damage="malformed-bundle", file=name)
+        return info
+
+    def list_files(self) -> dict[str, int]:
+        """``{name: size}`` of every object under the bundle (remote only; one listing, kept for :meth:`size`)."""
+        def find():
+            self.fs.invalidate_cache(self._root)
+            return self.fs.find(self._root, withdirs=True, detail=True)
+        found = self._remote("the bundle's listing", find)
+        self._listing = {k.rstrip("/"): v for k, v in found.items()}
+        cut = len(self._root) + 1
+        return {k[cut:]: v.get("size", 0) for k, v in self._listing.items()
+                if v.get("type") == "file" and k.startswith(self._root + "/")}
+
+    def size(self, name: str) -> int:
+        """Bytes of bundle file ``name``: BundleError unless it is a regular file (an object, remotely)."""
+        if self.local:
+            with os.fdopen(open_file(self.root, name), "rb") as fh:
+                return os.fstat(fh.fileno()).st_size
+        return self._info(name)["size"]
+
+    def exists(self, name: str) -> bool:
+        """True if an entry ``name`` exists (of any type: reading it checks the type)."""
+        if self.local:
+            return os.path.lexists(self.path(name))
+        full = self.path(name)
+
+        def look() -> bool:
+            self.fs.invalidate_cache(full)
+            return self.fs.exists(full)
+        return bool(self._remote(name, look))
+
+    def is_regular(self, name: str) -> bool:
+        """True if ``name`` is a regular file (lstat locally: no link followed)."""
+        try:
+            if self.local:
+                return stat.S_ISREG(os.lstat(self.path(name)).st_mode)
+            self._info(name)
+            return True
+        except (FileNotFoundError, BundleError):
+            return False
+
+    def open(self, name: str, *, block_size: int = _PAGE_BLOCK) -> BinaryIO:
+        """Bundle file ``name`` opened for binary reading (the caller closes it); checked as :meth:`size`."""
+        if self.local:
+            return os.fdopen(open_file(self.root, name), "rb")
+        self._info(name)
+        return self._remote(name, lambda: self.fs.open(self.path(name), "rb", block_size=block_size,
+                                                       cache_type="readahead"))
+
+    def read_small(self, name: str, limit: int) -> bytes:
+        """The bytes of a small bundle file (manifest, note, key); BundleError ``oversized`` past ``limit``."""
+        if self.local:
+            return read_small(self.root, name, limit)
+        size = self._info(name, fresh=True)["size"]
+        data = b"" if size > limit else self._remote(name, lambda: self.fs.cat_file(self.path(name), start=0,
+                                                                                    end=limit + 1))
+        if size > limit or len(data) > limit:
+            raise BundleError(f"{name} has {max(size, len(data)):,} bytes, more than the {limit:,} allowed; refused",
+                              damage="oversized", file=name)
+        return data
+
+    def digest(self, name: str) -> tuple[str, int]:
+        """SHA-256 (hex) and size of bundle file ``name``."""
+        if self.local:
+            return file_digest(self.root, name)
+        h, n = hashlib.sha256(), 0
+        with self.open(name, block_size=8 << 20) as fh:
+            while chunk := self._remote(name, lambda: fh.read(1 << 22)):
+                h.update(chunk)
+                n += len(chunk)
+        return h.hexdigest(), n
+
+    def check_parquet(self, name: str) -> ParquetCost:
+        """:func:`check_parquet_file` on bundle file ``name`` (footer and page headers only)."""
+        if self.local:
+            return check_parquet(self.root, name, self.limits)
+        size = self.size(name)
+        with self.open(name) as fh:
+            return self._remote(name, lambda: check_parquet_file(fh, size, name, self.limits))
+
+    def read_parquet(self, name: str, columns: list[str] | None = None) -> tuple[Any, str]:
+        """``(pyarrow Table, SHA-256 hex)`` of bundle Parquet file ``name``.
+
+        The file is read once; the very bytes decoded are first checked (:func:`check_parquet_file`)
+        and hashed, so compare the digest with the manifest's: nothing can change in between.
+        """
+        import io
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        size = self.size(name)
+        if size > self.limits.max_total_bytes:
+            raise BundleError(f"{name} has {size:,} bytes, more than {self.limits.max_total_bytes:,}; refused",
+                              damage="oversized", file=name)
+        with self.open(name, block_size=8 << 20) as fh:
+            data = self._remote(name, lambda: fh.read(self.limits.max_total_bytes + 1))
+        check_parquet_file(io.BytesIO(data), len(data), name, self.limits)
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=columns)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise BundleError(f"{name} does not decode ({show_name(str(e), 120)})", file=name) from None
+        return table, hashlib.sha256(data).hexdigest()
+
+    def unlisted(self, names: Iterable[str], *, expand: Iterable[str] = ()) -> list[str]:
+        """Entries under the bundle that ``names`` does not list; see :func:`unlisted`.
+
+        Remotely from one listing: an unlisted object is named at the first level of its path that is
+        not a folder of a listed name (or one of ``expand``), as :func:`unlisted` names a local entry.
+        """
+        if self.local:
+            return unlisted(self.root, names)
+        listed = set(names)
+        folders = {n.rsplit("/", k)[0] for n in listed for k in range(1, n.count("/") + 1)} | set(expand)
+        out = set()
+        for rel in self.list_files():
+            if rel in listed:
+                continue
+            parts = rel.split("/")
+            out.add(next(("/".join(parts[:i]) for i in range(1, len(parts)) if "/".join(parts[:i]) not in folders),
+                         rel))
+        return sorted(out)
+
+    # ------------------------------------------------------------ DuckDB
+    def duckdb_path(self, name: str) -> str:
+        """The path DuckDB reads bundle file ``name`` by (glob characters escaped locally)."""
+        if self.local:
+            return duckdb_path(self.url, name)
+        return self.fs.unstrip_protocol(self.path(name))
+
+    def connect(self) -> Any:
+        """An in-memory DuckDB connection that reads this bundle's files by :meth:`duckdb_path`.
+
+        Remotely through this fsspec file system (``register_filesystem``), and never through an
+        extension DuckDB would load (or download) for the protocol on its own.
+        """
+        import duckdb
+        con = duckdb.connect(":memory:")
+        try:
+            if not self.local:
+                con.execute("SET autoinstall_known_extensions = false")
+                con.execute("SET autoload_known_extensions = false")
+                con.register_filesystem(self.fs)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+
+def read_bundle_parquet(url: str, storage_options: dict[str, Any] | None, name: str, limits: Limits | None = None,
+                        columns: list[str] | None = None) -> tuple[Any, str]:
+    """``(pyarrow Table, SHA-256 hex)`` of Parquet file ``name`` of the bundle at ``url`` (see
+    :meth:`BundleFiles.read_parquet`): a plain function for a Dask worker, given what pickles well.
+
+    >>> # client.submit(read_bundle_parquet, bundle.url, bundle.storage_options, seg.log_file, bundle.limits)
+    """
+    return BundleFiles(url, storage_options, limits).read_parquet(name, columns)

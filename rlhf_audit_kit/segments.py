@@ -33,13 +33,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle_files import show_name
+from .bundle_files import BundleFiles, show_name
 from .errors import BundleError
 from .ledger.tree import compact_range_nodes
 from .schema import KINDS
@@ -188,22 +187,21 @@ def parse_segments(m: Mapping[str, Any]) -> list[Segment]:
     return out
 
 
-def later_files(root: Path, names: Iterable[str], tree_size: int) -> list[str]:
-    """Of ``names`` (unlisted entries of a bundle), the regular files of a later publication.
+def later_files(root: Path | BundleFiles, names: Iterable[str], tree_size: int) -> list[str]:
+    """Of ``names`` (unlisted entries of a bundle folder or :class:`BundleFiles`), the regular files
+    of a later publication.
 
     Segment files starting at or after ``tree_size`` and notes of larger sizes are what an export
     writes before it replaces the manifest: a reader that opened the bundle earlier sees them. They
     are not read; anything else unlisted stays a finding. Checked with ``lstat`` (no link followed).
     """
+    files = root if isinstance(root, BundleFiles) else BundleFiles(root)
     out = []
     for name in names:
         seg, cp = parse_segment_file(name), parse_checkpoint_file(name)
         if (seg is not None and seg[1] >= tree_size and seg[2] > seg[1]) or (cp is not None and cp > tree_size):
-            try:
-                if stat.S_ISREG(os.lstat(root / name).st_mode):
-                    out.append(name)
-            except FileNotFoundError:
-                pass
+            if files.is_regular(name):
+                out.append(name)
     return out
 
 
