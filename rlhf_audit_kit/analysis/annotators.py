@@ -680,8 +680,12 @@ def annotator_drift(
     two-proportion z-test, ``first_last_p``), and a Cochran-Armitage test for a linear trend of
     agreement over *all* their windows gives ``drift_p`` (it uses every label, so it detects a
     gradual decline sooner than the two end windows alone), Holm-adjusted across the
-    annotators tested. ``drifting`` needs a downward trend with ``drift_p_adj < alpha`` *and*
-    a drop of at least ``min_drop`` between the first and the last window.
+    annotators tested. An annotator drifts when there is a downward trend with
+    ``drift_p_adj < alpha`` *and* a drop of at least ``min_drop`` between the first and the last
+    window. Their change point is then the window boundary that best splits their windows into
+    higher agreement before and lower agreement after (maximum binomial likelihood of the two
+    segments), and ``drifting`` is true on the windows from that change point on only: the
+    windows before it show the annotator as they were.
 
     Parameters
     ----------
@@ -721,7 +725,12 @@ def annotator_drift(
           first;
         - ``first_last_p`` (Float64): two-proportion z-test of first vs last window;
         - ``drift_p``, ``drift_p_adj`` (Float64): trend test, raw and Holm-adjusted;
-        - ``drifting`` (Boolean); ``drift_reason`` (String, "" unless drifting).
+        - ``change_window`` (Int64), ``change_start`` (Datetime): the first window after the
+          detected change point and its start (null unless the annotator drifts);
+        - ``drift_reason`` (String, "" unless the annotator drifts);
+
+        and per window again: ``drifting`` (Boolean), true on the windows from
+        ``change_window`` on.
 
     Examples
     --------
@@ -729,6 +738,8 @@ def annotator_drift(
     >>> camp = demo.Campaign(20_000, seed=3)
     >>> d = annotator_drift(camp.frames(kinds=["annotation"])["annotation"], window="7d")
     >>> d.filter("drifting")["annotator"].unique().to_list() == camp.ground_truth["drifting"]
+    True
+    >>> (d.filter("drifting")["window_end"] > camp.ground_truth["drift_start"]).all()
     True
     """
     rows = _Rows(source, since=since, until=until, annotators=annotators, task_ids=task_ids)
@@ -767,9 +778,31 @@ def annotator_drift(
     cols = ["annotator", "window", "window_start", "window_end", "n", "throughput_per_day",
             "time_median_s", "share_a", "share_skip", "position_a_share", "length_longer_share",
             "agreement_n", "agreement", "agreement_kappa", "gold_accuracy"]
-    return (out.select(cols).join(verdict, on="annotator", how="left")
-            .with_columns(pl.col("drifting").fill_null(False), pl.col("drift_reason").fill_null(""))
-            .sort("annotator", "window"))
+    out = out.select(cols).join(verdict, on="annotator", how="left")
+    return (out.with_columns(drifting=(pl.col("window") >= pl.col("change_window")).fill_null(False),
+                             drift_reason=pl.col("drift_reason").fill_null(""))
+            .select(*_empty_drift().columns).sort("annotator", "window"))
+
+
+def _change_window(w: np.ndarray, k: np.ndarray, n: np.ndarray) -> int | None:
+    """The window that starts the lower-agreement segment of the split of one annotator's windows
+    (``w`` sorted, ``k`` of ``n`` labels agreeing) of maximum binomial likelihood, or None.
+
+    >>> _change_window(np.arange(4), np.array([9, 9, 5, 4]), np.array([10, 10, 10, 10]))
+    2
+    """
+    from scipy.special import xlogy
+
+    keep = n > 0
+    w, k, n = w[keep], k[keep].astype(np.float64), n[keep].astype(np.float64)
+    if w.size < 2:
+        return None
+    k1, n1 = np.cumsum(k)[:-1], np.cumsum(n)[:-1]  # split j: windows [0, j] before, (j, end] after
+    k2, n2 = k.sum() - k1, n.sum() - n1
+    p1, p2 = k1 / n1, k2 / n2
+    ll = xlogy(k1, p1) + xlogy(n1 - k1, 1 - p1) + xlogy(k2, p2) + xlogy(n2 - k2, 1 - p2)
+    ll = np.where(p2 < p1, ll, -np.inf)  # a fall, not a rise
+    return int(w[int(np.argmax(ll)) + 1]) if np.isfinite(ll).any() else None
 
 
 def _trend_p(out: pl.DataFrame) -> pl.DataFrame:
@@ -813,15 +846,23 @@ def _drift_verdict(out: pl.DataFrame, *, alpha: float, min_window_n: int, min_dr
         drift_p_adj=pl.Series(holm(p), dtype=pl.Float64),
     ).with_columns(agreement_change=pl.when(pl.Series(two))
                    .then(pl.col("agreement_last") - pl.col("agreement_first")))
-    drifting, reasons = [], []
+    series = (out.filter(pl.col("agreement_n") > 0).sort("w").group_by("annotator")
+              .agg("w", "agreement_k", "agreement_n", "window_start"))
+    series = {r[0]: r[1:] for r in series.iter_rows()}
+    changes, starts, reasons = [], [], []
     for r in ends.iter_rows(named=True):
         change, padj = r["agreement_change"], r["drift_p_adj"]
         hit = (change is not None and padj is not None and not math.isnan(padj)
                and padj < alpha and -change >= min_drop and (r["trend_z"] or 0) < 0)
-        drifting.append(hit)
-        if not hit:
+        w, k, n, start = (np.array(x) for x in series[r["annotator"]])
+        cw = _change_window(w, k, n) if hit else None
+        changes.append(cw)
+        starts.append(start[w == cw][0] if cw is not None else None)
+        if cw is None:
             reasons.append("")
             continue
+        after = w >= cw
+        before_rate, after_rate = k[~after].sum() / n[~after].sum(), k[after].sum() / n[after].sum()
         extra = []
         if r["s1"] is not None and r["s2"] is not None and abs(r["s2"] - r["s1"]) >= 0.1:
             extra.append(f"chose A {_pct(r['s1'])} -> {_pct(r['s2'])}")
@@ -830,11 +871,14 @@ def _drift_verdict(out: pl.DataFrame, *, alpha: float, min_window_n: int, min_dr
         reasons.append(
             f"agreement fell from {r['agreement_first']:.2f} (window from {r['start1']:%Y-%m-%d}, "
             f"n={r['n1']}) to {r['agreement_last']:.2f} (from {r['start2']:%Y-%m-%d}, n={r['n2']}); "
-            f"downward trend {_fmt_p(padj)} (Holm)" + ("; " + ", ".join(extra) if extra else ""))
+            f"downward trend {_fmt_p(padj)} (Holm); changed from {starts[-1]:%Y-%m-%d} (window {cw}): "
+            f"{before_rate:.2f} before, {after_rate:.2f} since" + ("; " + ", ".join(extra) if extra else ""))
     return ends.select(
         "annotator", "first_window", "last_window", "agreement_first", "agreement_last",
         "agreement_change", "first_last_p", "drift_p", "drift_p_adj",
-        drifting=pl.Series(drifting, dtype=pl.Boolean), drift_reason=pl.Series(reasons, dtype=pl.String))
+        change_window=pl.Series(changes, dtype=pl.Int64),
+        change_start=pl.Series(starts, dtype=pl.Datetime("us")),
+        drift_reason=pl.Series(reasons, dtype=pl.String))
 
 
 def _empty_drift() -> pl.DataFrame:
@@ -844,8 +888,8 @@ def _empty_drift() -> pl.DataFrame:
               "share_a": f, "share_skip": f, "position_a_share": f, "length_longer_share": f,
               "agreement_n": i, "agreement": f, "agreement_kappa": f, "gold_accuracy": f,
               "first_window": i, "last_window": i, "agreement_first": f, "agreement_last": f,
-              "agreement_change": f, "first_last_p": f, "drift_p": f, "drift_p_adj": f, "drifting": pl.Boolean,
-              "drift_reason": pl.String}
+              "agreement_change": f, "first_last_p": f, "drift_p": f, "drift_p_adj": f, "change_window": i,
+              "change_start": pl.Datetime("us"), "drift_reason": pl.String, "drifting": pl.Boolean}
     return pl.DataFrame(schema=schema)
 
 

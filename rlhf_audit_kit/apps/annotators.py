@@ -13,6 +13,7 @@ from typing import Any
 import param
 import polars as pl
 
+from ..analysis.annotators import annotator_drift
 from ._common import ACCENT, PLOT_OPTS, card, esc, not_enough, require_panel, short_labels, wilson
 from ._viewer import SourceViewer
 from ._data import Source
@@ -21,7 +22,7 @@ pn = require_panel()
 import holoviews as hv  # noqa: E402
 
 __all__ = ["AnnotatorBehaviour", "load_annotations", "annotator_pairs", "daily_pairs", "annotator_table",
-           "agreement_long", "daily_throughput"]
+           "agreement_long", "daily_throughput", "drift_changes"]
 
 ALL = "(all annotators)"
 
@@ -30,7 +31,10 @@ FLAG_POSITION = 0.65   # lower 95% bound of the share of "a" among a/b choices
 FLAG_LENGTH = 0.70     # lower 95% bound of the share of the longer response among a/b choices
 FLAG_FAST_S = 6.0      # median seconds per item
 FLAG_AGREEMENT = 0.60  # mean agreement with co-annotators of the same items
-FLAG_DRIFT = 0.15      # rise of the share of "a" from the first to the last quarter of an annotator's items
+#: A day less covered than this by the data's time span (or the time window) is partial.
+PARTIAL_BELOW = 0.95
+#: Windows of :func:`~rlhf_audit_kit.analysis.annotator_drift`, whose verdict is the drift flag.
+DRIFT_WINDOW = "7d"
 
 
 # ---------------------------------------------------------------------------- data
@@ -114,18 +118,31 @@ def _filter(df: pl.DataFrame, window: tuple | None, task: str) -> pl.DataFrame:
     return df
 
 
-def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+def drift_changes(src: Source) -> pl.DataFrame:
+    """Drifting annotators of the whole record, one row each: ``annotator, change_start,
+    drift_reason``, from :func:`~rlhf_audit_kit.analysis.annotator_drift` (the function the
+    notebooks use, so the dashboard and a notebook flag the same people from the same change
+    point). Whole record: agreement is judged against everyone's majority. Cached per source."""
+    def load() -> pl.DataFrame:
+        if src.count("annotation") == 0:
+            return pl.DataFrame(schema={"annotator": pl.Utf8, "change_start": pl.Datetime("us"),
+                                        "drift_reason": pl.Utf8})
+        d = annotator_drift(src, DRIFT_WINDOW)
+        return d.filter("drifting").unique("annotator").select("annotator", "change_start", "drift_reason")
+    return src.cached("annotations/drift", load)
+
+
+def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame, drift: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per annotator: volume, position and length bias with Wilson 95% CIs, speed,
-    agreement with co-annotators, drift of the share of "a", and the reasons it is flagged."""
+    agreement with co-annotators, and the reasons it is flagged; ``drift`` (:func:`drift_changes`)
+    adds the drift flag of the annotators it lists."""
     if ann.height == 0:
         return pl.DataFrame(schema={"annotator": pl.Utf8, "n": pl.UInt32, "flags": pl.Utf8})
     ab = pl.col("choice").is_in(["a", "b"])
     pos = ab & pl.col("order_known")  # position bias only where the rater's display order is known
     longer_known = ab & (pl.col("len_a") != pl.col("len_b"))
     chose_longer = (pl.col("choice") == "a") == (pl.col("len_a") > pl.col("len_b"))
-    ranked = ann.with_columns((pl.col("t").rank("ordinal").over("annotator")
-                               / pl.len().over("annotator")).alias("_q"))
-    stats = ranked.group_by("annotator").agg(
+    stats = ann.group_by("annotator").agg(
         pl.len().alias("n"),
         pos.sum().alias("n_ab"),
         (pos & (pl.col("choice") == "a")).sum().alias("n_a"),
@@ -133,10 +150,6 @@ def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
         longer_known.sum().alias("n_len"),
         (longer_known & chose_longer).sum().alias("n_longer"),
         pl.col("secs").median().alias("median_s"),
-        (pos & (pl.col("_q") <= 0.25)).sum().alias("_e_ab"),
-        (pos & (pl.col("_q") <= 0.25) & (pl.col("choice") == "a")).sum().alias("_e_a"),
-        (pos & (pl.col("_q") > 0.75)).sum().alias("_l_ab"),
-        (pos & (pl.col("_q") > 0.75) & (pl.col("choice") == "a")).sum().alias("_l_a"),
         pl.col("t").min().alias("first"), pl.col("t").max().alias("last"),
     )
     if "n" in pairs.columns:
@@ -147,15 +160,13 @@ def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
                                         pl.len().alias("n_pairs")).rename({"a1": "annotator"})
     pa_lo, pa_hi = wilson(pl.col("n_a"), pl.col("n_ab"))
     pl_lo, pl_hi = wilson(pl.col("n_longer"), pl.col("n_len"))
-    e_share = pl.col("_e_a") / pl.col("_e_ab")
-    l_share = pl.col("_l_a") / pl.col("_l_ab")
-    pooled = (pl.col("_e_a") + pl.col("_l_a")) / (pl.col("_e_ab") + pl.col("_l_ab"))
-    se = (pooled * (1 - pooled) * (1 / pl.col("_e_ab") + 1 / pl.col("_l_ab"))).sqrt()
+    if drift is None:
+        drift = pl.DataFrame(schema={"annotator": pl.Utf8, "drift_reason": pl.Utf8})
     t = (stats.join(peer, on="annotator", how="left")
+              .join(drift.select("annotator", "drift_reason"), on="annotator", how="left")
               .with_columns(share_a=pl.col("n_a") / pl.col("n_ab"), share_a_lo=pa_lo, share_a_hi=pa_hi,
                             share_longer=pl.col("n_longer") / pl.col("n_len"), share_longer_lo=pl_lo,
-                            share_longer_hi=pl_hi, share_a_early=e_share, share_a_late=l_share,
-                            drift_z=(l_share - e_share) / se)
+                            share_longer_hi=pl_hi)
               # 0/0 (no a/b choice, all pairs of equal length, too few items) is "not known": null,
               # which no flag matches (NaN compares greater than any threshold in polars)
               .with_columns(pl.col(pl.Float64).fill_nan(None)))
@@ -172,14 +183,12 @@ def annotator_table(ann: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
         pl.when(pl.col("agreement") < FLAG_AGREEMENT).then(
             pl.format("low agreement with co-annotators: {}%", (pl.col("agreement") * 100).round(0)
                       .cast(pl.Int64))),
-        pl.when(((pl.col("share_a_late") - pl.col("share_a_early")) > FLAG_DRIFT) & (pl.col("drift_z") > 3)).then(
-            pl.format("drift: share of A rose from {}% to {}%", *(
-                (pl.col(c) * 100).round(0).cast(pl.Int64) for c in ("share_a_early", "share_a_late")))),
+        pl.when(pl.col("drift_reason") != "").then(pl.format("drift: {}", pl.col("drift_reason"))),
     ]
     t = t.with_columns(pl.concat_str(reasons, separator="; ", ignore_nulls=True).fill_null("").alias("flags"))
     labels = short_labels(t["annotator"].to_list())
     t = t.with_columns(pl.col("annotator").replace_strict(labels, return_dtype=pl.Utf8).alias("label"))
-    return t.drop("_e_ab", "_e_a", "_l_ab", "_l_a").sort("annotator")
+    return t.drop("drift_reason").sort("annotator")
 
 
 def agreement_long(pairs: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
@@ -194,11 +203,31 @@ def agreement_long(pairs: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
                           pl.col("a2").replace_strict(labels, default=pl.col("a2"))).sort("a1", "a2")
 
 
-def daily_throughput(ann: pl.DataFrame) -> pl.DataFrame:
-    """Items per day and median seconds per item: ``day, items, median_s``."""
-    return (ann.group_by(pl.col("t").dt.truncate("1d").alias("day"))
-               .agg(pl.len().alias("items"), pl.col("secs").median().alias("median_s"))
-               .sort("day"))
+def daily_throughput(ann: pl.DataFrame, span: tuple | None = None) -> pl.DataFrame:
+    """Items per day and median seconds per item: ``day, items, median_s, covered, partial``.
+
+    ``covered`` is the share of the day inside ``span`` (the time the data covers; default: its
+    first to its last judgement). A day less than :data:`PARTIAL_BELOW` covered (the day a live
+    record was taken, the edges of a time window) is ``partial``: its count is not comparable with
+    whole days, so the charts mark it instead of joining it to the line.
+
+    >>> import datetime as dt
+    >>> t = [dt.datetime(2024, 3, 4, 0, 30), dt.datetime(2024, 3, 4, 23, 50), dt.datetime(2024, 3, 5, 6)]
+    >>> d = daily_throughput(pl.DataFrame({"t": t, "secs": [10.0, 12.0, 9.0]}))
+    >>> d["items"].to_list(), d["covered"].round(2).to_list(), d["partial"].to_list()
+    ([2, 1], [0.98, 0.25], [False, True])
+    """
+    day = dt.timedelta(days=1)
+    lo, hi = span if span is not None else (ann["t"].min(), ann["t"].max())
+    d = (ann.group_by(pl.col("t").dt.truncate("1d").alias("day"))
+            .agg(pl.len().alias("items"), pl.col("secs").median().alias("median_s"))
+            .sort("day"))
+    if d.height == 0 or lo is None:
+        return d.with_columns(covered=pl.lit(1.0), partial=pl.lit(False))
+    inside = (pl.min_horizontal(pl.col("day") + day, pl.lit(hi, pl.Datetime("us")))
+              - pl.max_horizontal(pl.col("day"), pl.lit(lo, pl.Datetime("us"))))
+    covered = (inside.dt.total_microseconds() / (day / dt.timedelta(microseconds=1))).clip(0.0, 1.0)
+    return d.with_columns(covered=covered).with_columns(partial=pl.col("covered") < PARTIAL_BELOW)
 
 
 # ---------------------------------------------------------------------------- viewer
@@ -305,8 +334,15 @@ class AnnotatorBehaviour(SourceViewer):
         return self._memoised("pairs", pick)
 
     def table(self) -> pl.DataFrame:
-        """Per-annotator statistics and flags under the current filters (see :func:`annotator_table`)."""
-        return self._memoised("table", lambda: annotator_table(self.filtered(), self.filtered_pairs()))
+        """Per-annotator statistics and flags under the current filters (see :func:`annotator_table`);
+        drift is flagged when the time window reaches the annotator's change point."""
+        def make():
+            drift = drift_changes(self._src)
+            w = self.time_window
+            if w is not None and w[1] is not None:
+                drift = drift.filter(pl.col("change_start") < pl.lit(w[1]))
+            return annotator_table(self.filtered(), self.filtered_pairs(), drift)
+        return self._memoised("table", make)
 
     def flagged(self) -> list[str]:
         """Annotators flagged under the current filters."""
@@ -319,7 +355,11 @@ class AnnotatorBehaviour(SourceViewer):
         """Pairwise agreement of annotators on the items both judged (hv.HeatMap)."""
         pairs = self.filtered_pairs()
         df = agreement_long(pairs, self._labels).to_pandas()
-        return hv.HeatMap(df, kdims=["a2", "a1"], vdims=["agreement", "n"]).opts(
+        # One order on both axes (the pair table is symmetric), so cell (i, i) is (a, a): HoloViews
+        # would otherwise order each axis by first appearance and break the diagonal.
+        order = sorted(set(df["a1"]) | set(df["a2"]))
+        kdims = [hv.Dimension("a2", values=order), hv.Dimension("a1", values=order)]
+        return hv.HeatMap(df, kdims=kdims, vdims=["agreement", "n"]).opts(
             cmap="viridis", clim=(0.3, 1.0), colorbar=True, tools=["hover"], xrotation=60,
             title="Pairwise agreement on shared items", xlabel="", ylabel="", width=470,
             height=PLOT_OPTS["height"] + 60, fontsize={"xticks": 7, "yticks": 7}, framewise=True)
@@ -360,8 +400,14 @@ class AnnotatorBehaviour(SourceViewer):
         return self._bias("share_longer", "Length bias: share of the longer response (95% CI)")
 
     def _daily(self) -> pl.DataFrame:
-        ann = self._timed_rows()
-        return daily_throughput(ann.filter("timed"))
+        # Coverage is the record's (every annotator's) time span inside the window: an annotator's
+        # own quiet day is real, a day the record only partly covers is not comparable.
+        timed = self.filtered().filter("timed")["t"]
+        lo, hi = timed.min(), timed.max()
+        w = self.time_window
+        if w is not None and w[0] is not None and lo is not None:
+            lo, hi = max(lo, w[0]), min(hi, w[1])
+        return daily_throughput(self._timed_rows().filter("timed"), (lo, hi))
 
     def _timed_rows(self) -> pl.DataFrame:
         ann = self.filtered()
@@ -375,23 +421,28 @@ class AnnotatorBehaviour(SourceViewer):
     def _who(self) -> str:
         return "all annotators" if self.annotator == ALL else self._labels.get(self.annotator, self.annotator)
 
+    def _per_day(self, y: str, colour: str, title: str, **opts):
+        """Whole days joined by a line; partly covered days (see :func:`daily_throughput`) as
+        hollow grey points off the line, with their coverage on hover and in the title."""
+        d = self._daily().with_columns((pl.col("covered") * 100).round(0).alias("covered_pct"))
+        whole, part = d.filter(~pl.col("partial")).to_pandas(), d.filter("partial").to_pandas()
+        note = "; hollow: partial day" + ("s" if len(part) > 1 else "") if len(part) else ""
+        return (hv.Curve(whole, "day", y).opts(color=colour, tools=["hover"])
+                * hv.Scatter(whole, "day", y).opts(color=colour, size=4)
+                * hv.Scatter(part, "day", [y, "covered_pct"], label="partial day").opts(
+                    color="white", line_color="#888", size=7, tools=["hover"], show_legend=False)).opts(
+            title=f"{title} ({self._who()}){self._untimed_note()}{note}", width=470, height=230,
+            framewise=True, **opts)
+
     @param.depends("time_window", "task", "annotator")
     def throughput(self):
-        """Judgements per day (selected annotator, or all)."""
-        d = self._daily().to_pandas()
-        return (hv.Curve(d, "day", "items") * hv.Scatter(d, "day", "items").opts(size=4)).opts(
-            hv.opts.Curve(color=ACCENT, tools=["hover"]), hv.opts.Scatter(color=ACCENT)).opts(
-            title=f"Throughput: items per day ({self._who()}){self._untimed_note()}", width=470, height=230,
-            framewise=True)
+        """Judgements per day (selected annotator, or all); partial days marked, not joined."""
+        return self._per_day("items", ACCENT, "Throughput: items per day")
 
     @param.depends("time_window", "task", "annotator")
     def time_per_item(self):
-        """Median seconds per judgement per day (selected annotator, or all)."""
-        d = self._daily().to_pandas()
-        return (hv.Curve(d, "day", "median_s") * hv.Scatter(d, "day", "median_s").opts(size=4)).opts(
-            hv.opts.Curve(color="#9467bd", tools=["hover"]), hv.opts.Scatter(color="#9467bd")).opts(
-            title=f"Time per item: median seconds ({self._who()}){self._untimed_note()}", width=470, height=230,
-            ylabel="median s per item", framewise=True)
+        """Median seconds per judgement per day (selected annotator, or all); partial days marked."""
+        return self._per_day("median_s", "#9467bd", "Time per item: median seconds", ylabel="median s per item")
 
     # -- tables and drill-down -----------------------------------------------------------------
     def _flag_frame(self):

@@ -10,6 +10,7 @@ notes in its ``cosignatures/`` folder), and a cosignature that does not verify i
 """
 from __future__ import annotations
 
+import datetime as dt
 import html
 
 import param
@@ -71,6 +72,32 @@ def witnesses_html(cosigners, findings=(), pinned: int = 0) -> str:
         rows = f"<li>none of the {pinned} pinned witness(es) cosigned this checkpoint</li>"
     return card("Witness cosignatures", f"<ul style='margin:2px 0'>{rows}</ul>{bad}",
                 "#d62728" if findings else ACCENT)
+
+
+_MIN_SPAN = dt.timedelta(minutes=2)
+
+
+def _snapshot_axes(t0, t1, size0: int, size1: int) -> dict:
+    """Axes of the snapshots chart: whole tree sizes (thousands separated, never a fraction) and
+    times no finer than seconds, over at least two minutes and eight sizes, so snapshots taken
+    seconds apart (or a single one) do not zoom the axes to milliseconds and fractions of an event."""
+    from bokeh.models import BasicTicker, DatetimeTicker, DatetimeTickFormatter, NumeralTickFormatter
+
+    def pad(lo, hi, least):  # 5% each side, and at least `least` wide
+        lo, hi = lo - (hi - lo) * 0.05, hi + (hi - lo) * 0.05
+        wide = max(hi - lo, least)
+        return lo - (wide - (hi - lo)) / 2, lo - (wide - (hi - lo)) / 2 + wide
+    hms = "%H:%M:%S"
+    return dict(
+        xlim=pad(t0, t1, _MIN_SPAN), ylim=tuple(max(0.0, y) for y in pad(size0, size1, 8)),
+        # Bokeh's datetime ticker also ticks in milliseconds: leave that one out.
+        xticks=DatetimeTicker(tickers=[t for t in DatetimeTicker().tickers
+                                       if getattr(t, "min_interval", 1000) >= 1000]),
+        xformatter=DatetimeTickFormatter(milliseconds=hms, seconds=hms, minsec=hms, minutes="%H:%M",
+                                         hourmin="%H:%M", hours="%m-%d %H:%M", days="%Y-%m-%d",
+                                         months="%Y-%m", years="%Y"),
+        yticks=BasicTicker(min_interval=1, num_minor_ticks=0),
+        yformatter=NumeralTickFormatter(format="0,0"))
 
 
 class Integrity(SourceViewer):
@@ -151,8 +178,10 @@ class Integrity(SourceViewer):
             return hv.Curve([]).opts(**opts)
         return (hv.Curve(d, "ts", "tree_size").opts(interpolation="steps-post", color="#bbb")
                 * hv.Scatter(d, "ts", ["tree_size", "root_hash", "key_name"]).opts(
-                    size=12, color=ACCENT, tools=["hover"])).opts(**opts, xlabel="time (UTC)",
-                                                                   ylabel="signed tree size")
+                    size=12, color=ACCENT, tools=["hover"])).opts(
+            **opts, **_snapshot_axes(d["ts"].min(), d["ts"].max(), int(d["tree_size"].min()),
+                                     int(d["tree_size"].max())),
+            xlabel="time (UTC)", ylabel="signed tree size")
 
     @param.depends("status")
     def _status_pane(self):
