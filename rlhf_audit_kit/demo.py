@@ -2,7 +2,7 @@
 
 :class:`Campaign` generates every event kind of :mod:`rlhf_audit_kit.schema` as polars frames whose
 columns and dtypes follow the schema: pairwise annotations (about 85% of the events), ratings,
-reward-model scores, PPO train steps, checkpoints, dataset registrations and a few human oversight
+reward-model scores, PPO train steps, training checkpoints, dataset registrations and a few human oversight
 decisions. The same ``seed`` gives byte-identical frames (for given numpy and polars versions),
 whatever ``chunk_rows`` is used; :meth:`Campaign.latent` gives the hidden preference of each pair.
 

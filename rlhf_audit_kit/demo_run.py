@@ -37,6 +37,7 @@ DEMO_ORIGIN = "rlhf-audit-kit.demo/campaign"
 #: The file in the output folder listing every file and folder the demo created there.
 MARKER = ".rlhf-audit-demo.json"
 _MARKER_FORMAT = "rlhf-audit-kit/demo-output/v1"
+_LABELS = {"checkpoint": "training checkpoint"}  # never to be read as a signed checkpoint
 _OUTPUTS = ("audit.duckdb", "audit.duckdb.wal", "keys", "bundle", "compliance.ipynb", "compliance.html")
 
 
@@ -64,7 +65,7 @@ def run_demo(size: int = 20_000, out: Path | str = "rlhf-audit-demo", *, serve: 
         campaign.write_to(store, progress=not quiet)
         recorded = store.size
         say(f"[2/6] recorded {recorded:,} campaign events in {store_path} "
-            f"({', '.join(f'{k} {n:,}' for k, n in store.counts().items())})")
+            f"({', '.join(f'{_LABELS.get(k, k)} {n:,}' for k, n in store.counts().items())})")
         say("      (a `checkpoint` event is a training checkpoint of the PPO run; a signed checkpoint is step 3)")
         _privacy_releases(store)
         counts = store.counts()
@@ -84,8 +85,8 @@ def run_demo(size: int = 20_000, out: Path | str = "rlhf-audit-demo", *, serve: 
         report.raise_for_status()
         say(f"      verified the store: {report.message}")
         if report.events > report.signed_size:
-            say("      (not yet covered = checked against the log's own hashes, but no signature vouches for it "
-                "until the next signed checkpoint; here: the snapshot event itself)")
+            say("      (not yet covered by a signed checkpoint: hashed into the log and checked, but no signature "
+                "vouches for it until the next signed checkpoint; here: the snapshot event itself)")
         own.claim("bundle")
         bundle = snap.export(bundle_dir)
         own.claim_tree("bundle")
