@@ -90,7 +90,7 @@ def _flags_in(message: str) -> str:
 def _cmd_info(args) -> int:
     from .cli_ledger import _open_target
     with _open_target(args.store) as store:  # a store file or a bundle folder
-        print(f"{'bundle' if Path(args.store).is_dir() else 'store':<7} {store.path}")
+        print(f"{'bundle' if hasattr(store, 'manifest') else 'store':<7} {store.path}")  # a folder or a URL
         print(f"origin  {store.origin}")
         print(f"events  {store.size:,}")
         for k, n in store.counts().items():
