@@ -16,21 +16,86 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import getpass
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from .errors import AuditKitError, BundleError, KeysError
+from .errors import AuditKitError, KeysError
 
-__all__ = ["register", "main", "EXIT_DAMAGED"]
+__all__ = ["register", "main", "vkey_arg", "witness_vkey_arg", "EXIT_DAMAGED"]
 
 #: Exit status of ``verify`` (and of any command given a bundle it refuses): the record is damaged,
-#: or the bundle is unsafe, oversized or malformed. 1 is for usage, key and file errors.
+#: or the bundle is unsafe, oversized or malformed. 1: key, file or store errors; 2: usage errors.
 EXIT_DAMAGED = 3
 _VERIFY_EPILOG = ("exit status: 0 verified; 3 damaged, or a bundle refused as unsafe, oversized or malformed "
-                  "(one line 'FAILED ... [damage]: ...' on stderr); 1 usage, key or file errors")
+                  "(one line 'FAILED ... [damage]: ...; first bad seq: N; damage: KIND' on stderr); 1 a key, "
+                  "file or store that cannot be read; 2 usage errors (a malformed key string); "
+                  "130 interrupted (every status: rlhf-audit --help)")
+
+
+def _vkey_fault(value: str, witness: bool = False) -> str | None:
+    """What is wrong with a key string ``name+keyid+key`` (a log's verifier key, or with ``witness`` a
+    witness's cosignature key), naming the part at fault; None if nothing."""
+    from .errors import KeysError
+    from .ledger.checkpoint import Verifier, validate_key_name
+    from .ledger.cosignature import WitnessVerifier
+    alg, what = (0x04, "witness key") if witness else (0x01, "verifier key")
+    if value.startswith("PRIVATE+KEY+"):  # never quoted: it is a secret
+        return f"this is a signing (private) key: pass its {what} (the keys folder's verifier.vkey)"
+    parts = value.split("+", 2)  # the name has no '+', base64 may
+    if len(parts) != 3:
+        return f"a key string has three parts name+keyid+key, this has {len(parts)}"
+    name, key_id, key = parts
+    try:
+        validate_key_name(name)
+    except KeysError as e:
+        return f"its name (the first part) is wrong: {e}"
+    if not re.fullmatch(r"[0-9a-f]{8}", key_id):
+        return f"its key id (the second part) {key_id!r} is not 8 lowercase hex digits"
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except binascii.Error:
+        return "its key (the third part) is not standard padded base64 (A-Z a-z 0-9 + / =): cut short?"
+    if len(raw) != 33:
+        return (f"its key (the third part) holds {len(raw)} bytes; an Ed25519 {what} holds 33 "
+                f"({alg:#04x}, then 32 bytes): cut short?")
+    if raw[0] != alg:
+        known = {0x01: "a log's verifier key", 0x04: "a witness key"}.get(raw[0])
+        return (f"its key (the third part) starts with byte {raw[0]:#04x}, not {alg:#04x} ({what})"
+                + (f": this is {known}" if known else ": mistyped?"))
+    try:
+        (WitnessVerifier if witness else Verifier).from_vkey(value)
+    except KeysError as e:  # a key id of another key, or non-canonical base64
+        return str(e)
+    return None
+
+
+def vkey_arg(value: str, *, witness: bool = False) -> str:
+    """argparse type of every verifier-key option: an existing file or folder passes as it is; any other
+    value must be a well-formed key string ``name+keyid+key``, else a usage error names the part at fault.
+
+    >>> vkey_arg("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")[:12]
+    'PeterNeumann'
+    """
+    if os.path.exists(value):
+        return value
+    fault = _vkey_fault(value.strip(), witness)
+    if fault is None:
+        return value
+    what = "witness key" if witness else "verifier key"
+    if "+" not in value:  # a path most likely
+        raise argparse.ArgumentTypeError(f"no file or keys folder {value!r}, and not a {what} string: {fault}")
+    raise argparse.ArgumentTypeError(f"malformed {what} string: {fault}")
+
+
+def witness_vkey_arg(value: str) -> str:
+    """:func:`vkey_arg` for a witness's key (C2SP cosignature/v1, type 0x04)."""
+    return vkey_arg(value, witness=True)
 
 
 def _passphrase_new() -> str:
@@ -87,6 +152,9 @@ def _cmd_snapshot(args) -> int:
     folder = Path(args.keys) if args.keys else None
     if folder is None:
         raise KeysError("pass --keys DIR (or set RLHF_AUDIT_KEYS)")
+    if not Path(args.store).is_file():  # a mistyped path would otherwise become a new, signed, empty store
+        raise AuditKitError(f"no store at {args.store}: create it with `rlhf-audit init {args.store}` "
+                            "(or check the path)")
     signer = load_signer(folder, _passphrase_existing(folder))
     with open_store(args.store, keys=folder, pseudonymize=False) as store:
         snap = store.snapshot(signer)
@@ -176,29 +244,40 @@ def _print_identity(report) -> None:
 
 
 def print_failure(message: str, first_bad_seq: int | None, damage: str | None) -> int:
-    """Print a failed verification (one line on stderr, the seq and damage on stdout); return exit status 3."""
-    print(message, file=sys.stderr)
-    print(f"first bad seq: {first_bad_seq if first_bad_seq is not None else '-'}; damage: {damage}")
+    """Print a failed verification as one line on stderr (ending in the first bad seq and the damage
+    kind, for scripts); return exit status 3."""
+    print(f"{message}; first bad seq: {first_bad_seq if first_bad_seq is not None else '-'}; damage: {damage}",
+          file=sys.stderr)
     return EXIT_DAMAGED
 
 
-def _latest_snapshot(store, covering: int | None = None, size: int | None = None):
-    df = store.sql("SELECT seq, tree_size, note FROM snapshot ORDER BY tree_size DESC, seq DESC")
-    for seq, tree_size, note in df.rows():
-        if (size is not None and tree_size == size) or (covering is not None and tree_size > covering):
-            return tree_size, note
-    return None
+def _signed_snapshot(store, *, size: int | None = None, covering: int | None = None):
+    """(tree size, note) of the signed snapshot of exactly ``size``, or else of the latest one covering
+    seq ``covering``; None if there is none."""
+    if size is not None:
+        df = store.sql("SELECT tree_size, note FROM snapshot WHERE tree_size = ? ORDER BY seq DESC LIMIT 1", [size])
+    else:
+        df = store.sql("SELECT tree_size, note FROM snapshot WHERE tree_size > ? "
+                       "ORDER BY tree_size DESC, seq DESC LIMIT 1", [covering])
+    return df.row(0) if df.height else None
+
+
+def _signed_sizes(store) -> str:
+    sizes = store.sql("SELECT DISTINCT tree_size FROM snapshot ORDER BY tree_size")["tree_size"].to_list()
+    return ", ".join(f"{n}" for n in sizes) if sizes else "none: run `rlhf-audit snapshot` first"
 
 
 def _cmd_proof_inclusion(args) -> int:
     from .ledger.merkle import leaf_hash
     from .store import open_store
     with open_store(args.store, read_only=True, pseudonymize=False) as store:
-        found = _latest_snapshot(store, covering=args.seq, size=args.size)
+        if args.size is not None and args.size <= args.seq:
+            raise AuditKitError(f"a tree of size {args.size} does not hold seq {args.seq} (seqs 0..{args.size - 1})")
+        found = _signed_snapshot(store, size=args.size, covering=args.seq)
         if found is None:
-            raise AuditKitError(f"no signed snapshot covers seq {args.seq}"
-                                + (f" with size {args.size}" if args.size else "")
-                                + ": run `rlhf-audit snapshot` first")
+            raise AuditKitError((f"no signed checkpoint of size {args.size}" if args.size is not None
+                                 else f"no signed snapshot covers seq {args.seq}")
+                                + f" (signed sizes: {_signed_sizes(store)})")
         size, note = found
         entry = store.entry(args.seq)
         proof = store.inclusion_proof(args.seq, size)
@@ -228,12 +307,12 @@ def _check_note(args, note: str, size: int, root: bytes) -> None:
 def _cmd_proof_consistency(args) -> int:
     from .store import open_store
     with open_store(args.store, read_only=True, pseudonymize=False) as store:
-        old = _latest_snapshot(store, size=args.old)
-        new = _latest_snapshot(store, size=args.new)
+        old = _signed_snapshot(store, size=args.old)
+        new = _signed_snapshot(store, size=args.new)
         if old is None or new is None:
-            sizes = store.sql("SELECT tree_size FROM snapshot ORDER BY tree_size")["tree_size"].to_list()
             raise AuditKitError(f"consistency proofs are served between signed snapshot sizes; "
-                                f"{args.old if old is None else args.new} is not one (signed sizes: {sizes})")
+                                f"{args.old if old is None else args.new} is not one "
+                                f"(signed sizes: {_signed_sizes(store)})")
         proof = store.consistency_proof(args.old, args.new)
         old_root, new_root = store.root(args.old), store.root(args.new)
     _check_note(args, old[1], args.old, old_root)
@@ -249,7 +328,7 @@ def register(subparsers) -> None:
     s = subparsers.add_parser("keys", help="manage the keys folder (signing + pseudonym keys)")
     ks = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = ks.add_parser("init", help="create a keys folder with a new Ed25519 signing key")
-    k.add_argument("dir")
+    k.add_argument("dir", help="the keys folder to create (it must not exist yet)")
     k.add_argument("--name", help="key name (no spaces or '+'); default: the --store's origin, as C2SP asks")
     k.add_argument("--store", help="an existing store: name the key after its checkpoint origin")
     k.add_argument("--no-passphrase", action="store_true",
@@ -259,15 +338,16 @@ def register(subparsers) -> None:
     k.set_defaults(func=_cmd_keys_init)
 
     s = subparsers.add_parser("snapshot", help="sign the store's current tree; print the signed note")
-    s.add_argument("store")
+    s.add_argument("store", help="the store file (it must exist)")
     s.add_argument("--keys", default=os.environ.get("RLHF_AUDIT_KEYS"),
                    help="keys folder (default $RLHF_AUDIT_KEYS); passphrase from $RLHF_AUDIT_PASSPHRASE")
     s.set_defaults(func=_cmd_snapshot)
 
     s = subparsers.add_parser("verify", help="verify a store or a snapshot bundle against a pinned key",
                               epilog=_VERIFY_EPILOG)
-    s.add_argument("target", metavar="STORE_OR_BUNDLE")
-    s.add_argument("--vkey", required=True, help="verifier key string, or a file / keys folder holding it")
+    s.add_argument("target", metavar="STORE_OR_BUNDLE", help="a store file or a snapshot bundle folder")
+    s.add_argument("--vkey", "--verifier", dest="vkey", metavar="VKEY", required=True,
+                   help="the verifier key you trust: a key string name+keyid+key, or a file or keys folder holding it")
     s.add_argument("--workers", type=int, default=None, help="hashing processes (default: cores - 1)")
     s.add_argument("--since", metavar="NOTE_FILE_OR_SIZE", default=None,
                    help="a bundle only: re-derive just the segments after a checkpoint you verified before (its "
@@ -283,31 +363,26 @@ def register(subparsers) -> None:
     s = subparsers.add_parser("proof", help="print an RFC 9162 proof with its signed checkpoint (JSON)")
     ps = s.add_subparsers(dest="proof_command", required=True, metavar="KIND")
     p = ps.add_parser("inclusion", help="inclusion proof of event SEQ in the latest snapshot covering it")
-    p.add_argument("store")
-    p.add_argument("seq", type=int)
-    p.add_argument("--size", type=int, default=None, help="use the snapshot of exactly this size")
-    p.add_argument("--vkey", default=None, help="also check the note's signature with this key")
+    p.add_argument("store", help="the store file")
+    p.add_argument("seq", type=int, help="the event's sequence number (0-based)")
+    p.add_argument("--size", type=int, default=None,
+                   help="prove against the signed checkpoint of exactly this tree size (refused if none was signed)")
+    p.add_argument("--vkey", "--verifier", dest="vkey", metavar="VKEY", default=None,
+                   help="also check the note's signature with this key")
     p.set_defaults(func=_cmd_proof_inclusion)
     p = ps.add_parser("consistency", help="consistency proof between two signed snapshot sizes")
-    p.add_argument("store")
-    p.add_argument("old", type=int)
-    p.add_argument("new", type=int)
-    p.add_argument("--vkey", default=None, help="also check the notes' signatures with this key")
+    p.add_argument("store", help="the store file")
+    p.add_argument("old", type=int, help="the smaller signed tree size")
+    p.add_argument("new", type=int, help="the larger signed tree size")
+    p.add_argument("--vkey", "--verifier", dest="vkey", metavar="VKEY", default=None,
+                   help="also check the notes' signatures with this key")
     p.set_defaults(func=_cmd_proof_consistency)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ledger subcommands alone (``python -m rlhf_audit_kit.cli_ledger``)."""
-    parser = argparse.ArgumentParser(prog="rlhf-audit")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except BundleError as e:
-        return print_failure(f"FAILED [{e.damage}]: {e}", None, e.damage)
-    except (AuditKitError, FileNotFoundError, PermissionError) as e:
-        print(f"rlhf-audit: {e}", file=sys.stderr)
-        return 1
+    """``python -m rlhf_audit_kit.cli_ledger ...``: the same as ``rlhf-audit ...`` (one error handling)."""
+    from .cli import main as cli_main
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

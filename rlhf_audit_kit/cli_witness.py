@@ -8,7 +8,7 @@
 
 It writes ``BUNDLE/cosignatures/<size>-<witness key id>.note`` (the bundle's signed files stay
 byte-identical). Exit status: 0 cosigned; 3 refused (a fork or rollback: both notes are printed on
-stderr, keep them), or a bundle refused as unsafe; 1 key, file or usage errors.
+stderr, keep them), or a bundle refused as unsafe; 1 key, file or state errors; 2 usage errors.
 """
 from __future__ import annotations
 
@@ -52,11 +52,13 @@ def register(subparsers) -> None:
                     "checkpoint it cosigned per log), then add a C2SP tlog-cosignature in BUNDLE/cosignatures/. "
                     "A fork (two roots for one size, or a tree that does not extend the seen one) or a rollback "
                     "is refused with both notes quoted.",
-        epilog="exit status: 0 cosigned; 3 refused (fork, rollback, unsafe bundle); 1 key, file or usage errors")
+        epilog="exit status: 0 cosigned; 3 refused (fork, rollback, unsafe bundle); 1 a key, file or state that "
+               "cannot be read; 2 usage errors (a malformed key string); 130 interrupted (every status: "
+               "rlhf-audit --help)")
     s.add_argument("folder", metavar="BUNDLE", help="the snapshot bundle folder")
-    s.add_argument("--keys", required=True, help="the witness keys folder; passphrase from $RLHF_AUDIT_PASSPHRASE")
-    s.add_argument("--log-vkey", default=None,
+    s.add_argument("--keys", metavar="DIR", required=True, help="the witness keys folder; passphrase from $RLHF_AUDIT_PASSPHRASE")
+    s.add_argument("--log-vkey", metavar="VKEY", default=None,
                    help="the log's verifier key (string, file or keys folder): needed the first time this witness "
                         "sees the log, then pinned in its state")
-    s.add_argument("--state", default=None, help="the witness's state folder (default KEYS/state)")
+    s.add_argument("--state", metavar="DIR", default=None, help="the witness's state folder (default KEYS/state)")
     s.set_defaults(func=_cmd_witness)

@@ -185,7 +185,7 @@ def test_verify_reports_first_bad_seq(flow, tmp_path):
     con.close()
     p = run("verify", bad, "--vkey", vkey, check=False)
     assert p.returncode != 0
-    assert f"first bad seq: {seq}" in p.stdout and "typed-row-mismatch" in p.stdout
+    assert f"first bad seq: {seq}; damage: typed-row-mismatch" in p.stderr
 
 
 def test_verify_bundle_and_passphrase_keys(flow, tmp_path):

@@ -52,7 +52,7 @@ def test_two_witnesses_policy(record, capsys):
     tmp, (w1, w2) = record
     args = [tmp / "bundle", "--vkey", tmp / "keys", "--witness", tmp / "w1", "--witness", w2.signer.vkey]
     code, out, err = verify(capsys, *args)  # default: all given must have cosigned; w2 has not
-    assert code == 3 and "witness-quorum" in out and "1 of the 2 pinned witness(es)" in err
+    assert code == 3 and "witness-quorum" in err and "1 of the 2 pinned witness(es)" in err
     code, out, err = verify(capsys, *args, "--witness-quorum", "1")
     assert code == 0 and out.count("cosigned by the pinned witness") == 1 and "witness.example/w1" in out
     code, out, err = verify(capsys, *args, "--witness-quorum", "3")
@@ -80,7 +80,7 @@ def test_a_tampered_cosignature_fails(tmp_path, record, capsys):
     payload = text.rstrip("\n").rsplit(" ", 1)[1]
     note.write_text(text.replace(payload, payload[:30] + ("A" if payload[30] != "A" else "B") + payload[31:]))
     code, out, err = verify(capsys, folder, "--vkey", tmp / "keys", "--witness", tmp / "w1", "--witness-quorum", "0")
-    assert code == 3 and "bad-cosignature" in out and "invalid cosignature by witness witness.example/w1" in err
+    assert code == 3 and "bad-cosignature" in err and "invalid cosignature by witness witness.example/w1" in err
 
 
 def test_refusals_are_one_line(record, capsys):

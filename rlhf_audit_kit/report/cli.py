@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                               help="write a compliance notebook bound to a snapshot bundle, executed")
     s.add_argument("bundle", help="snapshot bundle folder")
     s.add_argument("--out", required=True, help="notebook to write (PATH.ipynb), outside the bundle folder")
-    s.add_argument("--vkey", default=None,
+    s.add_argument("--vkey", "--verifier", dest="vkey", metavar="VKEY", default=None,
                    help="verifier key you trust, pinned in the notebook: vkey string or .vkey file "
                         "(this or --keys is required)")
     s.add_argument("--keys", default=None, metavar="DIR", help="keys folder holding the verifier key to pin")
@@ -52,7 +52,8 @@ def register(subparsers) -> None:
                         "re-checks its cosignature and names it")
     s.add_argument("--witness-quorum", metavar="N", type=int, default=None,
                    help="how many of the --witness keys must have cosigned (default: all of them)")
-    s.add_argument("--template", default="eu-ai-act", choices=sorted(TEMPLATES))
+    s.add_argument("--template", default="eu-ai-act", choices=sorted(TEMPLATES),
+                   help="the notebook's template (which regulation's sections)")
     s.add_argument("--html", action="store_true", help="also render PATH.html (offline-friendly)")
     s.add_argument("--include-texts", action="store_true",
                    help="add an appendix with prompt/response texts (may hold personal data)")
