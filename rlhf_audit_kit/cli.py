@@ -77,6 +77,14 @@ def _store_of_command(path, **kw):
         raise
 
 
+def _origin_arg(value: str) -> str:
+    """``init --origin``: one line without spaces or '+' (C2SP tlog-checkpoint; the signing key is named after it)."""
+    if not value or any(c.isspace() or c == "+" or not c.isprintable() for c in value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an origin: one line without spaces or '+', "
+                                         "e.g. example.org/my-lab/rlhf (C2SP tlog-checkpoint)")
+    return value
+
+
 def _cmd_init(args) -> int:
     path = Path(args.store)
     existed = path.exists()
@@ -146,13 +154,11 @@ def _event_times(store, kinds) -> tuple | None:
     from .schema import KINDS
     parts, names = [], []
     for kind in kinds:
-        if kind not in KINDS:
-            continue
-        have = set(store.sql(f'SELECT * FROM "{kind}" LIMIT 0').columns)  # older stores may lack a field
-        for f in KINDS[kind].fields:
-            if f.type == "ts" and f.name in have:  # names from the schema, never from the user
-                parts.append(f'SELECT "{f.name}" AS t FROM "{kind}"')
-                names.append(f"{kind}.{f.name}")
+        fields = [f.name for f in KINDS[kind].fields if f.type == "ts"] if kind in KINDS else []
+        if fields:  # names from the schema, never from the user; older stores may lack a field
+            have = set(store.sql(f'SELECT * FROM "{kind}" LIMIT 0').columns)
+            parts += [f'SELECT "{name}" AS t FROM "{kind}"' for name in fields if name in have]
+            names += [f"{kind}.{name}" for name in fields if name in have]
     if not parts:
         return None
     first, last = store.sql(f"SELECT min(t), max(t) FROM ({' UNION ALL '.join(parts)})").row(0)
@@ -275,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("init", help="create an empty audit store")
     s.add_argument("store", help="the store file to create (its folder must exist)")
-    s.add_argument("--origin", help="checkpoint origin line (default rlhf-audit-kit.local/<store id>)")
+    s.add_argument("--origin", type=_origin_arg,
+                   help="checkpoint origin line, e.g. example.org/my-lab/rlhf (default rlhf-audit-kit.local/<store id>)")
     s.set_defaults(func=_cmd_init)
 
     from .ingest.formats import FORMATS

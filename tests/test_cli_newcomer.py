@@ -107,6 +107,15 @@ def test_missing_store_paths_are_named_in_the_kits_error(tmp_path):
     assert not isinstance(e.value, duckdb.Error)
 
 
+@pytest.mark.parametrize("origin", ["", "my lab/rlhf", "a\nb", "a+b"])
+def test_init_refuses_an_origin_no_checkpoint_can_carry(tmp_path, capsys, origin):
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "init", tmp_path / "o.duckdb", "--origin", origin)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is not an origin" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.duckdb").exists()
+
+
 # ------------------------------------------------------------------ 2. a garbled --vkey
 def test_garbled_vkey_is_told_apart_from_a_missing_file(ledger, tmp_path):
     from rlhf_audit_kit.cli_ledger import vkey_arg
