@@ -221,6 +221,10 @@ def init_keys(folder: str | os.PathLike, name: str | None = None, *, store: str 
         if store is None:
             raise KeysError("name the key: pass a name, or the store whose origin names it")
         name = store_origin(store)
+        try:
+            validate_key_name(name)
+        except KeysError as e:
+            raise KeysError(f"the store's origin cannot name its key ({e}): give the key a name") from None
     validate_key_name(name)
     folder = Path(folder)
     secret = _passphrase(passphrase)

@@ -48,7 +48,10 @@ def test_init_keys_names_the_key_after_the_stores_origin(tmp_path):
         init_keys(tmp_path / "k3", store=tmp_path / "missing.duckdb", no_passphrase=True)
     with pytest.raises(KeysError, match="name the key"):
         init_keys(tmp_path / "k4", no_passphrase=True)
-    assert not (tmp_path / "k3").exists() and not (tmp_path / "k4").exists()
+    spaced = _store(tmp_path / "b.duckdb", "my lab")  # C2SP: an origin SHOULD have no spaces; a key name must not
+    with pytest.raises(KeysError, match="the store's origin cannot name its key .*'my lab'.*give the key a name"):
+        init_keys(tmp_path / "k5", store=spaced, no_passphrase=True)
+    assert not any((tmp_path / k).exists() for k in ("k3", "k4", "k5"))
     assert not (tmp_path / "missing.duckdb").exists()
 
 
