@@ -187,6 +187,11 @@ def _cmd_verify(args) -> int:
     since = _since(args.since)
     if args.witness_quorum is not None and not args.witness:
         raise AuditKitError("--witness-quorum needs the witness keys: pass --witness VKEY (repeatable)")
+    if args.scheduler is not None:
+        if not is_bundle(args.target):
+            raise AuditKitError(f"--scheduler verifies a bundle's segments on a Dask cluster; {args.target} is not a "
+                                "bundle (export one, or verify the store here, without --scheduler)")
+        kw["scheduler"] = args.scheduler
     if args.witness and not is_bundle(args.target):
         raise AuditKitError(f"--witness checks the cosignatures a bundle keeps (cosignatures/); {args.target} is "
                             "not a bundle folder (export one, let the witness cosign it, verify that)")
@@ -353,6 +358,9 @@ def register(subparsers) -> None:
                    help="a bundle only: re-derive just the segments after a checkpoint you verified before (its "
                         "signed note file, or a tree size the bundle publishes: a size alone cannot reveal a fork); "
                         "earlier segments are not re-read")
+    s.add_argument("--scheduler", metavar="ADDR", default=None,
+                   help="a bundle only: re-derive its segments in parallel on the Dask cluster of this scheduler "
+                        "(tcp://HOST:8786; needs the dask extra); the report is the same as here")
     s.add_argument("--witness", metavar="VKEY", action="append", default=None,
                    help="a bundle only: witness key (string, file or witness keys folder) whose cosignature of the "
                         "checkpoint counts (repeatable)")
