@@ -31,8 +31,9 @@ FLAG_POSITION = 0.65   # lower 95% bound of the share of "a" among a/b choices
 FLAG_LENGTH = 0.70     # lower 95% bound of the share of the longer response among a/b choices
 FLAG_FAST_S = 6.0      # median seconds per item
 FLAG_AGREEMENT = 0.60  # mean agreement with co-annotators of the same items
-#: A day less covered than this by the data's time span (or the time window) is partial.
-PARTIAL_BELOW = 0.95
+#: A day whose hours inside the data's time span (or the time window) usually see less than this
+#: share of a day's judgements is partial (see :func:`daily_throughput`).
+PARTIAL_BELOW = 0.9
 #: Windows of :func:`~rlhf_audit_kit.analysis.annotator_drift`, whose verdict is the drift flag.
 DRIFT_WINDOW = "7d"
 
@@ -203,31 +204,39 @@ def agreement_long(pairs: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
                           pl.col("a2").replace_strict(labels, default=pl.col("a2"))).sort("a1", "a2")
 
 
-def daily_throughput(ann: pl.DataFrame, span: tuple | None = None) -> pl.DataFrame:
+def daily_throughput(ann: pl.DataFrame, span: tuple | None = None, usual: pl.Series | None = None) -> pl.DataFrame:
     """Items per day and median seconds per item: ``day, items, median_s, covered, partial``.
 
-    ``covered`` is the share of the day inside ``span`` (the time the data covers; default: its
-    first to its last judgement). A day less than :data:`PARTIAL_BELOW` covered (the day a live
-    record was taken, the edges of a time window) is ``partial``: its count is not comparable with
-    whole days, so the charts mark it instead of joining it to the line.
+    ``covered`` is the share of a usual day's judgements that falls in the part of the day inside
+    ``span`` (the time the data covers; default: its first to its last judgement), the hours
+    weighted by when judgements are made (``usual``: judgement times, default ``ann["t"]``; UTC
+    hour of day, one extra count per hour), so a record starting in the quiet night is still whole.
+    A day less than :data:`PARTIAL_BELOW` covered (the day a live record was taken, the edges of a
+    time window) is ``partial``: its count is not comparable with whole days, so the charts mark it
+    instead of joining it to the line.
 
     >>> import datetime as dt
     >>> t = [dt.datetime(2024, 3, 4, 0, 30), dt.datetime(2024, 3, 4, 23, 50), dt.datetime(2024, 3, 5, 6)]
     >>> d = daily_throughput(pl.DataFrame({"t": t, "secs": [10.0, 12.0, 9.0]}))
     >>> d["items"].to_list(), d["covered"].round(2).to_list(), d["partial"].to_list()
-    ([2, 1], [0.98, 0.25], [False, True])
+    ([2, 1], [0.96, 0.26], [False, True])
     """
-    day = dt.timedelta(days=1)
+    import numpy as np
+
     lo, hi = span if span is not None else (ann["t"].min(), ann["t"].max())
     d = (ann.group_by(pl.col("t").dt.truncate("1d").alias("day"))
             .agg(pl.len().alias("items"), pl.col("secs").median().alias("median_s"))
             .sort("day"))
     if d.height == 0 or lo is None:
         return d.with_columns(covered=pl.lit(1.0), partial=pl.lit(False))
-    inside = (pl.min_horizontal(pl.col("day") + day, pl.lit(hi, pl.Datetime("us")))
-              - pl.max_horizontal(pl.col("day"), pl.lit(lo, pl.Datetime("us"))))
-    covered = (inside.dt.total_microseconds() / (day / dt.timedelta(microseconds=1))).clip(0.0, 1.0)
-    return d.with_columns(covered=covered).with_columns(partial=pl.col("covered") < PARTIAL_BELOW)
+    usual = ann["t"] if usual is None else usual
+    weight = np.bincount(usual.drop_nulls().dt.hour().to_numpy(), minlength=24)[:24] + 1.0
+    hour = 3_600_000_000  # us
+    starts = d["day"].cast(pl.Int64).to_numpy()[:, None] + hour * np.arange(24)  # every hour of each day
+    lo_us, hi_us = (pl.Series([x], dtype=pl.Datetime("us")).cast(pl.Int64)[0] for x in (lo, hi))
+    inside = np.clip(np.minimum(starts + hour, hi_us) - np.maximum(starts, lo_us), 0, hour) / hour
+    return d.with_columns(covered=pl.Series(inside @ weight / weight.sum())).with_columns(
+        partial=pl.col("covered") < PARTIAL_BELOW)
 
 
 # ---------------------------------------------------------------------------- viewer
@@ -407,7 +416,7 @@ class AnnotatorBehaviour(SourceViewer):
         w = self.time_window
         if w is not None and w[0] is not None and lo is not None:
             lo, hi = max(lo, w[0]), min(hi, w[1])
-        return daily_throughput(self._timed_rows().filter("timed"), (lo, hi))
+        return daily_throughput(self._timed_rows().filter("timed"), (lo, hi), timed)
 
     def _timed_rows(self) -> pl.DataFrame:
         ann = self.filtered()
@@ -423,16 +432,17 @@ class AnnotatorBehaviour(SourceViewer):
 
     def _per_day(self, y: str, colour: str, title: str, **opts):
         """Whole days joined by a line; partly covered days (see :func:`daily_throughput`) as
-        hollow grey points off the line, with their coverage on hover and in the title."""
+        hollow grey points off the line, with their coverage on hover, said under the axis."""
         d = self._daily().with_columns((pl.col("covered") * 100).round(0).alias("covered_pct"))
         whole, part = d.filter(~pl.col("partial")).to_pandas(), d.filter("partial").to_pandas()
-        note = "; hollow: partial day" + ("s" if len(part) > 1 else "") if len(part) else ""
+        note = " · hollow: partial day, off the line" if len(part) else ""
+        covered = hv.Dimension("covered_pct", label="% of a usual day covered")
         return (hv.Curve(whole, "day", y).opts(color=colour, tools=["hover"])
                 * hv.Scatter(whole, "day", y).opts(color=colour, size=4)
-                * hv.Scatter(part, "day", [y, "covered_pct"], label="partial day").opts(
+                * hv.Scatter(part, "day", [y, covered], label="partial day").opts(
                     color="white", line_color="#888", size=7, tools=["hover"], show_legend=False)).opts(
-            title=f"{title} ({self._who()}){self._untimed_note()}{note}", width=470, height=230,
-            framewise=True, **opts)
+            title=f"{title} ({self._who()}){self._untimed_note()}", xlabel=f"day (UTC){note}", width=470,
+            height=230, padding=0.05, framewise=True, **opts)  # padding: an edge day's point shows whole
 
     @param.depends("time_window", "task", "annotator")
     def throughput(self):
