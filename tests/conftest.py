@@ -1,5 +1,9 @@
-"""Shared fixtures: real keys folders and small stores on disk."""
+"""Shared fixtures: real keys folders and small stores on disk; the docs site, built once."""
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +23,16 @@ def store(tmp_path, keys_dir):
     s = open_store(tmp_path / "audit.duckdb", keys=keys_dir)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def docs_site(tmp_path_factory):
+    """The documentation site, built once per session by ``mkdocs build --strict`` (checked by
+    tests/test_docs.py, opened offline by tests/browser/test_offline.py)."""
+    for module in ("mkdocs", "mkdocs_jupyter", "mkdocstrings"):
+        pytest.importorskip(module)
+    out = tmp_path_factory.mktemp("docs") / "site"
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    return out

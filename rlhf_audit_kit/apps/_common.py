@@ -14,11 +14,18 @@ ACCENT = "#1f6f8b"
 
 
 def require_panel():
-    """Import panel + hvplot, or fail with the install command."""
+    """Import panel + hvplot, or fail with the install command.
+
+    In a notebook, importing hvplot loads BokehJS with HoloViews' own setting (from the CDN). After
+    ``pn.extension(..., inline=True)`` (or ``pn.config.inline = True``) that load is inline too, so
+    the notebook and its HTML export render offline and ask no third party for anything.
+    """
     try:
-        import holoviews  # noqa: F401
-        import hvplot.pandas  # noqa: F401
+        import holoviews as hv
         import panel as pn
+        if pn.config.inline and "inline" in hv.extension.param:  # the notebook extension has it
+            hv.extension.inline = True
+        import hvplot.pandas  # noqa: F401
     except ModuleNotFoundError as e:  # pragma: no cover - the extra is installed in CI
         raise ModuleNotFoundError(f"{INSTALL_HINT} ({e})") from e
     return pn

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
+from pathlib import Path
 from typing import Any
 
 import param
@@ -73,6 +74,13 @@ def _offline_fast():
     off the server. It keeps the class name, which Panel uses in its resource paths."""
     from panel.theme.fast import Fast as _Fast
     return type("Fast", (_Fast,), {"_resources": {**_Fast._resources, "font": {}}})
+
+
+class _AuditTemplate(pn.template.FastListTemplate):
+    """A FastListTemplate whose first HTML says "Loading the audit record…" until the views render
+    (they come over the websocket after the page has loaded; see dashboard.html)."""
+
+    _template = Path(__file__).with_name("dashboard.html")
 
 
 class AuditDashboard(SourceViewer):
@@ -325,12 +333,13 @@ class AuditDashboard(SourceViewer):
         return pn.Column(self._header_pane(), self._body_pane(), sizing_mode="stretch_width")
 
     def template(self) -> pn.template.FastListTemplate:
-        """The dashboard in a FastListTemplate (what ``rlhf-audit serve`` shows)."""
+        """The dashboard in a FastListTemplate (what ``rlhf-audit serve`` shows): no request leaves the
+        server (no Google Fonts), and the first HTML shows a loading note until the views render."""
         # The template puts its title into the page unescaped: escape the store/bundle name here
         # (the browser tab then shows entities for a hostile name, which is harmless).
         label = self.src.label if self.src is not None else self.live.folder.name
         self._follow()
-        return pn.template.FastListTemplate(
+        return _AuditTemplate(
             title=f"{TITLE}: {esc(label)}", header_background=ACCENT, accent_base_color=ACCENT,
             main=[self._header_pane(), self._body_pane()],
             main_layout=None, theme_toggle=False, design=_offline_fast())
