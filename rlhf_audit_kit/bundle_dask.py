@@ -116,7 +116,10 @@ def derive_segment(files: Any, tables: Mapping[str, list[tuple[str, tuple[str, .
     con = files.connect() if hasattr(files, "connect") else duckdb.connect(":memory:")
     piece = _Piece(start)
     try:
+        if not getattr(files, "local", True):
+            files.list_files()  # DuckDB's fsspec glob finds no remote file by its exact name without a listing
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")  # a worker's stdout is no terminal
         for table, paths in tables.items():  # the types the files hold (one view over all files casts to one)
             types = piece.types.setdefault(table, {})
             for path, _ in paths:
@@ -135,7 +138,8 @@ def derive_segment(files: Any, tables: Mapping[str, list[tuple[str, tuple[str, .
     piece.snapshots = d.frames.get("snapshot")
     end = start + d.n if end is None else end
     piece.exact = d.bad is None and d.n == end - start and all(
-        f.height == 0 or (f["seq"].min() >= start and f["seq"].max() < end) for f in d.frames.values())
+        f.height == 0 or (f["seq"].null_count() == 0 and f["seq"].min() >= start and f["seq"].max() < end)
+        for f in d.frames.values())
     piece.levels = _range_levels(d.levels.level_array(0) if d.n else np.zeros((0, 32), np.uint8), start)
     return piece
 
