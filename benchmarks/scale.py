@@ -98,7 +98,7 @@ def verify_figures(folder: Path, reps: int) -> list[tuple[str, str, str]]:
     for label, workers in (("local verify (default workers: cores - 1 hashing processes)", None),
                            ("local verify, workers=2", 2)):
         best = min((local(workers) for _ in range(reps)), key=lambda x: x[1])
-        n, t, c, rss, load = best
+        n, t, c, rss, load, local_result = best
         rows.append((f"{label}, {n:,} events", f"{t:.2f} s",
                      f"{c:.1f} s CPU ({c / t:.2f} cores), peak RSS {rss:.1f} GB, load {load:.1f}"))
     try:
@@ -106,9 +106,8 @@ def verify_figures(folder: Path, reps: int) -> list[tuple[str, str, str]]:
     except ImportError:
         rows.append(("Dask verify", "not run", "install the dask extra: pip install 'rlhf-audit-kit[dask]'"))
         return rows
-    with open_bundle(folder) as b:
+    with open_bundle(folder) as b:  # (this process stays small: a spawned worker's peak RSS counts it)
         nseg = len(b.segments)
-        local_report = b.verify(SIGNER.verifier, workers=0)
     t_dask = {}
     for n_workers in (2, 1):  # 1 worker: how the Dask path itself scales
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None) \
@@ -124,7 +123,7 @@ def verify_figures(folder: Path, reps: int) -> list[tuple[str, str, str]]:
                 wc = sum(w1[a][0] - w0[a][0] for a in w1)
                 if best is None or t < best[0]:
                     best = (t, c, wc, max(v[1] for v in w1.values()), load)
-                assert report.findings == local_report.findings and report.signed_root == local_report.signed_root
+                assert (report.findings, report.signed_root) == local_result, "Dask and local reports differ"
         t, c, wc, wrss, load = best
         t_dask[n_workers] = t
         rows.append((f"Dask verify, LocalCluster({n_workers} worker{'s' * (n_workers > 1)} x 1 thread), "
@@ -138,14 +137,16 @@ def verify_figures(folder: Path, reps: int) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _local_child(folder: str, workers: int | None) -> tuple[int, float, float, float, float]:
-    """(events, wall s, CPU s incl. forked hashing, peak RSS GB, load) of one local verification."""
+def _local_child(folder: str, workers: int | None) -> tuple:
+    """(events, wall s, CPU s incl. forked hashing, peak RSS GB, load, (findings, root)) of one local
+    verification."""
     c0, t0, load = cpu(), time.perf_counter(), os.getloadavg()[0]
     with open_bundle(folder) as b:
         r = b.verify(SIGNER.verifier, workers=workers)
     t, c = time.perf_counter() - t0, cpu() - c0
     assert r.ok, r.message
-    return r.events, t, c, max(_rss_gb(resource.RUSAGE_SELF), _rss_gb(resource.RUSAGE_CHILDREN)), load
+    return (r.events, t, c, max(_rss_gb(resource.RUSAGE_SELF), _rss_gb(resource.RUSAGE_CHILDREN)), load,
+            (r.findings, r.signed_root))
 
 
 # ---------------------------------------------------------------- object storage figures
