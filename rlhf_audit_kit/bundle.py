@@ -48,7 +48,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from .bundle_files import BundleFiles, Limits, check_name, is_url, show_name, shown_url
+from .bundle_files import BundleFiles, Limits, check_name, is_url, local_path, show_name, shown_url
 from .errors import AuditKitError, BundleError, KeysError, SignatureError
 from .ledger.checkpoint import Checkpoint, Verifier, verify_checkpoint
 from .ledger.merkle import EMPTY_ROOT
@@ -139,11 +139,13 @@ def _parse_manifest(raw: bytes) -> dict[str, Any]:
 
 
 def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verifier: Verifier,
-                  verify: bool = True, overwrite: bool = False) -> Bundle:
-    """Write the bundle of ``snapshot`` into ``folder``, or extend the bundle already there; see
-    :func:`rlhf_audit_kit.bundle_export.export_bundle`."""
+                  verify: bool = True, overwrite: bool = False,
+                  storage_options: dict[str, Any] | None = None) -> Bundle:
+    """Write the bundle of ``snapshot`` into ``folder`` (or an fsspec URL), or extend the bundle already
+    there; see :func:`rlhf_audit_kit.bundle_export.export_bundle`."""
     from .bundle_export import export_bundle as export
-    return export(store, snapshot, folder, verifier=verifier, verify=verify, overwrite=overwrite)
+    return export(store, snapshot, folder, verifier=verifier, verify=verify, overwrite=overwrite,
+                  storage_options=storage_options)
 
 
 def _view_sql(table: str, files: Sequence[str], columns: Sequence[Sequence[str]]) -> str:
@@ -216,7 +218,7 @@ class Bundle(RecordReader):
         self.files = BundleFiles(path, storage_options, self.limits)
         #: the fsspec URL, or the local folder's real path; and the options its file system takes
         self.url, self.storage_options = self.files.url, self.files.storage_options
-        self.path: Path | str = Path(path) if self.files.local else self.files.shown
+        self.path: Path | str = Path(local_path(path)) if self.files.local else self.files.shown
         if self.files.local and not self.path.is_dir():
             raise BundleError(f"{self.path} is not a snapshot bundle folder", damage="malformed-bundle")
         self._candidate = _manifest is not None  # the exporter's manifest, not yet published
@@ -239,8 +241,8 @@ class Bundle(RecordReader):
         # _from (the exporter's own use): open only the segments from that seq on, the earlier ones unread
         self._from = 0 if _from is None else min(_from, self.manifest["tree_size"])
         opened = [s for s in self.segments if s.start >= self._from]
-        if _from is None and not self.files.local:
-            self.files.list_files()  # one listing instead of a request per file named
+        if not self.files.local:
+            self.files.list_files()  # one listing (a request per 1,000 objects) instead of one per file named
         self._missing = self._check_files(None if _from is None else [
             *(f for s in opened for f in s.files), *(n for n, i in self.manifest["files"].items() if "table" not in i)])
         self._con = self.files.connect()

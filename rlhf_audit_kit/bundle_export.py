@@ -10,6 +10,10 @@ and note (renamed in from a staging folder), the copy ``checkpoint.note`` and la
 readers of the folder always see a complete bundle. Cost: O(new events) (plus a manifest line per
 segment).
 
+``folder`` may also be an fsspec URL (``s3://bucket/bundle``, ``gs://``, ``memory://``): the same
+files are written there, segments and notes first and the manifest last
+(:mod:`rlhf_audit_kit.bundle_remote`).
+
 >>> import os, tempfile
 >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 >>> from rlhf_audit_kit.store import open_store
@@ -38,6 +42,7 @@ from typing import Any
 
 from . import encoding
 from .bundle import _OWN_EXPORT, MANIFEST_FILE, NOTE_FILE, VKEY_FILE, Bundle, is_bundle
+from .bundle_files import is_url, local_path
 from .errors import AuditKitError, ForkError, IntegrityError, RollbackError, SignatureError
 from .ledger.checkpoint import Verifier, verify_checkpoint
 from .ledger.snapshot import Snapshot
@@ -126,7 +131,7 @@ def _manifest(store, snapshot: Snapshot, verifier: Verifier, files: dict, segmen
 
 
 def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verifier: Verifier,
-                  verify: bool = True, overwrite: bool = False) -> Bundle:
+                  verify: bool = True, overwrite: bool = False, storage_options: dict | None = None) -> Bundle:
     """Write the bundle of ``snapshot`` (rows with ``seq < snapshot.size``) into ``folder``; return it opened.
 
     ``folder`` empty or absent: a new bundle (written aside and renamed into place, so it is
@@ -137,17 +142,25 @@ def export_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verif
     of the same log are kept). With ``verify`` the written part is verified against ``verifier``
     before it is published (a full verification for a new bundle, one since the old checkpoint for
     an extension): IntegrityError or SignatureError if the store does not match its own snapshot.
+
+    ``folder`` an fsspec URL: written there (:func:`rlhf_audit_kit.bundle_remote.write_remote`), its
+    file system made with ``storage_options`` (which no file of the bundle ever holds).
     """
-    write_bundle(store, snapshot, folder, verifier=verifier, verify=verify, overwrite=overwrite)
-    return Bundle(folder, limits=_OWN_EXPORT)
+    write_bundle(store, snapshot, folder, verifier=verifier, verify=verify, overwrite=overwrite,
+                 storage_options=storage_options)
+    return Bundle(folder, limits=_OWN_EXPORT, storage_options=storage_options)
 
 
 def write_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verifier: Verifier,
-                 verify: bool = True, overwrite: bool = False) -> None:
+                 verify: bool = True, overwrite: bool = False, storage_options: dict | None = None) -> None:
     """:func:`export_bundle` without opening the result (what a publisher needs)."""
-    folder = Path(folder)
     if snapshot.origin != store.origin:
         raise AuditKitError(f"snapshot origin {snapshot.origin!r} is not this store's {store.origin!r}")
+    if is_url(folder):
+        from .bundle_remote import write_remote
+        write_remote(store, snapshot, folder, storage_options, verifier=verifier, verify=verify, overwrite=overwrite)
+        return
+    folder = Path(local_path(folder))
     if is_bundle(folder) and not overwrite:
         _extend(store, snapshot, folder, verifier, verify)
         return
@@ -157,23 +170,28 @@ def write_bundle(store, snapshot: Snapshot, folder: str | os.PathLike, *, verifi
     _write_new(store, snapshot, folder, verifier, verify)
 
 
-def _write_new(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify: bool) -> None:
+def stage_new(store, snapshot: Snapshot, tmp: Path, verifier: Verifier, verify: bool) -> None:
+    """The whole bundle of ``snapshot`` written into the empty folder ``tmp`` and, with ``verify``, verified."""
     size = int(snapshot.size)
+    files: dict[str, dict[str, Any]] = {}
+    segments = []
+    if size:
+        seg, files = _write_segment(store, tmp, 0, size)
+        segments.append(seg)
+    files[checkpoint_file(size)] = _write_text(tmp, checkpoint_file(size), snapshot.note)
+    files[VKEY_FILE] = _write_text(tmp, VKEY_FILE, verifier.vkey + "\n")
+    (tmp / NOTE_FILE).write_text(snapshot.note, encoding="utf-8")
+    (tmp / MANIFEST_FILE).write_bytes(manifest_bytes(_manifest(store, snapshot, verifier, files, segments)))
+    if verify:
+        with Bundle(tmp, limits=_OWN_EXPORT) as b:
+            b.verify(verifier).raise_for_status()
+
+
+def _write_new(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify: bool) -> None:
     tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        files: dict[str, dict[str, Any]] = {}
-        segments = []
-        if size:
-            seg, files = _write_segment(store, tmp, 0, size)
-            segments.append(seg)
-        files[checkpoint_file(size)] = _write_text(tmp, checkpoint_file(size), snapshot.note)
-        files[VKEY_FILE] = _write_text(tmp, VKEY_FILE, verifier.vkey + "\n")
-        (tmp / NOTE_FILE).write_text(snapshot.note, encoding="utf-8")
-        (tmp / MANIFEST_FILE).write_bytes(manifest_bytes(_manifest(store, snapshot, verifier, files, segments)))
-        if verify:
-            with Bundle(tmp, limits=_OWN_EXPORT) as b:
-                b.verify(verifier).raise_for_status()
+        stage_new(store, snapshot, tmp, verifier, verify)
         _keep_cosignatures(folder, tmp, snapshot.origin)
         if folder.exists():
             shutil.rmtree(folder)
@@ -199,8 +217,14 @@ def _keep_cosignatures(folder: Path, tmp: Path, origin: str) -> None:
         shutil.copytree(src, tmp / COSIGNATURE_DIR, symlinks=True)
 
 
-def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify: bool) -> None:
-    with Bundle(folder, limits=_OWN_EXPORT, _from=sys.maxsize) as old:  # manifest and note: no segment read
+def check_extension(store, snapshot: Snapshot, folder: str | os.PathLike, verifier: Verifier,
+                    storage_options: dict | None = None) -> tuple[dict, list[Segment], str, int]:
+    """``(manifest, segments, note, size)`` of the bundle in ``folder`` that ``snapshot`` extends.
+
+    Raises unless that bundle is of this log, of this key and of this history, and not newer.
+    """
+    with Bundle(folder, limits=_OWN_EXPORT, _from=sys.maxsize, storage_options=storage_options) as old:
+        folder = old.path  # as shown: never a URL's credentials
         if old.format == FORMAT_V1:
             raise AuditKitError(f"{folder} holds a bundle of the v1 layout (one file per table), which cannot grow; "
                                 "export with overwrite=True once to rewrite it as an append-only bundle")
@@ -223,6 +247,12 @@ def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify:
         raise ForkError(f"{folder} holds a checkpoint of size {old_size:,} that this store's log does not extend "
                         "(another history of this log: a fork); refused", origin=snapshot.origin,
                         seen_note=old_note, new_note=snapshot.note)
+    return manifest, segments, old_note, old_size
+
+
+def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify: bool) -> None:
+    manifest, segments, old_note, old_size = check_extension(store, snapshot, folder, verifier)
+    size = int(snapshot.size)
     if old_size == size:  # the same tree: nothing to add
         return
     staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -239,8 +269,7 @@ def _extend(store, snapshot: Snapshot, folder: Path, verifier: Verifier, verify:
             placed.append(folder / name)
         for sub in (SEGMENT_DIR, CHECKPOINT_DIR):
             fsync_dir(folder / sub)
-        new = _manifest(store, snapshot, verifier, {**manifest["files"], **files}, [*segments, seg])
-        data = manifest_bytes(new)
+        data = manifest_bytes(_manifest(store, snapshot, verifier, {**manifest["files"], **files}, [*segments, seg]))
         if verify:
             with Bundle(folder, limits=_OWN_EXPORT, _manifest=data, _from=old_size) as b:
                 b.verify(verifier, since=old_note).raise_for_status()

@@ -14,6 +14,11 @@ decompression bomb (one huge entry in a tiny zstd file) is refused from a few hu
 :func:`duckdb_path` escapes glob characters so DuckDB reads exactly the file named. The checks are
 functions over lists of names, so a table may span many files.
 
+:class:`BundleFiles` applies the same checks to a bundle behind an fsspec URL (``s3://``, ``gs://``,
+``memory://``): only named objects (never a prefix), byte-limited small files, the Parquet cost check
+on the remote file (:func:`check_parquet_file` takes any open binary file), and a DuckDB connection
+that reads only the objects listed when the bundle was opened. It pickles, for worker processes.
+
 >>> check_name("log.parquet")
 'log.parquet'
 >>> check_name("../x")
@@ -25,7 +30,9 @@ rlhf_audit_kit.errors.BundleError: the manifest names '../x', which is not a pla
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import os
 import re
 import stat
@@ -38,7 +45,7 @@ from .errors import AuditKitError, BundleError
 
 __all__ = ["Limits", "check_name", "open_file", "read_small", "file_digest", "unlisted", "check_parquet",
            "check_parquet_file", "ParquetCost", "duckdb_path", "show_name", "BundleFiles", "is_url",
-           "read_bundle_parquet"]
+           "local_path", "shown_url", "read_bundle_parquet", "ATOMIC_PUT"]
 
 _NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _MAX_DEPTH = 4
@@ -400,10 +407,15 @@ def check_parquet_file(fh: BinaryIO, size: int, name: str, limits: Limits) -> Pa
 ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 _GLOB = re.compile(r"[\[*?{]")
 _PAGE_BLOCK = 1 << 20  # read-ahead of a remote Parquet file: page headers come a few per request
+_WHOLE = 8 << 20  # a remote file this small is read with one request (each request costs a round trip)
 
 
-def _local_path(location: str | os.PathLike) -> str | None:
-    """The local path ``location`` names (a path, or a ``file://`` URL), or None for another URL."""
+def local_path(location: str | os.PathLike) -> str | None:
+    """The local path ``location`` names (a path, or a ``file://`` URL), or None for another URL.
+
+    >>> local_path("file:///tmp/b"), local_path("b/"), local_path("s3://bucket/b")
+    ('/tmp/b', 'b/', None)
+    """
     if not isinstance(location, str):
         return os.fspath(location)
     if "://" not in location:
@@ -420,7 +432,7 @@ def is_url(location: object) -> bool:
     >>> is_url("s3://bucket/bundle"), is_url("file:///tmp/b"), is_url("bundle/")
     (True, False, False)
     """
-    return isinstance(location, str) and _local_path(location) is None
+    return isinstance(location, str) and local_path(location) is None
 
 
 def shown_url(url: str) -> str:
@@ -453,14 +465,14 @@ class BundleFiles:
     >>> files.read_small("manifest.json", 1)
     Traceback (most recent call last):
     ...
-    rlhf_audit_kit.errors.BundleError: manifest.json has 2 bytes, more than the 1 allowed; refused
+    rlhf_audit_kit.errors.BundleError: manifest.json has more than the 1 bytes allowed; refused
     """
 
     def __init__(self, location: str | os.PathLike, storage_options: dict[str, Any] | None = None,
                  limits: Limits | None = None):
         if not isinstance(location, (str, os.PathLike)):
             raise TypeError(f"a bundle location is a path or a URL, not {type(location).__name__}")
-        local = _local_path(location)
+        local = local_path(location)
         self.limits = limits or Limits()
         self.local = local is not None
         self._fs: Any = None
@@ -499,7 +511,11 @@ class BundleFiles:
     def fs(self) -> Any:
         """The fsspec file system (made on first use, also after unpickling)."""
         if self._fs is None:
-            import fsspec.core
+            try:
+                import fsspec.core
+            except ImportError:
+                raise AuditKitError(f"{self.shown}: bundles behind a URL need fsspec (and the file system's package, "
+                                    "e.g. s3fs): pip install 'rlhf-audit-kit[s3]'") from None
             if self.local:
                 self._fs, self._root = fsspec.filesystem("file"), self.url
             else:
@@ -509,6 +525,12 @@ class BundleFiles:
                     raise AuditKitError(f"cannot open {self.shown}: {show_name(str(e), 200)}") from None
                 self._root = self._root.rstrip("/")
         return self._fs
+
+    @property
+    def root_path(self) -> str:
+        """The file system path of the bundle (its folder, or the URL without the protocol)."""
+        self.fs
+        return self._root
 
     def path(self, name: str) -> str:
         """The file system path of bundle file ``name`` (checked to be a plain name inside the bundle first)."""
@@ -540,14 +562,15 @@ class BundleFiles:
 
     def _info(self, name: str, *, fresh: bool = False) -> dict:
         full = self.path(name)
-        info = None if fresh or self._listing is None else self._listing.get(full)
-        if info is None:
-            def head():
-                self.fs.invalidate_cache(full)  # the manifest and checkpoint.note are replaced: no stale listing
-                return self.fs.info(full)
-            info = self._remote(name, head)
+        if not fresh and self._listing is not None:  # listed after the manifest was read: absent is missing
+            info = self._listing.get(full)
+            if info is None:
+                raise FileNotFoundError(f"{name} is missing")
+        else:
+            info = self._remote(name, lambda: _fresh_info(self.fs, full))
         if info.get("type") != "file":
-            what = "a folder" if info.get("type") == "directory" else f"an entry of type {show_name(info.get('type'), 20)}"
+            kind = info.get("type")
+            what = "a folder" if kind == "directory" else f"an entry of type {show_name(kind, 20)}"
             raise BundleError(f"{name} is {what}, not a file of the bundle; refused without reading it",
                               damage="unsafe-file", file=name)
         if type(info.get("size")) is not int or info["size"] < 0:
@@ -577,11 +600,11 @@ class BundleFiles:
         if self.local:
             return os.path.lexists(self.path(name))
         full = self.path(name)
-
-        def look() -> bool:
-            self.fs.invalidate_cache(full)
-            return self.fs.exists(full)
-        return bool(self._remote(name, look))
+        try:
+            self._remote(name, lambda: _fresh_info(self.fs, full))
+        except FileNotFoundError:
+            return False
+        return True
 
     def is_regular(self, name: str) -> bool:
         """True if ``name`` is a regular file (lstat locally: no link followed)."""
@@ -597,26 +620,43 @@ class BundleFiles:
         """Bundle file ``name`` opened for binary reading (the caller closes it); checked as :meth:`size`."""
         if self.local:
             return os.fdopen(open_file(self.root, name), "rb")
-        self._info(name)
-        return self._remote(name, lambda: self.fs.open(self.path(name), "rb", block_size=block_size,
-                                                       cache_type="readahead"))
+        size = self._info(name)["size"]
+        return self._remote(name, lambda: _open_remote(self.fs, self.path(name), size, block_size))
+
+    def _whole(self, name: str, size: int) -> bytes:
+        """The bytes of a (small) remote file of known ``size`` in one ranged GET: a range needs no
+        request to learn the size, which a file system may answer from a listing another thread made."""
+        return self._remote(name, lambda: self.fs.cat_file(self.path(name), start=0, end=size)) if size else b""
 
     def read_small(self, name: str, limit: int) -> bytes:
         """The bytes of a small bundle file (manifest, note, key); BundleError ``oversized`` past ``limit``."""
         if self.local:
             return read_small(self.root, name, limit)
-        size = self._info(name, fresh=True)["size"]
-        data = b"" if size > limit else self._remote(name, lambda: self.fs.cat_file(self.path(name), start=0,
-                                                                                    end=limit + 1))
-        if size > limit or len(data) > limit:
-            raise BundleError(f"{name} has {max(size, len(data)):,} bytes, more than the {limit:,} allowed; refused",
-                              damage="oversized", file=name)
+        full = self.path(name)
+
+        def get() -> bytes:  # one ranged GET: the object as it is now (manifest and note copy are replaced)
+            try:
+                return self.fs.cat_file(full, start=0, end=limit + 1)
+            except FileNotFoundError:
+                raise
+            except OSError:  # S3 answers a range over an empty object with an error
+                if self._info(name, fresh=True)["size"] == 0:
+                    return b""
+                raise
+        data = self._remote(name, get)
+        if len(data) > limit:
+            raise BundleError(f"{name} has more than the {limit:,} bytes allowed; refused", damage="oversized",
+                              file=name)
         return data
 
     def digest(self, name: str) -> tuple[str, int]:
         """SHA-256 (hex) and size of bundle file ``name``."""
         if self.local:
             return file_digest(self.root, name)
+        size = self.size(name)
+        if size <= _WHOLE:
+            data = self._whole(name, size)
+            return hashlib.sha256(data).hexdigest(), len(data)
         h, n = hashlib.sha256(), 0
         with self.open(name, block_size=8 << 20) as fh:
             while chunk := self._remote(name, lambda: fh.read(1 << 22)):
@@ -629,6 +669,9 @@ class BundleFiles:
         if self.local:
             return check_parquet(self.root, name, self.limits)
         size = self.size(name)
+        if size <= _WHOLE:
+            data = self._whole(name, size)
+            return check_parquet_file(io.BytesIO(data), len(data), name, self.limits)
         with self.open(name) as fh:
             return self._remote(name, lambda: check_parquet_file(fh, size, name, self.limits))
 
@@ -638,8 +681,6 @@ class BundleFiles:
         The file is read once; the very bytes decoded are first checked (:func:`check_parquet_file`)
         and hashed, so compare the digest with the manifest's: nothing can change in between.
         """
-        import io
-
         import pyarrow as pa
         import pyarrow.parquet as pq
         size = self.size(name)
@@ -684,20 +725,98 @@ class BundleFiles:
     def connect(self) -> Any:
         """An in-memory DuckDB connection that reads this bundle's files by :meth:`duckdb_path`.
 
-        Remotely through this fsspec file system (``register_filesystem``), and never through an
-        extension DuckDB would load (or download) for the protocol on its own.
+        Remotely through :class:`_ListedFiles` (``register_filesystem``): DuckDB sees only the
+        objects of the listing taken when the bundle was opened, never an extension it would load
+        (or download) for the protocol on its own; what it read of a file (blocks, footers) is kept
+        for the connection's later queries (segment files never change), so a verification reads
+        each object about once.
         """
         import duckdb
         con = duckdb.connect(":memory:")
         try:
             if not self.local:
-                con.execute("SET autoinstall_known_extensions = false")
-                con.execute("SET autoload_known_extensions = false")
-                con.register_filesystem(self.fs)
+                for setting in ("autoinstall_known_extensions = false", "autoload_known_extensions = false",
+                                "parquet_metadata_cache = true", "validate_external_file_cache = 'NO_VALIDATION'"):
+                    con.execute(f"SET {setting}")
+                con.register_filesystem(_listed_files_class()(self))
         except BaseException:
             con.close()
             raise
         return con
+
+
+def _fresh_info(fs: Any, path: str) -> dict:
+    """``fs.info`` asked of the store itself, not of a cached listing (s3fs caches listings per file
+    system object, which other threads share and refill: the manifest is replaced, new files appear)."""
+    try:
+        return fs.info(path, refresh=True)
+    except TypeError:  # a file system without the option keeps no listing cache to refresh
+        return fs.info(path)
+
+
+def _open_remote(fs: Any, path: str, size: int, block_size: int) -> BinaryIO:
+    """``fs.open`` for reading, told the size when it takes it (no request to learn it again)."""
+    import inspect
+    kw = {"size": size} if "size" in inspect.signature(type(fs)._open).parameters else {}
+    return fs.open(path, "rb", block_size=block_size, cache_type="readahead", **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def _listed_files_class() -> type:
+    """:class:`_ListedFiles`, defined on first use (fsspec is imported only for a remote bundle)."""
+    from fsspec import AbstractFileSystem
+
+    class _ListedFiles(AbstractFileSystem):
+        """What DuckDB may read of a remote bundle: the objects listed when it was opened.
+
+        Metadata (glob, info, size, modified) comes from that listing, so DuckDB's many calls per
+        query cost no request; files open through the bundle's own file system. A path outside
+        the listing does not exist here.
+        """
+
+        cachable = False  # one per bundle: never shared through fsspec's instance cache
+
+        def __init__(self, files: BundleFiles):
+            super().__init__()
+            self.protocol = files.fs.protocol  # DuckDB routes the protocol's paths here
+            self._files = files
+
+        def _entry(self, path: str) -> dict:
+            info = (self._files._listing or {}).get(self._files.fs._strip_protocol(path).rstrip("/"))
+            if info is None:
+                raise FileNotFoundError(path)
+            return info
+
+        def info(self, path, **kwargs):
+            return self._entry(path)
+
+        def ls(self, path, detail=True, **kwargs):
+            info = self._entry(path)
+            return [info] if detail else [info["name"]]
+
+        def glob(self, path, **kwargs):  # exact names only: the kit escapes nothing, it names files
+            try:
+                return [self._entry(path)["name"]]
+            except FileNotFoundError:
+                return []
+
+        def modified(self, path):
+            import datetime as dt
+            info = self._entry(path)
+            when = info.get("LastModified") or info.get("mtime") or info.get("created")
+            if isinstance(when, dt.datetime):
+                return when
+            return dt.datetime.fromtimestamp(when if isinstance(when, (int, float)) else 0, dt.timezone.utc)
+
+        def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+            if mode != "rb":
+                raise PermissionError(f"{path}: a bundle is read-only")
+            info = self._entry(path)
+            if info.get("type") != "file":
+                raise IsADirectoryError(path)
+            return _open_remote(self._files.fs, info["name"], info["size"], block_size or 8 << 20)
+
+    return _ListedFiles
 
 
 def read_bundle_parquet(url: str, storage_options: dict[str, Any] | None, name: str, limits: Limits | None = None,

@@ -5,7 +5,9 @@ DuckDB lets no other process read a store while its writer holds it. A :class:`P
 publish instead: every ``every`` seconds, if events were recorded since the last publication, it
 signs a snapshot and exports it incrementally into ``folder`` (:mod:`rlhf_audit_kit.bundle_export`:
 O(new events), earlier files never rewritten, the manifest replaced last). Other processes open,
-verify (``bundle.verify(key, since=last_report)``) and read the folder meanwhile.
+verify (``bundle.verify(key, since=last_report)``) and read the folder meanwhile. ``folder`` may be
+an fsspec URL (``s3://bucket/live``, with ``storage_options`` for its file system): each publication
+then uploads the new segment and notes, and replaces the manifest last.
 
 It runs in a background thread. An error there (a full disk, a fork refused) stops publishing
 and is raised by the next :meth:`Publisher.publish_now` or :meth:`Publisher.stop`: never
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle_export import write_bundle
+from .bundle_files import is_url, shown_url
 from .ledger.snapshot import Snapshot, resolve_signer
 
 __all__ = ["Publisher"]
@@ -43,14 +46,17 @@ class Publisher:
     ``published``: the last published :class:`~rlhf_audit_kit.ledger.snapshot.Snapshot` (its note
     is what readers verify against); ``publications``: how many were published (the first one is
     made when the publisher starts, so the folder exists at once). ``verify``: verify each
-    publication (since the previous one) before it is published.
+    publication (since the previous one) before it is published. ``folder``: a folder, or an fsspec
+    URL whose file system takes ``storage_options``.
     """
 
     def __init__(self, store, folder: str | os.PathLike, signer: Any = None, *, every: float = 10.0,
-                 verify: bool = True, passphrase: str | None = None):
+                 verify: bool = True, passphrase: str | None = None, storage_options: dict | None = None):
         if not every > 0:
             raise ValueError(f"every must be a positive number of seconds, got {every!r}")
-        self.store, self.folder, self.every, self.verify = store, Path(folder), float(every), verify
+        self.folder: Path | str = folder if is_url(folder) else Path(folder)
+        self.store, self.every, self.verify = store, float(every), verify
+        self.storage_options = storage_options
         self.signer = resolve_signer(signer, store, passphrase)
         self.published: Snapshot | None = None
         self.publications = 0
@@ -58,9 +64,13 @@ class Publisher:
         self._stopped = threading.Event()
         self._error: BaseException | None = None
         self._publish()
-        self._thread = threading.Thread(target=self._run, name=f"rlhf-audit-publish {self.folder.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"rlhf-audit-publish {self._shown}", daemon=True)
         self._thread.start()
         store._attached.add(self)  # store.close() stops it (and publishes what is left) first
+
+    @property
+    def _shown(self) -> str:
+        return shown_url(self.folder) if isinstance(self.folder, str) else str(self.folder)
 
     def _due(self) -> bool:
         # a publication records a snapshot event: only events after it call for another one
@@ -70,7 +80,8 @@ class Publisher:
         with self._lock:
             if self._due():
                 snap = self.store.snapshot(self.signer)
-                write_bundle(self.store, snap, self.folder, verifier=self.signer.verifier, verify=self.verify)
+                write_bundle(self.store, snap, self.folder, verifier=self.signer.verifier, verify=self.verify,
+                             storage_options=self.storage_options)
                 self.published = snap
                 self.publications += 1
             return self.published
@@ -128,5 +139,5 @@ class Publisher:
 
     def __repr__(self) -> str:
         size = self.published.size if self.published else None
-        return (f"Publisher({str(self.folder)!r}, every={self.every}s, published size={size}, "
+        return (f"Publisher({self._shown!r}, every={self.every}s, published size={size}, "
                 f"{'running' if self.running else 'stopped'})")

@@ -855,17 +855,19 @@ class AuditStore(RecordReader):
         return take_snapshot(self, signer, passphrase=passphrase)
 
     def publish(self, folder: str | os.PathLike, signer: Any = None, *, every: float = 10.0, verify: bool = True,
-                passphrase: str | None = None):
+                passphrase: str | None = None, storage_options: dict | None = None):
         """Sign and export into the bundle folder ``folder`` every ``every`` seconds while recording; return
         the :class:`~rlhf_audit_kit.publish.Publisher` (``stop()``, or use it as a context manager).
 
         Other processes read and verify ``folder`` meanwhile (a store file is open to its writer only).
         Each publication adds only the new events (``snapshot.export`` onto the folder's bundle).
+        ``folder`` may be an fsspec URL (``s3://bucket/live``), its file system made with ``storage_options``.
 
         >>> # with store.publish("live/", keys_dir, every=5): train()
         """
         from .publish import Publisher
-        return Publisher(self, folder, signer, every=every, verify=verify, passphrase=passphrase)
+        return Publisher(self, folder, signer, every=every, verify=verify, passphrase=passphrase,
+                         storage_options=storage_options)
 
     def snapshots(self, verifier: Any = None) -> list:
         """Every recorded snapshot, oldest first (signatures checked when ``verifier`` is given)."""

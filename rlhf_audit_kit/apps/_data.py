@@ -81,7 +81,7 @@ class Source:
         if isinstance(obj, Source):  # pragma: no cover - as_source short-cuts this
             obj = obj.obj
         if isinstance(obj, (str, os.PathLike)):
-            obj, self._owned = _open_path(Path(obj)), True
+            obj, self._owned = _open_path(obj), True
         snap_store = getattr(obj, "store", None)
         if type(obj).__name__ == "Snapshot" and snap_store is not None:
             obj = snap_store
@@ -254,7 +254,12 @@ def as_source(obj: Any, *, verifier: Any = None) -> Source:
 
 
 # ---------------------------------------------------------------------- helpers
-def _open_path(path: Path) -> Any:
+def _open_path(path: str | os.PathLike) -> Any:
+    from ..bundle_files import is_url
+    if is_url(path):  # a bundle on object storage (credentials from its file system's environment)
+        from ..bundle import open_bundle
+        return open_bundle(path)
+    path = Path(path)
     if path.is_dir():
         try:
             from ..bundle import open_bundle

@@ -285,8 +285,10 @@ def _cmd_serve(args) -> int:
         raise InsecureServeError(f"refusing to serve on {address} without --basic-auth FILE "
                                  f"(or --insecure to serve the record to anyone who can reach it)")
     auth = read_password_file(args.basic_auth) if args.basic_auth else None
-    path = Path(args.source)
-    if not path.exists():
+    from ..bundle_files import is_url, shown_url
+    remote = is_url(args.source)  # a bundle on object storage: served as it is now (not followed)
+    path = args.source if remote else Path(args.source)
+    if not remote and not path.exists():
         raise FileNotFoundError(f"no store or bundle at {path}")
     if args.verifier is not None and args.keys is not None:
         raise AuditKitError("pass either --vkey (--verifier) or --keys, not both")
@@ -294,9 +296,10 @@ def _cmd_serve(args) -> int:
     if args.witness_quorum is not None and not args.witness:
         raise AuditKitError("--witness-quorum needs the witness keys: pass --witness VKEY (repeatable)")
     host = "localhost" if is_loopback(address) else address
-    follow = path.is_dir() and not args.no_follow
-    kind = "bundle (following new checkpoints)" if follow else "bundle" if path.is_dir() else "store (read-only)"
-    print(f"serving {kind} {path} at http://{host}:{args.port}/"
+    follow = not remote and path.is_dir() and not args.no_follow
+    kind = ("bundle (following new checkpoints)" if follow else "bundle" if remote or path.is_dir()
+            else "store (read-only)")
+    print(f"serving {kind} {shown_url(path) if remote else path} at http://{host}:{args.port}/"
           + (" (login required)" if auth else ""), flush=True)
     if verifier is None:
         print("warning: no verifier key pinned (--vkey or --keys): signatures are checked against the record's "

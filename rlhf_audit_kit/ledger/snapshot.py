@@ -128,11 +128,12 @@ class Snapshot:
         return True
 
     def export(self, folder: str | os.PathLike, *, verifier: Any = None, verify: bool = True,
-               overwrite: bool = False) -> Bundle:
+               overwrite: bool = False, storage_options: dict | None = None) -> Bundle:
         """Write a self-contained bundle of exactly what this snapshot signs; return it opened.
 
         See :func:`rlhf_audit_kit.bundle.export_bundle`. ``verify`` re-verifies the written bundle
-        against the snapshot's key before returning (the folder is removed if it fails).
+        against the snapshot's key before returning (the folder is removed if it fails). ``folder``
+        may be an fsspec URL (``s3://bucket/bundle``), its file system made with ``storage_options``.
         """
         from ..bundle import export_bundle
         if self.store is None:
@@ -141,7 +142,7 @@ class Snapshot:
         if v is None:
             raise KeysError("exporting needs the snapshot's verifier key: pass verifier=")
         return export_bundle(self.store, self, folder, verifier=resolve_verifiers(v)[0], verify=verify,
-                             overwrite=overwrite)
+                             overwrite=overwrite, storage_options=storage_options)
 
     def export_compliance_notebook(self, path: str | os.PathLike, template: str = "eu-ai-act", **kw: Any):
         """Export a compliance notebook bound to this snapshot (its bundle is written beside it).
