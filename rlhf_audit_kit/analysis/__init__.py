@@ -35,6 +35,7 @@ from rlhf_audit_kit.analysis.agreement import (
     fleiss_kappa,
     krippendorff_alpha,
     pairwise,
+    pairwise_from_counts,
     percent_agreement,
 )
 from rlhf_audit_kit.analysis.annotators import (
@@ -80,6 +81,7 @@ __all__ = [
     "metric_changepoints",
     "page_hinkley",
     "pairwise",
+    "pairwise_from_counts",
     "percent_agreement",
     "psi",
     "psi_edges",

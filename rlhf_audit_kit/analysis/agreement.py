@@ -42,6 +42,7 @@ __all__ = [
     "fleiss_kappa",
     "krippendorff_alpha",
     "pairwise",
+    "pairwise_from_counts",
     "percent_agreement",
 ]
 
@@ -446,25 +447,48 @@ def pairwise(labels: pl.DataFrame, min_overlap: int = 1, *, item: str = "item",
     if not isinstance(min_overlap, (int, np.integer)) or min_overlap < 1:
         raise ValueError(f"min_overlap must be a positive integer, got {min_overlap!r}")
     df = _prepare(labels, item, annotator, label)
-    ann_dtype = df.schema["annotator"]
     left = df.rename({"annotator": "annotator_a", "label": "label_a"})
     right = df.rename({"annotator": "annotator_b", "label": "label_b"})
     pairs = left.join(right, on="item", how="inner").filter(
         pl.col("annotator_a") < pl.col("annotator_b"))
+    counts = pairs.group_by("annotator_a", "annotator_b", "label_a", "label_b").agg(k=pl.len())
+    return pairwise_from_counts(counts, min_overlap).cast(
+        {"annotator_a": df.schema["annotator"], "annotator_b": df.schema["annotator"]})
+
+
+def pairwise_from_counts(counts: pl.DataFrame, min_overlap: int = 1) -> pl.DataFrame:
+    """:func:`pairwise` from each pair's label contingency counts instead of the labels.
+
+    ``counts`` has ``annotator_a``, ``annotator_b`` (``a < b``), ``label_a``, ``label_b`` and ``k``:
+    the items on which ``a`` gave ``label_a`` and ``b`` gave ``label_b``. That table is small (pairs
+    x labels^2), so a database can build it next to the data (a self-join on the item and a
+    ``GROUP BY``) and only it crosses into Python; the result is :func:`pairwise`'s, exactly.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> counts = pl.DataFrame({"annotator_a": ["a", "a"], "annotator_b": ["b", "b"],
+    ...                        "label_a": ["x", "y"], "label_b": ["x", "x"], "k": [2, 1]})
+    >>> pairwise_from_counts(counts)["percent_agreement"].to_list()
+    [0.6666666666666666]
+    """
+    if not isinstance(min_overlap, (int, np.integer)) or min_overlap < 1:
+        raise ValueError(f"min_overlap must be a positive integer, got {min_overlap!r}")
     key = ["annotator_a", "annotator_b"]
-    stats = pairs.group_by(key).agg(
-        n=pl.len().cast(pl.Int64),
-        agree=(pl.col("label_a") == pl.col("label_b")).sum().cast(pl.Float64),
+    k = pl.col("k").cast(pl.Float64)  # counts are integers: every sum below is exact
+    stats = counts.group_by(key).agg(
+        n=pl.col("k").sum().cast(pl.Int64),
+        agree=k.filter(pl.col("label_a") == pl.col("label_b")).sum(),
     ).filter(pl.col("n") >= min_overlap)
     # Chance agreement sum_c r_c s_c from the two label margins of each pair.
-    margin_a = pairs.group_by(*key, "label_a").agg(r=pl.len().cast(pl.Float64))
-    margin_b = pairs.group_by(*key, "label_b").agg(s=pl.len().cast(pl.Float64))
+    margin_a = counts.group_by(*key, "label_a").agg(r=k.sum())
+    margin_b = counts.group_by(*key, "label_b").agg(s=k.sum())
     chance = (margin_a.join(margin_b, left_on=[*key, "label_a"], right_on=[*key, "label_b"])
               .group_by(key).agg(rs=(pl.col("r") * pl.col("s")).sum()))
     n = pl.col("n").cast(pl.Float64)
     # Same algebra as scikit-learn: kappa = 1 - (n - agree) / (n - sum_c r_c s_c / n).
     den = n - pl.col("rs").fill_null(0.0) / n
-    out = (
+    return (
         stats.join(chance, on=key, how="left")
         .select(
             *key, "n",
@@ -473,9 +497,6 @@ def pairwise(labels: pl.DataFrame, min_overlap: int = 1, *, item: str = "item",
         )
         .sort(key)
     )
-    if out.height == 0:  # keep the annotator dtype on an empty result
-        out = out.cast({"annotator_a": ann_dtype, "annotator_b": ann_dtype})
-    return out
 
 
 # --------------------------------------------------------------------------------------------

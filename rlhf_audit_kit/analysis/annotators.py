@@ -1,10 +1,13 @@
 """Annotator behaviour: throughput, speed, choice shares, biases, agreement and drift.
 
 Every function takes a *source*: an :class:`~rlhf_audit_kit.store.AuditStore`, a snapshot bundle
-(anything with the same ``sql(query, params)`` read API over an ``annotation`` table), or a polars
-DataFrame with the columns of the ``annotation`` kind (see :mod:`rlhf_audit_kit.schema`). With a
-store or a bundle only the columns needed are read, and response lengths are computed in DuckDB,
-so the texts never cross into Python.
+(anything with the same ``sql(query, params)`` read API over an ``annotation`` table), a bundle's
+folder or fsspec URL (``"s3://audit/run-7"``, with ``storage_options=``; opened with
+:func:`~rlhf_audit_kit.bundle.open_bundle` for the call), or a polars DataFrame with the columns of
+the ``annotation`` kind (see :mod:`rlhf_audit_kit.schema`). With a store or a bundle only the
+columns needed are read, response lengths are computed in DuckDB, so the texts never cross into
+Python, and only aggregates come back (per annotator, window or pair; :func:`annotation_frame`
+alone returns rows).
 
 Common filters: ``since`` / ``until`` (on the annotation time ``coalesce(shown_at,
 submitted_at)``, ``since`` inclusive, ``until`` exclusive), ``annotators`` (the ids *as stored*,
@@ -60,7 +63,8 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from .agreement import pairwise
+from ._source import reads_source
+from .agreement import pairwise_from_counts
 
 __all__ = [
     "agreement_matrix",
@@ -71,7 +75,7 @@ __all__ = [
     "throughput",
 ]
 
-Source = Any  # AuditStore | bundle | pl.DataFrame | pl.LazyFrame
+Source = Any  # AuditStore | bundle | pl.DataFrame | pl.LazyFrame | a bundle's path or fsspec URL
 _US_PER_DAY = 86_400 * 1_000_000
 
 
@@ -90,22 +94,27 @@ def _as_list(values: Any) -> list[str] | None:
     return [str(v) for v in values]
 
 
+@reads_source
 def annotation_frame(source: Source, *, since: Any = None, until: Any = None,
                      annotators: Sequence[str] | str | None = None,
                      task_ids: Sequence[str] | str | None = None,
-                     models: bool = False) -> pl.DataFrame:
+                     models: bool = False, storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
     """The slim, normalised annotation table every function of this module works on.
 
     Parameters
     ----------
     source
-        A store, a bundle (``sql`` read API) or a DataFrame of ``annotation`` rows.
+        A store, a bundle (``sql`` read API), a bundle's folder or fsspec URL (opened for the
+        call) or a DataFrame of ``annotation`` rows.
     since, until
         Keep annotations with ``since <= t < until`` (datetimes or ISO strings; naive = UTC).
     annotators, task_ids
         Keep only these annotators (stored ids, i.e. pseudonyms) / tasks.
     models
         Also return ``model_a`` and ``model_b``.
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
@@ -149,7 +158,7 @@ def annotation_frame(source: Source, *, since: Any = None, until: Any = None,
             df = df.filter(pl.col("task_id").is_in(task_list))
         return df
     if not hasattr(source, "sql"):
-        raise TypeError(f"source must be an AuditStore, a bundle or a polars DataFrame, "
+        raise TypeError(f"source must be an AuditStore, a bundle (or its path or URL) or a polars DataFrame, "
                         f"got {type(source).__name__}")
     query, params = _slim_sql(since, until, ann_list, task_list, models=models, **_probe(source))
     df = source.sql(query + " ORDER BY seq", params or None).drop("ah")
@@ -330,7 +339,7 @@ class _Rows:
             self.base, self.params = _slim_sql(since, until, _as_list(annotators), _as_list(task_ids),
                                                **_probe(source))
         else:
-            raise TypeError(f"source must be an AuditStore, a bundle or a polars DataFrame, "
+            raise TypeError(f"source must be an AuditStore, a bundle (or its path or URL) or a polars DataFrame, "
                             f"got {type(source).__name__}")
 
     def run(self, ctes: str, select: str, *, base: str | None = None,
@@ -500,6 +509,7 @@ _REPORT_COLUMNS = [
 ]
 
 
+@reads_source
 def annotator_report(
     source: Source,
     *,
@@ -519,13 +529,15 @@ def annotator_report(
     min_repeats: int = 10,
     min_gold_accuracy: float = 0.80,
     min_gold: int = 10,
+    storage_options: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
     """One row per annotator: volume, speed, choice shares, biases, agreement and flags.
 
     Parameters
     ----------
     source
-        Store, bundle or annotation DataFrame (see :func:`annotation_frame`).
+        Store, bundle, a bundle's folder or URL, or annotation DataFrame (see
+        :func:`annotation_frame`).
     since, until, annotators, task_ids
         Filters (see the module docstring).
     alpha
@@ -555,6 +567,9 @@ def annotator_report(
     min_gold_accuracy, min_gold
         Gold flag: over at least ``min_gold`` gold labels, accuracy significantly below
         ``min_gold_accuracy`` (same rule).
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
@@ -654,6 +669,7 @@ def _duration_us(every: str | dt.timedelta) -> int:
     return us
 
 
+@reads_source
 def annotator_drift(
     source: Source,
     window: str | dt.timedelta | int = "7d",
@@ -666,6 +682,7 @@ def annotator_drift(
     ci_level: float = 0.95,
     min_window_n: int = 30,
     min_drop: float = 0.15,
+    storage_options: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
     """Key statistics per annotator per time window, and a per-annotator drift verdict.
 
@@ -690,7 +707,7 @@ def annotator_drift(
     Parameters
     ----------
     source
-        Store, bundle or annotation DataFrame.
+        Store, bundle, a bundle's folder or URL, or annotation DataFrame.
     window
         Window length or number of windows.
     since, until, annotators, task_ids
@@ -701,6 +718,9 @@ def annotator_drift(
         Compared labels a window needs to be a first/last window of the test.
     min_drop
         Smallest agreement drop (first minus last) that counts as drift.
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
@@ -896,6 +916,7 @@ def _empty_drift() -> pl.DataFrame:
 # --------------------------------------------------------------------------------------------
 # throughput and pairwise agreement
 # --------------------------------------------------------------------------------------------
+@reads_source
 def throughput(
     source: Source,
     every: str | dt.timedelta = "1d",
@@ -904,6 +925,7 @@ def throughput(
     until: Any = None,
     annotators: Sequence[str] | str | None = None,
     task_ids: Sequence[str] | str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
     """Annotations per annotator per calendar period (a timeline for plots).
 
@@ -913,11 +935,14 @@ def throughput(
     Parameters
     ----------
     source
-        Store, bundle or annotation DataFrame.
+        Store, bundle, a bundle's folder or URL, or annotation DataFrame.
     every
         Period length: ``"1d"``, ``"1h"``, ``"7d"``, ... or a timedelta.
     since, until, annotators, task_ids
         Filters (see the module docstring).
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
@@ -952,6 +977,7 @@ def throughput(
     )
 
 
+@reads_source
 def agreement_matrix(
     source: Source,
     *,
@@ -961,16 +987,19 @@ def agreement_matrix(
     until: Any = None,
     annotators: Sequence[str] | str | None = None,
     task_ids: Sequence[str] | str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
-    """Pairwise Cohen's kappa between annotators (via :func:`~.agreement.pairwise`).
+    """Pairwise Cohen's kappa between annotators (as :func:`~.agreement.pairwise` computes it).
 
     Items are prompt + unordered response pair, labels the (mirrored) choice among a, b, tie;
-    skips are dropped and an annotator's repeat of an item counts once (the first label).
+    skips are dropped and an annotator's repeat of an item counts once (the first label). The
+    pairs are joined in DuckDB next to the data; only their label counts come back to Python
+    (:func:`~.agreement.pairwise_from_counts`).
 
     Parameters
     ----------
     source
-        Store, bundle or annotation DataFrame.
+        Store, bundle, a bundle's folder or URL, or annotation DataFrame.
     min_overlap
         Keep pairs with at least this many shared items.
     wide
@@ -978,6 +1007,9 @@ def agreement_matrix(
         per annotator (symmetric, 1.0 on the diagonal, null where a pair shares too few items).
     since, until, annotators, task_ids
         Filters (see the module docstring).
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
@@ -994,13 +1026,20 @@ def agreement_matrix(
     ['annotator_a', 'annotator_b', 'n', 'kappa', 'percent_agreement']
     """
     rows = _Rows(source, since=since, until=until, annotators=annotators, task_ids=task_ids)
-    labels = rows.run("", """
-        SELECT item, annotator, arg_min(label, seq) AS label
-        FROM base WHERE choice <> 'skip' GROUP BY item, annotator""", materialize=False)
-    out = pairwise(labels, min_overlap=min_overlap)
+    # The self-join runs next to the data; only each pair's label contingency counts come back.
+    counts = rows.run("""labels AS MATERIALIZED (
+            SELECT item, annotator, arg_min(label, seq) AS label
+            FROM base WHERE choice <> 'skip' GROUP BY item, annotator)""", """
+        SELECT l.annotator AS annotator_a, r.annotator AS annotator_b, l.label AS label_a,
+               r.label AS label_b, count(*) AS k
+        FROM labels AS l JOIN labels AS r ON l.item = r.item AND l.annotator < r.annotator
+        GROUP BY ALL""", materialize=False)
+    out = pairwise_from_counts(counts.cast({"annotator_a": pl.String, "annotator_b": pl.String}),
+                               min_overlap=min_overlap)
     if not wide:
         return out
-    names = sorted(labels["annotator"].unique().to_list())
+    names = sorted(rows.run("", "SELECT DISTINCT annotator FROM base WHERE choice <> 'skip'",
+                            materialize=False)["annotator"].to_list())
     both = pl.concat([
         out.select("annotator_a", "annotator_b", "kappa"),
         out.select(pl.col("annotator_b").alias("annotator_a"), pl.col("annotator_a").alias("annotator_b"),

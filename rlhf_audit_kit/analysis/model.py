@@ -1,7 +1,8 @@
 """Model-side analysis: reward drift, training trends, change points and reward hacking.
 
 Every function takes a *source*: an :class:`~rlhf_audit_kit.store.AuditStore`, a snapshot
-bundle (anything with the store's ``sql(query, params)`` read API), a polars DataFrame of the
+bundle (anything with the store's ``sql(query, params)`` read API) or its folder or fsspec URL
+(with ``storage_options=``, opened for the call), a polars DataFrame of the
 kind the function reads (``reward_score`` for :func:`reward_drift`, ``train_step`` for
 :func:`training_trends`), or a mapping ``{kind: DataFrame}`` such as
 :meth:`rlhf_audit_kit.demo.Campaign.frames` (needed by :func:`reward_hacking`, which reads
@@ -29,6 +30,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from ._source import reads_source
 from .changepoint import changepoints
 from .drift import drift_table
 
@@ -74,8 +76,8 @@ def _sql_source(source: Any, kind: str | None = None) -> Any:
         return _FrameSQL({kind: source})
     if isinstance(source, Mapping):
         return _FrameSQL(source)
-    raise TypeError(f"source must be an AuditStore, a bundle, a polars DataFrame or a mapping of "
-                    f"kind -> DataFrame, got {type(source).__name__}")
+    raise TypeError(f"source must be an AuditStore, a bundle (or its path or URL), a polars DataFrame or a "
+                    f"mapping of kind -> DataFrame, got {type(source).__name__}")
 
 
 def _try_sql(src: Any, query: str, params: Any = None) -> pl.DataFrame | None:
@@ -158,20 +160,26 @@ def _long_metrics(source: Any, run_id: str | None, metrics: Sequence[str] | None
 # --------------------------------------------------------------------------------------------
 # reward drift, trends, change points
 # --------------------------------------------------------------------------------------------
+@reads_source
 def reward_drift(source: Any, reference_step: int | None = None, *, run_id: str | None = None,
-                 reward_model: str | None = None, bins: int = 10) -> pl.DataFrame:
+                 reward_model: str | None = None, bins: int = 10,
+                 storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
     """Drift of the reward-score distribution of every policy step against a reference step.
 
     Parameters
     ----------
     source
-        Store, bundle, ``reward_score`` DataFrame or ``{kind: DataFrame}`` mapping.
+        Store, bundle, a bundle's folder or fsspec URL (opened for the call), ``reward_score``
+        DataFrame or ``{kind: DataFrame}`` mapping.
     reference_step
         The step compared against; default the earliest step (the SFT policy).
     run_id, reward_model
         Only scores of this run / reward model (default: all).
     bins
         Quantile bins for PSI.
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
@@ -207,15 +215,16 @@ def reward_drift(source: Any, reference_step: int | None = None, *, run_id: str 
     return table.join(lengths, on="step", how="left").sort("step")
 
 
+@reads_source
 def training_trends(source: Any, run_id: str | None = None,
                     metrics: Sequence[str] | None = DEFAULT_TREND_METRICS, *,
-                    bin_steps: int | None = None) -> pl.DataFrame:
+                    bin_steps: int | None = None, storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
     """Training metrics as one wide row per step (and run).
 
     Parameters
     ----------
     source
-        Store, bundle, ``train_step`` DataFrame (maps as ``{key, value}`` lists), a long
+        Store, bundle, a bundle's folder or URL, ``train_step`` DataFrame (maps as ``{key, value}`` lists), a long
         DataFrame with ``step``, ``metric``, ``value`` (and optionally ``run_id``) columns, or a
         ``{kind: DataFrame}`` mapping.
     run_id
@@ -225,6 +234,9 @@ def training_trends(source: Any, run_id: str | None = None,
     bin_steps
         Average the metrics over bins of this many steps (``step`` becomes the bin start), e.g.
         to plot a 100k-step run.
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
@@ -253,9 +265,11 @@ def training_trends(source: Any, run_id: str | None = None,
     return wide.select("run_id", "step", *order).sort("run_id", "step", nulls_last=True)
 
 
+@reads_source
 def metric_changepoints(source: Any, metric: str = "objective/kl",
                         method: Literal["cusum", "page_hinkley"] = "cusum", *,
-                        run_id: str | None = None, **kw: Any) -> pl.DataFrame:
+                        run_id: str | None = None, storage_options: dict[str, Any] | None = None,
+                        **kw: Any) -> pl.DataFrame:
     """Change points of one training metric, per run (via :func:`~.changepoint.changepoints`).
 
     Defaults scale with the series (pass keywords of :func:`~.changepoint.cusum` or
@@ -275,6 +289,9 @@ def metric_changepoints(source: Any, metric: str = "objective/kl",
         Only this run (default: each run separately).
     **kw
         Detector keywords.
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
@@ -383,6 +400,7 @@ def _hinge_break(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> int | None:
     return best
 
 
+@reads_source
 def reward_hacking(
     source: Any,
     run_id: str | None = None,
@@ -396,6 +414,7 @@ def reward_hacking(
     min_winrate_drop: float = 0.05,
     min_pairs: int = 20,
     kl_accel: float = 2.0,
+    storage_options: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
     """Per checkpoint: reward, length, KL and human win-rate, with reward-hacking indicators.
 
@@ -415,8 +434,8 @@ def reward_hacking(
     Parameters
     ----------
     source
-        Store, bundle or ``{kind: DataFrame}`` mapping with ``reward_score``, ``annotation``
-        and ``train_step`` (and optionally ``checkpoint``) data.
+        Store, bundle, a bundle's folder or URL, or ``{kind: DataFrame}`` mapping with
+        ``reward_score``, ``annotation`` and ``train_step`` (and optionally ``checkpoint``) data.
     run_id
         The run (default: the one with the most reward scores).
     baseline
@@ -439,6 +458,9 @@ def reward_hacking(
         ``kl_accelerating``: the rise per step of KL (averaged over the train steps since the
         previous checkpoint) over the trailing window exceeds ``kl_accel`` times its median rise
         per step over the first half of the checkpoints.
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------

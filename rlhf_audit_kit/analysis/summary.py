@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 from scipy import stats
 
+from ._source import reads_source
 from .annotators import annotator_drift, annotator_report
 from .model import _p, _sql_source, _try_sql, reward_hacking
 
@@ -120,6 +121,7 @@ def _short(subject: str) -> str:
     return subject[:22] + "…" if subject.startswith("p-") and len(subject) > 23 else subject
 
 
+@reads_source
 def summary(
     source: Any,
     *,
@@ -130,13 +132,15 @@ def summary(
     alpha: float = 0.01,
     exclude_flagged_from_winrate: bool = True,
     report_options: Mapping[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Summary:
     """Run the annotator and model analyses and list what deserves attention, worst first.
 
     Parameters
     ----------
     source
-        Store, bundle or ``{kind: DataFrame}`` mapping (e.g. ``demo.Campaign(...).frames()``).
+        Store, bundle, a bundle's folder or fsspec URL (opened once for the call), or
+        ``{kind: DataFrame}`` mapping (e.g. ``demo.Campaign(...).frames()``).
     since, until
         Limit the annotator analyses to this period.
     run_id
@@ -150,6 +154,9 @@ def summary(
         hacking (their labels are noise or bias, not preference).
     report_options
         Further keywords of :func:`~.annotators.annotator_report` (thresholds).
+    storage_options
+        For a source named by an fsspec URL: its file system's options (see
+        :func:`~rlhf_audit_kit.bundle.open_bundle`).
 
     Returns
     -------
