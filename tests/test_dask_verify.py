@@ -300,3 +300,39 @@ def test_without_dask_the_error_names_the_extra(bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if the dask extra were not installed
     with open_bundle(bundle) as b, pytest.raises(AuditKitError, match=r"rlhf-audit-kit\[dask\]"):
         b.verify(VKEY, scheduler="tcp://127.0.0.1:8786")
+
+
+# ---------------------------------------------------------------- a bundle on object storage
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 (dummy credentials, nothing leaves the loopback) and its options."""
+    import logging
+    s3fs = pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"key": "dask-test", "secret": "dask-test-secret", "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("dask-bundles")
+    yield options, fs
+    server.stop()
+
+
+@pytest.mark.parametrize("case", ["clean", "two-segments", "delete-log-row"])
+def test_bundle_on_s3_verified_on_dask(bundle, client, s3, case):
+    """The workers open the segments from the URL (the storage options travel with the task)."""
+    options, fs = s3
+    CASES[case](bundle)
+    url = f"s3://dask-bundles/{case}/bundle"
+    paths = [p for p in sorted(bundle.rglob("*")) if p.is_file()]
+    fs.put([str(p) for p in paths], [f"{url}/{p.relative_to(bundle).as_posix()}" for p in paths])
+    with open_bundle(url, storage_options=options) as b:
+        local, dask = b.verify(VKEY, workers=0), b.verify(VKEY, scheduler=client)
+    assert_same(local, dask)
+    assert "dask" in dask.timings and local.ok == (case == "clean")
+    with open_bundle(bundle) as b:  # as on the local disk
+        on_disk = b.verify(VKEY, workers=0)
+    assert (on_disk.first_bad_seq, on_disk.damage, on_disk.signed_root) == (dask.first_bad_seq, dask.damage,
+                                                                           dask.signed_root)
