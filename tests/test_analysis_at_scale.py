@@ -3,7 +3,10 @@ bundle (object, str or Path), the bundle on ``memory://`` and on a real S3 API (
 through s3fs), and what comes back to Python is aggregates, not the annotation rows."""
 from __future__ import annotations
 
+import logging
+import re
 import uuid
+from pathlib import Path
 
 import fsspec
 import polars as pl
@@ -16,7 +19,6 @@ from rlhf_audit_kit.demo import Campaign
 from rlhf_audit_kit.errors import BundleError
 from rlhf_audit_kit.store import open_store
 
-from test_object_storage import s3  # noqa: F401 - the loopback S3 server fixture
 from test_snapshot_verify import SIGNER
 
 REPORTS = {
@@ -54,12 +56,22 @@ def record(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def on_s3(s3, record):  # noqa: F811 - the imported fixture
-    _, snaps, _, _ = record
-    url = s3.url()
-    for snap in snaps:
-        snap.export(url, storage_options=s3.options).close()
-    return url, s3.options
+def on_s3(record):
+    """The bundle exported to a moto S3 server on 127.0.0.1 (its own bucket: moto's state is process-wide)."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"key": "analysis", "secret": "analysis-secret",
+               "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
+    s3fs.S3FileSystem(**options).mkdir("analysis-at-scale")
+    url = f"s3://analysis-at-scale/{uuid.uuid4().hex[:8]}/bundle"
+    for snap in record[1]:
+        snap.export(url, storage_options=options).close()
+    yield url, options
+    server.stop()
 
 
 @pytest.mark.parametrize("name", REPORTS)
@@ -112,3 +124,29 @@ def test_sources_that_are_not_bundles(record, tmp_path):
         A.annotator_drift(42)
     assert A.annotation_frame(folder).height == store.sql("SELECT count(*) AS n FROM annotation")["n"].item()
     assert isinstance(A.annotation_frame(str(folder)), pl.DataFrame)
+
+
+def _recipe_sql() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "scaling.md").read_text(encoding="utf-8")
+    return re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+
+
+def test_the_spark_recipe_gives_the_kit_s_numbers(record):
+    """docs/scaling.md's Spark SQL, run as it is written (DuckDB reads the same dialect here) over the bundle's
+    annotation segments, gives annotator_report's position and agreement columns and agreement_matrix."""
+    import duckdb
+
+    store, _, folder, _ = record
+    annotators, pairs = _recipe_sql()
+    with open_bundle(folder) as bundle:
+        size = bundle.verify(SIGNER.verifier, workers=0).signed_size
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW annotation AS SELECT * FROM read_parquet('{folder}/segments/annotation-*.parquet', "
+                "union_by_name = true)")
+    got = con.sql(annotators.replace(":signed_size", str(size))).pl()
+    cols = ["annotator", "n_ab", "position_a_share", "agreement_n", "agreement"]
+    expected = A.annotator_report(store).sort("annotator").select(cols)
+    assert_frame_equal(got.select(cols), expected, check_dtypes=False, check_exact=True)
+    counts = con.sql(pairs.replace(":signed_size", str(size))).pl()
+    assert_frame_equal(A.pairwise_from_counts(counts, min_overlap=5), A.agreement_matrix(store, min_overlap=5),
+                       check_exact=True)
