@@ -94,7 +94,10 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _one_line(e: BaseException) -> str:
-    return show_name(f"{type(e).__name__}: {e}".splitlines()[0], 200)
+    lines = [line for line in str(e).splitlines() if line.strip()] or [""]
+    # DuckDB passes on an fsspec file system's error as "Error: Traceback ...": its last line says what
+    line = lines[-1].strip() if lines[0].rstrip().endswith("Traceback (most recent call last):") else lines[0]
+    return show_name(f"{type(e).__name__}: {line}", 200)
 
 
 def _parse_manifest(raw: bytes) -> dict[str, Any]:

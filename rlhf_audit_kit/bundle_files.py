@@ -620,8 +620,8 @@ class BundleFiles:
         """Bundle file ``name`` opened for binary reading (the caller closes it); checked as :meth:`size`."""
         if self.local:
             return os.fdopen(open_file(self.root, name), "rb")
-        size = self._info(name)["size"]
-        return self._remote(name, lambda: _open_remote(self.fs, self.path(name), size, block_size))
+        info = self._info(name)
+        return self._remote(name, lambda: _open_remote(self.fs, self.path(name), info, block_size))
 
     def _whole(self, name: str, size: int) -> bytes:
         """The bytes of a (small) remote file of known ``size`` in one ranged GET: a range needs no
@@ -754,11 +754,16 @@ def _fresh_info(fs: Any, path: str) -> dict:
         return fs.info(path)
 
 
-def _open_remote(fs: Any, path: str, size: int, block_size: int) -> BinaryIO:
-    """``fs.open`` for reading, told the size when it takes it (no request to learn it again)."""
+def _open_remote(fs: Any, path: str, info: dict, block_size: int) -> BinaryIO:
+    """``fs.open`` for reading, given what the listing said of the file (``info``): the file system
+    would otherwise look it up, from a listing cache that other threads share and refill (s3fs asks
+    for it on every read), and could find a newer file missing."""
     import inspect
-    kw = {"size": size} if "size" in inspect.signature(type(fs)._open).parameters else {}
-    return fs.open(path, "rb", block_size=block_size, cache_type="readahead", **kw)
+    kw = {"size": info["size"]} if "size" in inspect.signature(type(fs)._open).parameters else {}
+    f = fs.open(path, "rb", block_size=block_size, cache_type="readahead", **kw)
+    if isinstance(getattr(type(f), "details", None), property) and type(f).details.fset is not None:
+        f.details = info
+    return f
 
 
 @functools.lru_cache(maxsize=None)
@@ -814,7 +819,7 @@ def _listed_files_class() -> type:
             info = self._entry(path)
             if info.get("type") != "file":
                 raise IsADirectoryError(path)
-            return _open_remote(self._files.fs, info["name"], info["size"], block_size or 8 << 20)
+            return _open_remote(self._files.fs, info["name"], info, block_size or 8 << 20)
 
     return _ListedFiles
 
