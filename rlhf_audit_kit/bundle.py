@@ -96,7 +96,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 def _one_line(e: BaseException) -> str:
     lines = [line for line in str(e).splitlines() if line.strip()] or [""]
     # DuckDB passes on an fsspec file system's error as "Error: Traceback ...": its last line says what
-    line = lines[-1].strip() if lines[0].rstrip().endswith("Traceback (most recent call last):") else lines[0]
+    said = [x for x in lines[1:] if not x.startswith((" ", "\t", "LINE ")) and x.strip("^ ")]
+    line = said[-1] if said and lines[0].rstrip().endswith("Traceback (most recent call last):") else lines[0]
     return show_name(f"{type(e).__name__}: {line}", 200)
 
 

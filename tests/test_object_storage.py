@@ -326,6 +326,11 @@ def test_memory_urls_export_extend_verify_and_find_damage(base):
         fs.pipe_file(f"{url.split('://')[1]}/{name}", (local / name).read_bytes())
         here, there = verify_bundle(local, SIGNER.verifier, workers=0), verify_bundle(url, SIGNER.verifier, workers=0)
         assert not there.ok and outcome(there) == outcome(here)
+        with open_bundle(url) as b:  # an object removed after opening: one line that says so, no traceback
+            fs.rm_file(f"{url.split('://')[1]}/{b.segments[-1].log_file}")
+            with pytest.raises(BundleError) as e:
+                b.sql("SELECT max(seq) FROM log")
+        assert "FileNotFoundError" in str(e.value) and "Traceback" not in str(e.value), str(e.value)
     finally:
         fs.rm(f"/{url.split('://')[1].split('/')[0]}", recursive=True)
 
