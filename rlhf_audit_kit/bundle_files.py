@@ -763,6 +763,8 @@ def _open_remote(fs: Any, path: str, info: dict, block_size: int) -> BinaryIO:
     f = fs.open(path, "rb", block_size=block_size, cache_type="readahead", **kw)
     if isinstance(getattr(type(f), "details", None), property) and type(f).details.fset is not None:
         f.details = info
+    if isinstance(getattr(f, "read_kw", None), dict) and info.get("ETag") and not getattr(fs, "local_expiry_check", 1):
+        f.read_kw = {**f.read_kw, "IfMatch": info["ETag"]}  # s3fs: reads fail if the object was replaced since
     return f
 
 

@@ -366,3 +366,17 @@ def test_serve_an_s3_bundle(s3, aws_env, base):
             page = r.read().decode()
         assert r.status == 200 and "<title>RLHF audit: bundle</title>" in page  # the session was built from S3
     assert SECRET not in page
+
+
+def test_an_object_replaced_after_opening_is_never_read_as_the_checked_one(s3, base):
+    d, _, snaps = base
+    url = s3.url()
+    with snaps[0].export(url, storage_options=s3.options) as b:
+        name = b.segments[-1].log_file
+        before = b.sql("SELECT count(*) AS n FROM log")["n"][0]
+        s3.fs.put_file(str(d / "a.duckdb"), f"{url}/{name}")  # other bytes under the checked name
+        with pytest.raises(OSError), b.files.open(name) as fh:  # reads are pinned to the listed ETag
+            fh.read()
+        assert b.sql("SELECT count(*) AS n FROM log")["n"][0] == before  # DuckDB keeps what it read and checked
+        report = b.verify(SIGNER.verifier, workers=0)
+    assert not report.ok and "manifest-mismatch" in {f.damage for f in report.findings}
