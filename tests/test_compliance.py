@@ -227,9 +227,13 @@ def test_cli_export_notebook(exported, tmp_path, capsys):
     printed = capsys.readouterr().out.split()
     assert printed == [str(out), str(out.with_suffix(".html"))]
     assert out.is_file() and out.with_suffix(".html").is_file()
-    rc = main(["export-notebook", str(tmp_path / "bundle"), "--out", str(tmp_path / "bad.ipynb"),
-               "--vkey", "someone+00000000+AAAA", "--no-execute"])
-    assert rc != 0
+    # A garbled key is a usage error: argparse exits 2 naming --vkey, before any file is written.
+    with pytest.raises(SystemExit) as exited:
+        main(["export-notebook", str(tmp_path / "bundle"), "--out", str(tmp_path / "bad.ipynb"),
+              "--vkey", "someone+00000000+AAAA", "--no-execute"])
+    assert exited.value.code == 2
+    assert "--vkey" in capsys.readouterr().err
+    assert not (tmp_path / "bad.ipynb").exists()
 
 
 # ------------------------------------------------------------------ a pinned key is required (17.3)

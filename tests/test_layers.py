@@ -23,7 +23,7 @@ PACKAGE = Path(rlhf_audit_kit.__file__).parent
 #: Lowest first. Everything not listed is in the top layer (reports, apps, command line, analysis, ...).
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations: errors, schema, encoding, the pure Merkle tree and signed notes", [
-        "errors", "_lazy", "schema", "encoding", "artifacts", "bundle_files", "keys",
+        "errors", "_lazy", "schema", "encoding", "artifacts", "bundle_files", "keys", "write_lock",
         "ledger", "ledger.merkle", "ledger.tree", "ledger.levels", "ledger.checkpoint", "ledger.cosignature"]),
     ("the store", [
         "reader", "validate", "single", "store", "recorder",
