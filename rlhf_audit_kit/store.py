@@ -11,8 +11,9 @@ Tables (all derived from the log except ``log`` itself):
   gap-free, equal to the leaf index.
 * one typed table per kind (``annotation``, ``rating``, ...): ``seq``, ``ts`` and the kind's fields,
   for fast queries; verification re-encodes every typed row and compares it with its entry.
-* ``merkle_node(level, idx, hash)``: every complete subtree of level >= 1, so the current root and
-  any proof cost O(log n) lookups.
+* ``merkle_node(level, idx, hash)``: every complete subtree of level >= 1 (those over the last
+  few leaves may wait in memory until the size crosses a multiple of ``NODE_TAIL``, or the store
+  closes), so the current root and any proof cost O(log n) lookups.
 * ``meta``: store id, origin, encoding version.
 
 >>> import tempfile, os
@@ -49,6 +50,7 @@ from .schema import KINDS, Kind
 from .reader import RecordReader, _quote, typed_columns
 from .single import check_event, entry_of
 from .validate import ROW, normalise
+from .ledger.levels import NODE_TAIL
 from .write_lock import file_writer
 
 STORE_FORMAT = 1
@@ -244,6 +246,7 @@ class AuditStore(RecordReader):
                          bool(pseudonymize), memory_limit)
         self._pseudonymize = pseudonymize
         self._node_cache: dict[tuple[int, int], bytes] | None = None
+        self._append_con = None  # append's own connection (see _append_locked), made on first use
         self._pseudonymizer = None
         self._privacy = None
         self._root_parts: tuple[int, dict] | None = None  # (size, nodes giving its root): append's right edge
@@ -269,10 +272,32 @@ class AuditStore(RecordReader):
             self._committed = _x(self._con, "SELECT count(*) FROM log")[0][0]
             return
         self._writer = file_writer(self._real)
-        if not self._writer.refresh(lambda: _x(self._con, "SELECT count(*) FROM log")[0][0]):
+        if not self._writer.refresh(self._committed_size_and_tail):
             raise StoreInUseError(f"{self.path}: another handle of this store kept writing for a minute; "
                                   "use one store object per file (open_store returns the open one)", path=self._real)
         self._committed = self._writer.size
+
+    def _committed_size_and_tail(self) -> int:
+        """The log's size, read under the file's write lock when a writer opens. If no handle of this
+        process holds the file's pending tail nodes, the ones the table lacks (a process that held
+        them was killed) are recomputed from the last few leaf hashes and become pending: they go in
+        with the next write that crosses a multiple of ``NODE_TAIL``, so each level stays gap-free."""
+        size = _x(self._con, "SELECT count(*) FROM log")[0][0]
+        w = self._writer
+        if w.pending or size < 2:
+            return size
+        from .ledger.merkle import root_from_leaf_hashes
+        tail = size // NODE_TAIL * NODE_TAIL
+        have = dict(_x(self._con, "SELECT level, max(idx) + 1 FROM merkle_node WHERE level BETWEEN 1 AND ? "
+                                  "GROUP BY level", [NODE_TAIL.bit_length() - 2]))
+        missing = [(lv, i) for lv in range(1, NODE_TAIL.bit_length() - 1)
+                   for i in range(max(have.get(lv, 0), tail >> lv), size >> lv)]
+        if missing:
+            leaves = [bytes(h) for (h,) in _x(self._con, "SELECT leaf_hash FROM log WHERE seq >= ? ORDER BY seq",
+                                               [tail])]
+            w.pending = {(lv, i): root_from_leaf_hashes(leaves[(i << lv) - tail:((i + 1) << lv) - tail])
+                         for lv, i in missing}
+        return size
 
     def _same_options(self, path, keys, origin, pseudonymize, memory_limit) -> "AuditStore":
         """Self, if a writer open_store() call asks for this store as it is open; else StoreInUseError."""
@@ -466,6 +491,13 @@ class AuditStore(RecordReader):
         # first insert. A DuckDB statement costs a fixed ~0.2-0.5 ms here, most of an append's time.
         start = self._begin_write(con, len(items), begin=False)
         committed = began = None
+        wcon = self._append_con
+        if wcon is None:
+            # A connection of its own with DuckDB's optimizer off: a VALUES insert has nothing to
+            # optimise, yet planning one costs ~0.1 ms per statement (a quarter of an append here).
+            # The optimizer is a setting of the connection, so the store's own queries keep it.
+            wcon = self._append_con = con.cursor()
+            _x(wcon, "PRAGMA disable_optimizer")
         try:
             for name, rows in by_kind.items():
                 self._check_unique_values(KINDS[name], rows, [items[i][1] for i in rows])
@@ -477,14 +509,19 @@ class AuditStore(RecordReader):
             for level, (first, hashes) in RightEdge(start, parts[1]).append(leaves).items():
                 known.update(((level, first + i), h) for i, h in enumerate(hashes))
             nodes = [(lv, i, known[(lv, i)]) for lv, i in sorted(known) if lv and (lv, i) not in parts[1]]
+            # New nodes wait (in the file's writer) until the size crosses a multiple of NODE_TAIL,
+            # then go in together: most appends write two tables, not three (ledger.levels.NODE_TAIL).
+            pending = {**self._writer.pending, **{(lv, i): h for lv, i, h in nodes}}
+            crossed = (start + len(items)) // NODE_TAIL > start // NODE_TAIL
+            stored = sorted(pending.items()) if crossed else []
             # One call to DuckDB carries BEGIN and every insert: it binds parameters to the last
             # statement of a call only, so the statements before it hold literals made only of our own
             # integers, kind names, timestamps and hex digits (an entry's bytes as hex), never of text
             # a user can shape; the typed rows, which hold user text, are the parameterised last one.
             sql = ["BEGIN TRANSACTION"]
-            if nodes:
+            if stored:
                 sql.append("INSERT INTO merkle_node VALUES " + ", ".join(
-                    f"({int(lv)}, {int(i)}, from_hex('{bytes(h).hex()}'))" for lv, i, h in nodes))
+                    f"({int(lv)}, {int(i)}, from_hex('{bytes(h).hex()}'))" for (lv, i), h in stored))
             ts_sql = f"TIMESTAMP '{ts:%Y-%m-%d %H:%M:%S.%f}'"
             sql.append("INSERT INTO log (seq, kind, ts, entry, leaf_hash) VALUES " + ", ".join(
                 f"({start + i}, '{k.name}', {ts_sql}, from_hex('{entries[i].hex()}'), from_hex('{leaves[i].hex()}'))"
@@ -509,13 +546,14 @@ class AuditStore(RecordReader):
             # the insert itself for a handful of rows (measured: about half of an append's time)
             began = True
             for k, (query, params) in enumerate(typed):
-                _x(con, "; ".join([*sql, query]) if k == 0 else query, params)
-            _x(con, "COMMIT")
+                _x(wcon, "; ".join([*sql, query]) if k == 0 else query, params)
+            _x(wcon, "COMMIT")
             committed = start + len(items)
+            self._writer.pending = {} if crossed else pending
         except BaseException:
             if began and committed is None:
                 try:
-                    _x(con, "ROLLBACK")
+                    _x(wcon, "ROLLBACK")
                 except duckdb.TransactionException:  # the failed call ended before its BEGIN took effect
                     pass
             raise
@@ -630,6 +668,7 @@ class AuditStore(RecordReader):
         try:
             if guard is not None:
                 guard(con)
+            self._insert_nodes(self._pending_table())  # before this batch's nodes: each level stays gap-free
             # seq follows the rows' order in the batch, across kinds
             if len(frames) == 1:  # rows are in batch order: seq = start + position, no join (no copy)
                 seq_of_row = None
@@ -706,6 +745,7 @@ class AuditStore(RecordReader):
                 f.result()
             _x(con, "COMMIT")
             committed = start + n_total
+            self._writer.pending = {}
             if self._node_cache is not None:  # upper levels join the in-memory cache once committed
                 for t in new_nodes:
                     if t is not None:
@@ -758,6 +798,33 @@ class AuditStore(RecordReader):
                            "hash": _fixed32(hashes)})
                  for level, (first, hashes) in by_level.items() if hashes]
         return pa.concat_tables(parts) if parts else None
+
+    def _pending_table(self) -> pa.Table | None:
+        """The file's pending tail nodes (see ``_append_locked``) as a merkle_node table, or None."""
+        pending = sorted(self._writer.pending.items())
+        if not pending:
+            return None
+        return pa.table({"level": np.array([lv for (lv, _), _ in pending], np.uint8),
+                         "idx": np.array([i for (_, i), _ in pending], np.int64),
+                         "hash": _fixed32([h for _, h in pending])})
+
+    def _flush_pending(self) -> None:
+        """Write the pending tail nodes in a transaction of their own (on close)."""
+        w = self._writer
+        if not w.lock.acquire(timeout=60):
+            return  # another handle keeps writing; it stores them with its next crossing or close
+        try:
+            if w.pending:
+                _x(self._con, "BEGIN TRANSACTION")
+                try:
+                    self._insert_nodes(self._pending_table())
+                    _x(self._con, "COMMIT")
+                except BaseException:
+                    _x(self._con, "ROLLBACK")
+                    raise
+                w.pending = {}
+        finally:
+            w.lock.release()
 
     def _insert_nodes(self, nodes: pa.Table | None) -> None:
         if nodes is None:
@@ -920,6 +987,11 @@ class AuditStore(RecordReader):
                 part.close()
         finally:
             with self._lock:
+                if self._con is not None and self._writer is not None and self._writer.pending:
+                    self._flush_pending()
+                if self._append_con is not None:
+                    self._append_con.close()
+                    self._append_con = None
                 if self._con is not None:
                     self._con.close()
                     self._con = None

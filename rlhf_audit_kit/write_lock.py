@@ -46,13 +46,16 @@ def _table() -> types.ModuleType:
 class FileWriter:
     """The write lock and committed size of one store file (held in the process-wide table).
 
-    Copies of this module may share an instance made by another copy: only ``lock`` and ``size``
-    (plain attributes) are used across copies.
+    Copies of this module may share an instance made by another copy: only ``lock``, ``size`` and
+    ``pending`` (plain attributes) are used across copies.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.size: int | None = None
+        # Merkle nodes (level, idx) -> hash over the last few leaves, not yet in the file's
+        # merkle_node table (see rlhf_audit_kit.ledger.levels.NODE_TAIL); changed under ``lock``.
+        self.pending: dict[tuple[int, int], bytes] = {}
 
     def refresh(self, read_size: Callable[[], int], timeout: float = 60.0) -> bool:
         """Set the committed size from ``read_size()`` (a count of the log) while no write of this

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from rlhf_audit_kit import ValidationError, open_store
 from rlhf_audit_kit.keys import load_signer
 from rlhf_audit_kit.ledger import merkle
+from rlhf_audit_kit.ledger.levels import stored_node_bounds
 from rlhf_audit_kit.ledger.tree import TreeReader
 from rlhf_audit_kit.single import check_event
 from rlhf_audit_kit.validate import normalise
@@ -105,7 +106,14 @@ def test_append_and_extend_interleaved_keep_one_tree(tmp_path):
                 assert s.root() == merkle.root(leaves)
         leaves = s.sql("SELECT entry FROM log ORDER BY seq")["entry"].to_list()
         assert TreeReader(s._get_nodes).root(s.size) == merkle.root(leaves) == s.root()
-        assert s.sql("SELECT count(*) FROM merkle_node").item() == sum(s.size >> lv for lv in range(1, 64))
+        # each level is gap-free; only nodes over the leaves after the last multiple of NODE_TAIL may wait
+        counts = s.sql("SELECT level, count(*) AS n, max(idx) + 1 AS top FROM merkle_node GROUP BY level")
+        for lv, n, top in counts.iter_rows():
+            low, high = stored_node_bounds(s.size, lv)
+            assert n == top and low <= n <= high, (lv, n, s.size)
+        size = s.size
+    with open_store(tmp_path / "t.duckdb", pseudonymize=False, read_only=True) as s:  # closing stored the rest
+        assert s.sql("SELECT count(*) FROM merkle_node").item() == sum(size >> lv for lv in range(1, 64))
 
 
 def test_failed_append_writes_nothing(tmp_path):

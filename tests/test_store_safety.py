@@ -205,6 +205,68 @@ def test_a_write_by_another_process_between_opens_is_seen(tmp_path):
         assert s.append(annotation(4)) == 4 and _log_is_gap_free(s)
 
 
+def _node_levels(path):
+    """{level: (count, max idx + 1)} of merkle_node, read without the kit."""
+    import duckdb
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {lv: (n, top) for lv, n, top in con.execute(
+            "SELECT level, count(*), max(idx) + 1 FROM merkle_node GROUP BY level").fetchall()}
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("first", [5, 16, 37])
+def test_tail_nodes_lost_with_a_killed_process_are_restored(tmp_path, keys_dir, first):
+    """Appends keep the nodes over the last few leaves in memory (ledger.levels.NODE_TAIL): a
+    process killed before storing them leaves a store that verifies, and the next writer stores
+    them, so no level of merkle_node ever has a gap."""
+    from rlhf_audit_kit.ledger.levels import NODE_TAIL, stored_node_bounds
+    path = tmp_path / "audit.duckdb"
+    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from factories import annotation; "
+            "from rlhf_audit_kit import open_store\n"
+            "s = open_store(sys.argv[1], pseudonymize=False)\n"
+            "for i in range(int(sys.argv[3])): s.append(annotation(i))\n"
+            "os._exit(0)")  # no close, no atexit: as kill -9 after the last append returned
+    subprocess.run([sys.executable, "-c", code, str(path), os.path.dirname(__file__), str(first)], check=True)
+    levels = _node_levels(path)
+    waited = sum(first >> lv for lv in range(1, 64)) - sum(n for n, _ in levels.values())
+    assert (waited > 0) == (first % NODE_TAIL >= 2)  # stored at the crossing of a multiple of NODE_TAIL
+    assert all(stored_node_bounds(first, lv)[0] <= n == top for lv, (n, top) in levels.items())
+    assert _verify(path, keys_dir).findings == []  # the missing tail is not damage: nothing reads those rows
+    with open_store(path, pseudonymize=False, keys=keys_dir) as s:
+        assert s.size == first
+        for i in range(first, first + NODE_TAIL + 3):
+            s.append(annotation(i))
+        s.snapshot(keys_dir)
+        size = s.size
+        assert s.verify(keys_dir).ok
+    levels = _node_levels(path)
+    assert {lv: n for lv, (n, _) in levels.items()} == {lv: size >> lv for lv in range(1, size.bit_length())}
+    assert all(n == top for n, top in levels.values())
+    assert _verify(path, keys_dir).ok
+
+
+def _verify(path, keys):
+    with open_store(path, read_only=True, pseudonymize=False) as s:
+        return s.verify(keys, workers=0)
+
+
+def test_a_missing_node_before_the_tail_is_still_damage(tmp_path, keys_dir):
+    import duckdb
+
+    path = tmp_path / "audit.duckdb"
+    with open_store(path, pseudonymize=False) as s:
+        for i in range(40):
+            s.append(annotation(i))
+    con = duckdb.connect(str(path))
+    # the last nodes of level 1 (over seqs 30-31 and 38-39): only the ones over the tail (32-39) may be missing
+    con.execute("DELETE FROM merkle_node WHERE level = 1 AND idx IN (15, 16, 17, 18, 19)")
+    con.close()
+    r = _verify(path, keys_dir)
+    assert r.damage == "bad-node" and r.first_bad_seq == 30, r.findings
+
+
 def test_a_store_made_with_the_older_write_claim_table_keeps_its_seqs(tmp_path):
     """Stores written before the process-wide lock carry a write_claim table; it is not read."""
     import duckdb

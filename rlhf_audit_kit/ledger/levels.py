@@ -22,10 +22,25 @@ import pyarrow as pa
 
 from . import merkle
 
-__all__ = ["TreeLevels", "compute_tree", "leaf_hashes", "FORK_MIN_LEAVES"]
+__all__ = ["TreeLevels", "compute_tree", "leaf_hashes", "FORK_MIN_LEAVES", "NODE_TAIL", "stored_node_bounds"]
 
 #: Fewer leaves than this are hashed in this process (forking costs more than it saves).
 FORK_MIN_LEAVES = 50_000
+
+#: A store's ``merkle_node`` table holds every complete node (level >= 1) over its first
+#: ``size // NODE_TAIL * NODE_TAIL`` leaves; nodes over the last few leaves may be missing (one
+#: ``store.append`` writes nodes only when the size crosses a multiple of this, which saves a DuckDB
+#: statement, a third of an append). Reads recompute such low nodes from the leaf hashes anyway.
+NODE_TAIL = 16
+
+
+def stored_node_bounds(size: int, level: int) -> tuple[int, int]:
+    """How many nodes of ``level`` (>= 1) a store of ``size`` events holds: (at least, at most).
+
+    >>> stored_node_bounds(37, 1), stored_node_bounds(37, 5)
+    ((16, 18), (1, 1))
+    """
+    return (size // NODE_TAIL * NODE_TAIL) >> level, size >> level
 
 
 def _binary(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
