@@ -251,3 +251,17 @@ def test_ingest_counts_one_event_in_the_singular(tmp_path, capsys):
     rows.write_text(json.dumps({"kind": "dataset", "name": "a", "version": "1"}) + "\n")
     p = run(capsys, "ingest", rows, "--format", "jsonl", "--store", tmp_path / "s.duckdb")
     assert p.returncode == 0 and "ingested 1 event from" in p.stdout and "1 events" not in p.stdout
+
+
+def test_the_help_pasted_in_docs_cli_is_the_parsers():
+    """Each ```text block of docs/cli.md that starts with 'usage: rlhf-audit' is that command's --help
+    at 100 columns, so the page cannot drift from the command line."""
+    doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```text\n(usage: rlhf-audit.*?)```", doc, re.S)
+    assert len(blocks) >= 16
+    for block in blocks:
+        words = block.split("\n")[0].split("[")[0].split()[2:]
+        command = [w for w in words if re.fullmatch(r"[a-z-]+", w)]
+        p = cli(*command, "--help")
+        assert p.returncode == 0 and p.stdout.strip() == block.strip(), (
+            f"docs/cli.md's help of {' '.join(command) or 'rlhf-audit'} differs from the parser's")
