@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser("info", help="summarise a store or a bundle: events per kind, times, signed snapshots")
-    s.add_argument("store", metavar="STORE_OR_BUNDLE", help="a store file, or a snapshot bundle: a folder or an fsspec URL (s3://, gs://, ...)")
+    from .cli_ledger import STORE_OR_BUNDLE_HELP
+    s.add_argument("store", metavar="STORE_OR_BUNDLE", help=STORE_OR_BUNDLE_HELP)
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("demo", help="build a demo store, sign, verify, export and serve it")

@@ -328,6 +328,10 @@ def _cmd_proof_consistency(args) -> int:
     return 0
 
 
+#: The positional of every command that reads a store or a bundle (verify, info).
+STORE_OR_BUNDLE_HELP = "a store file, or a snapshot bundle: a folder or an fsspec URL (s3://, gs://, ...)"
+
+
 def register(subparsers) -> None:
     """Add ``keys``, ``snapshot``, ``verify`` and ``proof`` to an argparse subparsers object."""
     s = subparsers.add_parser("keys", help="manage the keys folder (signing + pseudonym keys)")
@@ -350,7 +354,7 @@ def register(subparsers) -> None:
 
     s = subparsers.add_parser("verify", help="verify a store or a snapshot bundle against a pinned key",
                               epilog=_VERIFY_EPILOG)
-    s.add_argument("target", metavar="STORE_OR_BUNDLE", help="a store file, or a snapshot bundle: a folder or an fsspec URL (s3://, gs://, ...)")
+    s.add_argument("target", metavar="STORE_OR_BUNDLE", help=STORE_OR_BUNDLE_HELP)
     s.add_argument("--vkey", "--verifier", dest="vkey", metavar="VKEY", required=True,
                    help="the verifier key you trust: a key string name+keyid+key, or a file or keys folder holding it")
     s.add_argument("--workers", type=int, default=None, help="hashing processes (default: cores - 1)")

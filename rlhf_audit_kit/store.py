@@ -284,14 +284,15 @@ class AuditStore(RecordReader):
         with the next write that crosses a multiple of ``NODE_TAIL``, so each level stays gap-free."""
         size = _x(self._con, "SELECT count(*) FROM log")[0][0]
         w = self._writer
-        if w.pending or size < 2:
+        tail = size // NODE_TAIL * NODE_TAIL
+        if w.pending or size - tail < 2:  # held by a live handle, or no complete node over the tail
             return size
         from .ledger.merkle import root_from_leaf_hashes
-        tail = size // NODE_TAIL * NODE_TAIL
+        top = NODE_TAIL.bit_length() - 2  # the highest level a node inside the tail can have
+        # idx >= a constant lets DuckDB skip the row groups of older nodes by their zone maps
         have = dict(_x(self._con, "SELECT level, max(idx) + 1 FROM merkle_node WHERE level BETWEEN 1 AND ? "
-                                  "GROUP BY level", [NODE_TAIL.bit_length() - 2]))
-        missing = [(lv, i) for lv in range(1, NODE_TAIL.bit_length() - 1)
-                   for i in range(max(have.get(lv, 0), tail >> lv), size >> lv)]
+                                  "AND idx >= ? GROUP BY level", [top, tail >> top]))
+        missing = [(lv, i) for lv in range(1, top + 1) for i in range(max(have.get(lv, 0), tail >> lv), size >> lv)]
         if missing:
             leaves = [bytes(h) for (h,) in _x(self._con, "SELECT leaf_hash FROM log WHERE seq >= ? ORDER BY seq",
                                                [tail])]
@@ -800,13 +801,12 @@ class AuditStore(RecordReader):
         return pa.concat_tables(parts) if parts else None
 
     def _pending_table(self) -> pa.Table | None:
-        """The file's pending tail nodes (see ``_append_locked``) as a merkle_node table, or None."""
-        pending = sorted(self._writer.pending.items())
-        if not pending:
-            return None
-        return pa.table({"level": np.array([lv for (lv, _), _ in pending], np.uint8),
-                         "idx": np.array([i for (_, i), _ in pending], np.int64),
-                         "hash": _fixed32([h for _, h in pending])})
+        """The file's pending tail nodes (see ``_append_locked``) as a merkle_node table, or None.
+        They are a gap-free run of each level (the nodes after the stored ones), as _nodes_table takes."""
+        by_level: dict[int, tuple[int, list[bytes]]] = {}
+        for (lv, i), h in sorted(self._writer.pending.items()):
+            by_level.setdefault(lv, (i, []))[1].append(h)
+        return self._nodes_table(by_level)
 
     def _flush_pending(self) -> None:
         """Write the pending tail nodes in a transaction of their own (on close)."""

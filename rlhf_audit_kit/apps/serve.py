@@ -329,7 +329,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("serve", help="serve the audit dashboard of a store or bundle",
                               description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("source", metavar="STORE_OR_BUNDLE", help="a store file (opened read-only) or a bundle folder")
+    s.add_argument("source", metavar="STORE_OR_BUNDLE", help="a store file (opened read-only), or a snapshot bundle: a folder or an fsspec URL")
     s.add_argument("--port", type=int, default=5006, help="port to listen on")
     s.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--basic-auth", metavar="FILE",
