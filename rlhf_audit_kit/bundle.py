@@ -464,6 +464,14 @@ class Bundle(RecordReader):
 
         >>> # bundle.verify(key, since=open("trusted.note").read()).covered
 
+        ``workers``: processes of this machine that re-derive the segments in parallel, each holding
+        one run of segments (50k-250k events) at a time rather than the whole log
+        (:mod:`rlhf_audit_kit.segment_verify`); default: one per core for a bundle of 200,000 events
+        or more, else this process; 0 or 1: this process, one run after the other. A range that
+        makes one run (a small bundle, a single segment) is verified whole, with ``workers``
+        hashing processes as :func:`~rlhf_audit_kit.ledger.verify.verify_source` takes them. The
+        report is the same whichever way.
+
         ``scheduler``: a ``dask.distributed.Client`` or a scheduler address; the segments are then
         re-derived in parallel on its workers and the same report comes back
         (:func:`rlhf_audit_kit.bundle_dask.verify_on_dask`; needs the ``dask`` extra).
@@ -473,12 +481,16 @@ class Bundle(RecordReader):
         if scheduler is not None:
             from .bundle_dask import verify_on_dask
             report = verify_on_dask(self, v, scheduler, trusted=trusted)
-        elif since is None:
-            if self._from:  # pragma: no cover - the exporter's partial view
-                raise AuditKitError(f"this bundle object was opened from seq {self._from:,}; open it whole to verify it")
-            report = self._verify(v, self.segments, workers)
         else:
-            report = self._verify_since(v, *trusted, workers)
+            from .segment_verify import LocalBackend, SegmentRunner
+            run = SegmentRunner(self, LocalBackend(self.files, workers))
+            if since is None:
+                if self._from:  # pragma: no cover - the exporter's partial view
+                    raise AuditKitError(f"this bundle object was opened from seq {self._from:,}; open it whole "
+                                        "to verify it")
+                report = self._verify(v, self.segments, workers, run=run)
+            else:
+                report = self._verify_since(v, *trusted, workers, run=run)
         report.unsigned = {k: v for k, v in self.manifest.items() if k not in SIGNED_MANIFEST_FIELDS}
         self._verified = report
         return report

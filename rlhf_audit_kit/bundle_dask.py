@@ -1,288 +1,59 @@
 """Verification of a bundle on a Dask cluster: the segments are re-derived in parallel on the workers.
 
 ``bundle.verify(key, scheduler=client)`` (a ``dask.distributed.Client`` or a scheduler address)
-sends one task per segment: a worker opens the segment's Parquet files from the bundle's URL
-(:class:`~rlhf_audit_kit.bundle_files.BundleFiles`, picklable: local folder or fsspec URL), and
-runs :func:`rlhf_audit_kit.ledger.verify.derive_range` on them, the same code a local verification
-runs: seq order, typed rows re-encoded to entries, leaf hashes against the stored ones. It keeps the
-segment's Merkle nodes and returns its findings, its snapshot rows and the hashes of the maximal
-aligned subtrees covering it. The client combines those into the root at every signed size (asking
-a worker for a node inside its segment only when a size falls inside one) and runs the same
-checkpoint, segment, manifest and note checks as the local verifier (:meth:`Bundle._verify` with
-this module as its deriver), so the report is the local one: same findings, same first bad seq.
-
-Two things depend on the whole log, not on one segment: the seq column (a row moved into another
-segment's range, a short segment), and typed rows filed in another segment's range. When a
-worker finds either, the log is re-derived as one range in one task, as the local verifier does.
+sends one task per run of consecutive segments (about sixteen tasks per worker thread): a worker opens
+their Parquet files from the bundle's URL (:class:`~rlhf_audit_kit.bundle_files.BundleFiles`,
+picklable: local folder or fsspec URL) and runs :func:`rlhf_audit_kit.segment_verify.derive_segment`
+on them, the code a local verification of a large bundle runs in its own worker processes. The
+worker keeps the range's Merkle nodes; only its summary and the few nodes the signed roots need come
+back, and the client makes the report as a whole verification does
+(:class:`~rlhf_audit_kit.segment_verify.SegmentRunner`): same findings, same first bad seq.
 
 >>> # from dask.distributed import Client
 >>> # open_bundle("s3://audit/run-7").verify(key, scheduler=Client("tcp://scheduler:8786")).ok
 """
 from __future__ import annotations
 
-import bisect
-import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-import polars as pl
-
 from .errors import AuditKitError
-from .ledger import merkle
-from .ledger.checkpoint import Checkpoint, Verifier
-from .ledger.tree import compact_range_nodes
-from .ledger.verify import DuckSource, Finding, VerifyReport, conclude, derive_range, resolve_verifiers
-from .schema import KINDS
-from .segments import complete_subtree
+from .ledger.verify import VerifyReport, resolve_verifiers
+from .segment_verify import Node, SegmentRunner, _nodes, _Piece, _summary, derive_segment
 
 __all__ = ["verify_on_dask", "derive_segment"]
 
-Node = tuple[int, int]
 
+class DaskBackend:
+    """Tasks run on a Dask cluster; each derived range stays on the worker that derived it."""
 
-# ---------------------------------------------------------------- on the workers
-@dataclass
-class _Piece:
-    """A derived seq range held by a worker: its nodes stay there, :meth:`summary` goes to the client."""
+    name = "dask"
 
-    start: int
-    n: int = 0
-    exact: bool = False  # rows of exactly [start, end), typed rows inside it: combinable
-    bad: int | None = None
-    findings: list[Finding] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)
-    snapshots: pl.DataFrame | None = None
-    levels: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)  # level -> (first index, (k, 32))
-    timings: dict[str, float] = field(default_factory=dict)
-    error: BaseException | None = None
-    types: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> column -> type in its files
-    cover: dict[Node, bytes] = field(default_factory=dict)  # in a summary: the subtrees covering the piece
+    def __init__(self, client, files: Any):
+        self.client, self.files = client, files
 
-    @property
-    def end(self) -> int:
-        return self.start + self.n
+    def parallelism(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
 
-    def node(self, node: Node) -> bytes:
-        level, i = node
-        first, hashes = self.levels[level]
-        if not 0 <= i - first < len(hashes):
-            raise KeyError(node)
-        return hashes[i - first].tobytes()
+    def start(self, events: int, tasks: int) -> None:
+        pass
 
-    def summary(self) -> _Piece:
-        """This piece without its nodes, plus the hashes of the subtrees covering it."""
-        cover = {nd: self.node(nd) for nd in _cover(self.start, self.end)} if self.error is None else {}
-        return _Piece(self.start, self.n, self.exact, self.bad, self.findings, self.groups, self.snapshots,
-                      timings=self.timings, error=self.error, types=self.types, cover=cover)
+    def derive(self, tables: Mapping, start: int, end: int | None):
+        return self.client.submit(derive_segment, self.files, tables, start, end, pure=False)
 
+    def summaries(self, handles: Sequence) -> list[_Piece]:
+        return self.client.gather([self.client.submit(_summary, h) for h in handles])
 
-def _cover(start: int, end: int) -> list[Node]:
-    """The maximal aligned subtrees whose leaves are exactly ``[start, end)``, left to right."""
-    out = []
-    while start < end:
-        level = (start & -start).bit_length() - 1 if start else (end - start).bit_length() - 1
-        while 1 << level > end - start:
-            level -= 1
-        out.append((level, start >> level))
-        start += 1 << level
-    return out
+    def nodes(self, asks: Iterable[tuple[Any, Sequence[Node]]]) -> dict[Node, bytes]:
+        got = self.client.gather([self.client.submit(_nodes, h, wanted, pure=False) for h, wanted in asks])
+        return {nd: h for part in got for nd, h in part.items()}
 
+    def cancel(self, handles: Sequence) -> None:
+        if handles:
+            self.client.cancel(list(handles))
 
-def _range_levels(leaves: np.ndarray, start: int) -> dict[int, tuple[int, np.ndarray]]:
-    """Every complete node whose leaves lie in ``[start, start + len(leaves))`` (absolute indexes)."""
-    sha = hashlib.sha256
-    levels = {0: (start, leaves)}
-    first, cur, level = start, leaves, 0
-    while True:
-        lo, hi = (first + 1) >> 1, (first + len(cur)) >> 1  # parents with both children here
-        if hi <= lo:
-            return levels
-        buf = memoryview(np.ascontiguousarray(cur[2 * lo - first:2 * hi - first]).tobytes())
-        nxt = b"".join([sha(b"\x01" + buf[64 * k:64 * k + 64]).digest() for k in range(hi - lo)])
-        first, cur, level = lo, np.frombuffer(nxt, dtype=np.uint8).reshape(-1, 32), level + 1
-        levels[level] = (first, cur)
-
-
-def derive_segment(files: Any, tables: Mapping[str, list[tuple[str, tuple[str, ...]]]], start: int,
-                   end: int | None) -> _Piece:
-    """Derive the rows of one seq range of a bundle (a Dask task): ``files`` the bundle's
-    :class:`~rlhf_audit_kit.bundle_files.BundleFiles` (or its local folder), ``tables`` table ->
-    [(path, columns)] as :meth:`Bundle._table_files` gives them; ``end`` None: whatever rows are there."""
-    import duckdb
-
-    from .bundle import _DECODE_ERRORS, _create_views, _sql_str
-    con = files.connect() if hasattr(files, "connect") else duckdb.connect(":memory:")
-    piece = _Piece(start)
-    try:
-        if not getattr(files, "local", True):
-            files.list_files()  # DuckDB's fsspec glob finds no remote file by its exact name without a listing
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET enable_progress_bar = false")  # a worker's stdout is no terminal
-        for table, paths in tables.items():  # the types the files hold (one view over all files casts to one)
-            types = piece.types.setdefault(table, {})
-            for path, _ in paths:
-                for name, typ, *_ in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_str(path)})").fetchall():
-                    if types.setdefault(name, typ) != typ:
-                        types[name] = ""  # differs inside this range: never combinable
-        kinds = _create_views(con, tables)
-        d = derive_range(DuckSource(con, origin="", description="", kinds=kinds, has_nodes=False), start=start,
-                         workers=0, leaves_only=True)  # the cluster is the parallelism: hash here
-    except _DECODE_ERRORS as e:  # reported as the local verifier reports it (on the client)
-        piece.error = e
-        return piece
-    finally:
-        con.close()
-    piece.n, piece.bad, piece.findings, piece.groups, piece.timings = d.n, d.bad, d.findings, d.groups, d.timings
-    piece.snapshots = d.frames.get("snapshot")
-    end = start + d.n if end is None else end
-    piece.exact = d.bad is None and d.n == end - start and all(
-        f.height == 0 or (f["seq"].null_count() == 0 and f["seq"].min() >= start and f["seq"].max() < end)
-        for f in d.frames.values())
-    piece.levels = _range_levels(d.levels.level_array(0) if d.n else np.zeros((0, 32), np.uint8), start)
-    return piece
-
-
-def _summary(piece: _Piece) -> _Piece:
-    return piece.summary()
-
-
-def _nodes(piece: _Piece, wanted: Sequence[Node]) -> dict[Node, bytes]:
-    return {nd: piece.node(nd) for nd in wanted}
-
-
-# ---------------------------------------------------------------- on the client
-class _SegmentTree(Mapping):
-    """The tree of seq ``start..end-1`` as a node oracle: the compact range at ``start``, the subtrees
-    covering each derived piece, nodes over piece boundaries hashed here, and nodes inside a piece
-    fetched from the worker holding it (in batches: :meth:`prefetch`)."""
-
-    def __init__(self, start: int, compact_range: Sequence[bytes], summaries: list[_Piece],
-                 fetch: Callable[[dict[int, list[Node]]], dict[Node, bytes]]):
-        self.start = start
-        self.end = summaries[-1].end if summaries else start
-        self._known: dict[Node, bytes] = dict(zip(compact_range_nodes(start), compact_range)) if start else {}
-        for s in summaries:
-            self._known.update(s.cover)
-        self._starts = [s.start for s in summaries]
-        self._ends = [s.end for s in summaries]
-        self._fetch = fetch
-
-    def _piece(self, a: int, b: int) -> int | None:
-        k = bisect.bisect_right(self._starts, a) - 1
-        return k if k >= 0 and b <= self._ends[k] else None
-
-    def _atoms(self, node: Node, out: dict[int, set[Node]]) -> None:
-        """Nodes inside one piece (by piece) that ``node`` needs and are not known yet."""
-        if node in self._known:
-            return
-        level, i = node
-        a, b = i << level, (i + 1) << level
-        if level < 0 or i < 0 or b > self.end or b <= self.start:
-            return  # not in this tree (before start: only the compact range, as ExtendedTree)
-        k = self._piece(a, b)
-        if k is not None:
-            out.setdefault(k, set()).add(node)
-        elif level > 0:
-            self._atoms((level - 1, 2 * i), out)
-            self._atoms((level - 1, 2 * i + 1), out)
-
-    def prefetch(self, nodes: Iterable[Node]) -> None:
-        wanted: dict[int, set[Node]] = {}
-        for node in nodes:
-            self._atoms(node, wanted)
-        if wanted:
-            self._known.update(self._fetch({k: sorted(v) for k, v in wanted.items()}))
-
-    def __getitem__(self, node: Node) -> bytes:
-        h = self._known.get(node)
-        if h is not None:
-            return h
-        level, i = node
-        a, b = i << level, (i + 1) << level
-        if level < 0 or i < 0 or b > self.end or b <= self.start:
-            raise KeyError(node)
-        if self._piece(a, b) is not None:
-            self.prefetch([node])
-            h = self._known[node]
-        elif level == 0:  # pragma: no cover - a leaf is always inside a piece
-            raise KeyError(node)
-        else:
-            h = merkle.node_hash(self[(level - 1, 2 * i)], self[(level - 1, 2 * i + 1)])
-        self._known[node] = h
-        return h
-
-    def __iter__(self) -> Iterator[Node]:
-        return iter(self._known)
-
-    def __len__(self) -> int:
-        return len(self._known)
-
-
-def _combinable(summaries: list[_Piece]) -> bool:
-    """True if deriving the pieces apart gives what one derivation of their whole range gives: each
-    decoded, holds exactly the rows of its range (log and typed), and every column has one type in
-    all files (one view over all files would cast them to the first file's type, or fail)."""
-    if not all(s.error is None and s.exact for s in summaries):
-        return False
-    seen: dict[tuple[str, str], str] = {}
-    for s in summaries:
-        for table, types in s.types.items():
-            for name, typ in types.items():
-                if not typ or seen.setdefault((table, name), typ) != typ:
-                    return False
-    return True
-
-
-def _combine(summaries: list[_Piece]) -> list[Finding]:
-    """The findings one derivation of the whole range gives, from those of exact pieces.
-
-    Each check reports its smallest bad seq once per kind; a kind whose rows do not encode
-    reports only that.
-    """
-    unencodable = {g[:-1] for s in summaries for g in s.groups if g.endswith("!")}
-    best: dict[tuple[str, str], Finding] = {}
-    for s in summaries:
-        for f, g in zip(s.findings, s.groups):
-            if g.rstrip("!") in unencodable and not g.endswith("!"):
-                continue
-            key = (g.rstrip("!"), f.damage)
-            if key not in best or (f.seq is not None and (best[key].seq is None or f.seq < best[key].seq)):
-                best[key] = f
-    order = {"": -1, **{k: i for i, k in enumerate(KINDS)}}
-    return [f for (g, d), f in sorted(best.items(), key=lambda kv: (kv[0][1] == "leaf-hash-mismatch",
-                                                                    order.get(kv[0][0], 99)))]
-
-
-def _note_sizes(notes: Iterable[str], snapshots: pl.DataFrame | None) -> set[int]:
-    """Tree sizes the signed notes claim (unverified: only to fetch the nodes their roots need)."""
-    sizes = set()
-    texts = list(notes) + ([] if snapshots is None or not snapshots.height else snapshots["note"].to_list())
-    for note in texts:
-        try:
-            sizes.add(Checkpoint.parse(note[:note.rfind("\n\n") + 1]).size)
-        except (ValueError, TypeError, AttributeError):
-            continue
-    return sizes
-
-
-def _wanted(sizes: set[int], start: int, end: int, trusted: tuple[int, bytes] | None,
-            segment_ends: Iterable[tuple[int, int]]) -> set[Node]:
-    """The nodes the roots, consistency proofs and segment checks of a verification will ask for."""
-    ok = sorted(s for s in sizes | ({trusted[0]} if trusted else set()) if start <= s <= end)
-    out: set[Node] = set()
-    for s in ok:
-        out |= merkle.needed_nodes_for_root(s)
-    for a, b in zip(ok, ok[1:]):
-        out |= merkle.needed_nodes_for_consistency(a, b)
-    for s0, s1 in segment_ends:
-        if s1 <= end:
-            out.update(compact_range_nodes(s1))
-            node = complete_subtree(s0, s1)
-            if node:
-                out.add(node)
-    return out
+    def close(self) -> None:
+        pass
 
 
 def _client(scheduler: Any) -> tuple[Any, bool]:
@@ -312,7 +83,8 @@ def verify_on_dask(bundle, verifiers: Any, scheduler: Any, *, trusted: tuple[int
     is the one :meth:`Bundle.verify` gives locally. ``trusted``: (size, root) for ``since=``."""
     client, own = _client(scheduler)
     v = resolve_verifiers(verifiers)
-    run = _Runner(bundle, client)
+    files = getattr(bundle, "files", None) or str(bundle._root)  # Bundle.files: local or fsspec
+    run = SegmentRunner(bundle, DaskBackend(client, files))
     try:
         if trusted is None:
             return bundle._verify(v, bundle.segments, None, run=run)
@@ -320,54 +92,3 @@ def verify_on_dask(bundle, verifiers: Any, scheduler: Any, *, trusted: tuple[int
     finally:
         if own:
             client.close()
-
-
-class _Runner:
-    """The deriver :meth:`Bundle._verify` calls (as it calls :func:`verify_source`), on the cluster."""
-
-    def __init__(self, bundle, client):
-        self.bundle, self.client = bundle, client
-        self.files = getattr(bundle, "files", None) or str(bundle._root)  # Bundle.files: local or fsspec
-
-    def _submit(self, segments: Sequence, start: int, end: int | None):
-        return self.client.submit(derive_segment, self.files, self.bundle._table_files(segments), start, end,
-                                  pure=False)
-
-    def __call__(self, source, verifiers: list[Verifier], *, extra_notes: Sequence[str] = (), workers=None,
-                 start: int = 0, compact_range: Sequence[bytes] = (), trusted: tuple[int, bytes] | None = None,
-                 check_tree=None) -> VerifyReport:
-        import time
-        t_start = time.perf_counter()
-        segments = [s for s in self.bundle.segments if s.start >= start]
-        pieces = [self._submit([s], s.start, s.end) for s in segments]
-        try:
-            summaries = self.client.gather([self.client.submit(_summary, p) for p in pieces])
-            if len(summaries) > 1 and not _combinable(summaries):  # the result depends on the whole log: one range
-                self.client.cancel(pieces)
-                pieces = [self._submit(segments, start, None)]
-                summaries = self.client.gather([self.client.submit(_summary, p) for p in pieces])
-            if summaries and summaries[0].error is not None:
-                raise summaries[0].error  # data that does not decode: reported by the bundle as locally
-            findings = summaries[0].findings if len(summaries) == 1 else _combine(summaries)
-
-            def fetch(wanted: dict[int, list[Node]]) -> dict[Node, bytes]:
-                got = self.client.gather([self.client.submit(_nodes, pieces[k], nodes, pure=False)
-                                          for k, nodes in wanted.items()])
-                return {nd: h for part in got for nd, h in part.items()}
-            tree = _SegmentTree(start, compact_range, summaries, fetch)
-            frames = [s.snapshots for s in summaries if s.snapshots is not None and s.snapshots.height]
-            snapshots = pl.concat(frames, how="diagonal_relaxed") if frames else None
-            n = sum(s.n for s in summaries)
-            tree.prefetch(_wanted(_note_sizes(extra_notes, snapshots), start, start + n, trusted,
-                                  [(s.start, s.end) for s in segments]))
-            timings: dict[str, float] = {}
-            for s in summaries:
-                for k, t in s.timings.items():
-                    timings[k] = timings.get(k, 0.0) + t
-            timings["dask"] = time.perf_counter() - t_start
-            bad = summaries[0].bad if len(summaries) == 1 else None
-            return conclude(source, verifiers, findings, snapshots, tree, start=start, n=n, bad=bad,
-                            extra_notes=extra_notes, trusted=trusted, check_tree=check_tree, timings=timings,
-                            t_start=t_start)
-        finally:
-            self.client.cancel(pieces)

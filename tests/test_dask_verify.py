@@ -1,4 +1,5 @@
-"""Verification on Dask: ``bundle.verify(key, scheduler=...)`` gives the local verifier's report.
+"""Verification on Dask: ``bundle.verify(key, scheduler=...)`` gives the local verifier's report; so do
+the segments verified apart on this machine (in this process, or in worker processes).
 
 One real ``LocalCluster`` of 2 worker processes (tasks and results really pickled) for the module; a
 bundle of 4 segments (checkpoints inside segments too) is built once, and every case damages a copy
@@ -18,7 +19,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from rlhf_audit_kit import open_bundle
+from rlhf_audit_kit import open_bundle, segment_verify
 from rlhf_audit_kit.errors import AuditKitError
 from rlhf_audit_kit.store import open_store
 
@@ -70,12 +71,32 @@ def assert_same(local, dask):
         assert getattr(dask, attr) == getattr(local, attr), attr
 
 
-def both(folder, client, key=VKEY, **kw):
+@contextlib.contextmanager
+def tasks_of(events: int):
+    """Tasks of at least ``events`` events: 1 splits the bundle's 4 segments apart, 10**18 makes the
+    whole log one range (the reference: :func:`~rlhf_audit_kit.ledger.verify.verify_source` alone)."""
+    old = segment_verify.MIN_TASK_EVENTS
+    segment_verify.MIN_TASK_EVENTS = events
+    try:
+        yield
+    finally:
+        segment_verify.MIN_TASK_EVENTS = old
+
+
+def both(folder, client, key=VKEY, pool=False, **kw):
+    """The whole verification's report = segments apart in this process (= in 2 worker processes) = Dask."""
     with open_bundle(folder) as b:
-        local = b.verify(key, workers=0, **kw)
-        dask = b.verify(key, scheduler=client, **kw)
-    assert_same(local, dask)
+        with tasks_of(10 ** 18):
+            local = b.verify(key, workers=0, **kw)
+        with tasks_of(1):
+            apart = b.verify(key, workers=0, **kw)
+            dask = b.verify(key, scheduler=client, **kw)
+            pooled = b.verify(key, workers=2, **kw) if pool else apart
+    for other in (apart, dask, pooled):
+        assert_same(local, other)
+    assert "segments" not in local.timings
     assert "dask" in dask.timings or dask.damage == "malformed-bundle"  # (data that does not decode: no timings)
+    assert "segments" in apart.timings or apart.damage == "malformed-bundle"
     return local
 
 
@@ -238,10 +259,14 @@ CASES = {
 }
 
 
+POOLED = ("clean", "log-entry", "typed-seq-into-another-segment", "damaged-page", "log-seq-as-text")
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_dask_report_is_the_local_one(bundle, client, case):
     CASES[case](bundle)
-    local = both(bundle, client)
+    # worker processes for a few: results and decode errors really pickled through their pipes
+    local = both(bundle, client, pool=case in POOLED)
     assert local.ok == (case in ("clean", "older-exporter-columns")), local.findings
 
 

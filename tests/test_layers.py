@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "privacy", "privacy.mechanisms", "privacy.accountant", "privacy.pseudonym", "privacy.budget"]),
     ("sealing and export", [
         "ledger.verify", "ledger.snapshot", "ledger.witness", "segments", "bundle", "bundle_export", "publish",
-        "witness_keys"]),
+        "witness_keys", "segment_verify", "segment_workers"]),
 ]
 TOP = len(LAYERS)
 
