@@ -444,7 +444,7 @@ class Bundle(RecordReader):
 
     # ---------------------------------------------------------------- verification
     def verify(self, verifier: Any = None, *, workers: int | None = None, since: Any = None,
-               scheduler: Any = None) -> VerifyReport:
+               scheduler: Any = None, progress: bool | None = None) -> VerifyReport:
         """Re-derive and check the bundle from its Parquet files; return a :class:`VerifyReport`.
 
         ``verifier``: the key you trust (Verifier, vkey string or file). By default the bundle's own
@@ -475,15 +475,18 @@ class Bundle(RecordReader):
         ``scheduler``: a ``dask.distributed.Client`` or a scheduler address; the segments are then
         re-derived in parallel on its workers and the same report comes back
         (:func:`rlhf_audit_kit.bundle_dask.verify_on_dask`; needs the ``dask`` extra).
+
+        ``progress``: a progress bar while segments are re-derived apart (default: for 200,000
+        events or more).
         """
         v = resolve_verifiers(verifier if verifier is not None else self.verifier)
         trusted = None if since is None else self._trusted(since, v)
         if scheduler is not None:
             from .bundle_dask import verify_on_dask
-            report = verify_on_dask(self, v, scheduler, trusted=trusted)
+            report = verify_on_dask(self, v, scheduler, trusted=trusted, progress=progress)
         else:
             from .segment_verify import LocalBackend, SegmentRunner
-            run = SegmentRunner(self, LocalBackend(self.files, workers))
+            run = SegmentRunner(self, LocalBackend(self.files, workers), progress=progress)
             if since is None:
                 if self._from:  # pragma: no cover - the exporter's partial view
                     raise AuditKitError(f"this bundle object was opened from seq {self._from:,}; open it whole "

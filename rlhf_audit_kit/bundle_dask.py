@@ -14,7 +14,7 @@ back, and the client makes the report as a whole verification does
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import AuditKitError
@@ -40,6 +40,10 @@ class DaskBackend:
 
     def derive(self, tables: Mapping, start: int, end: int | None):
         return self.client.submit(derive_segment, self.files, tables, start, end, pure=False)
+
+    def as_completed(self, handles: Sequence) -> Iterator:
+        from dask.distributed import as_completed
+        return as_completed(handles)
 
     def summaries(self, handles: Sequence) -> list[_Piece]:
         return self.client.gather([self.client.submit(_summary, h) for h in handles])
@@ -77,14 +81,14 @@ def _client(scheduler: Any) -> tuple[Any, bool]:
                         f"(tcp://HOST:8786), not {type(scheduler).__name__}")
 
 
-def verify_on_dask(bundle, verifiers: Any, scheduler: Any, *, trusted: tuple[int, bytes] | None = None
-                   ) -> VerifyReport:
+def verify_on_dask(bundle, verifiers: Any, scheduler: Any, *, trusted: tuple[int, bytes] | None = None,
+                   progress: bool | None = None) -> VerifyReport:
     """Verify ``bundle`` on the Dask cluster of ``scheduler`` (a Client or an address); the report
     is the one :meth:`Bundle.verify` gives locally. ``trusted``: (size, root) for ``since=``."""
     client, own = _client(scheduler)
     v = resolve_verifiers(verifiers)
     files = getattr(bundle, "files", None) or str(bundle._root)  # Bundle.files: local or fsspec
-    run = SegmentRunner(bundle, DaskBackend(client, files))
+    run = SegmentRunner(bundle, DaskBackend(client, files), progress=progress)
     try:
         if trusted is None:
             return bundle._verify(v, bundle.segments, None, run=run)

@@ -357,7 +357,10 @@ def register(subparsers) -> None:
     s.add_argument("target", metavar="STORE_OR_BUNDLE", help=STORE_OR_BUNDLE_HELP)
     s.add_argument("--vkey", "--verifier", dest="vkey", metavar="VKEY", required=True,
                    help="the verifier key you trust: a key string name+keyid+key, or a file or keys folder holding it")
-    s.add_argument("--workers", type=int, default=None, help="hashing processes (default: cores - 1)")
+    s.add_argument("--workers", type=int, default=None,
+                   help="processes: for a bundle of 200,000 events or more, each re-derives runs of its segments "
+                        "(default: one per core; 0: all in this process); for a store or a small bundle, hashing "
+                        "processes (default: cores - 1)")
     s.add_argument("--since", metavar="NOTE_FILE_OR_SIZE", default=None,
                    help="a bundle only: re-derive just the segments after a checkpoint you verified before (its "
                         "signed note file, or a tree size the bundle publishes: a size alone cannot reveal a fork); "

@@ -59,14 +59,15 @@ POOL_MIN_EVENTS = 200_000
 
 def task_groups(segments: Sequence[Any], workers: int) -> list[list[Any]]:
     """Consecutive segments grouped into tasks of about ``total / (TASKS_PER_WORKER * workers)`` events,
-    within ``[MIN_TASK_EVENTS, MAX_TASK_EVENTS]`` (a larger segment is a task alone).
+    at most ``MAX_TASK_EVENTS`` and at least ``MIN_TASK_EVENTS`` (which wins; a larger segment is a
+    task alone).
 
     >>> from types import SimpleNamespace as S
     >>> [[s.start for s in g] for g in task_groups([S(start=i * 30_000, end=(i + 1) * 30_000) for i in range(5)], 2)]
     [[0, 30000], [60000, 90000], [120000]]
     """
     total = sum(s.end - s.start for s in segments)
-    target = min(MAX_TASK_EVENTS, max(MIN_TASK_EVENTS, -(-total // (TASKS_PER_WORKER * max(1, workers)))))
+    target = max(MIN_TASK_EVENTS, min(MAX_TASK_EVENTS, -(-total // (TASKS_PER_WORKER * max(1, workers)))))
     groups: list[list[Any]] = []
     cur: list[Any] = []
     n = 0
@@ -353,6 +354,10 @@ class LocalBackend:
         fut.set_result(derive_segment(self.files, tables, start, end))
         return fut
 
+    def as_completed(self, handles: Sequence[Future]) -> Iterator[Future]:
+        from concurrent.futures import as_completed
+        return as_completed(handles)
+
     def summaries(self, handles: Sequence[Future]) -> list[_Piece]:
         return [h.result().summary() for h in handles]
 
@@ -374,8 +379,20 @@ class SegmentRunner:
     segments from ``start`` on, grouped into tasks (:func:`task_groups`) run by ``backend``, their
     summaries combined. A range that makes one task is verified whole by :func:`verify_source`."""
 
-    def __init__(self, bundle, backend):
-        self.bundle, self.backend = bundle, backend
+    def __init__(self, bundle, backend, *, progress: bool | None = None):
+        self.bundle, self.backend, self.progress = bundle, backend, progress
+
+    def _wait(self, pieces: Sequence, events: Sequence[int]) -> None:
+        """Wait for the tasks, with a progress bar (tqdm) for a long run: ``progress`` None shows it from
+        ``POOL_MIN_EVENTS`` events on."""
+        total = sum(events)
+        if not (self.progress or (self.progress is None and total >= POOL_MIN_EVENTS)):
+            return
+        from tqdm.auto import tqdm
+        size = dict(zip(map(id, pieces), events))
+        with tqdm(total=total, unit="event", unit_scale=True, desc="verify", leave=False) as bar:
+            for done in self.backend.as_completed(pieces):
+                bar.update(size.get(id(done), 0))
 
     def __call__(self, source, verifiers: list[Verifier], *, extra_notes: Sequence[str] = (), workers=None,
                  start: int = 0, compact_range: Sequence[bytes] = (), trusted: tuple[int, bytes] | None = None,
@@ -392,6 +409,7 @@ class SegmentRunner:
             if hasattr(self.backend, "start"):
                 self.backend.start(sum(s.end - s.start for s in segments), len(groups))
             pieces = [self.backend.derive(table_files(g), g[0].start, g[-1].end) for g in groups]
+            self._wait(pieces, [g[-1].end - g[0].start for g in groups])
             summaries = self.backend.summaries(pieces)
             if len(summaries) > 1 and not _combinable(summaries):  # the result depends on the whole log: one range
                 self.backend.cancel(pieces)

@@ -1,0 +1,169 @@
+"""A large bundle verified segment by segment on this machine: grouping into tasks, the worker processes,
+and what a user running a script or a notebook sees. (Every tamper case gives the whole verification's
+report apart, in worker processes and on Dask: tests/test_dask_verify.py.)"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlhf_audit_kit import open_bundle, segment_verify
+from rlhf_audit_kit.errors import AuditKitError
+from rlhf_audit_kit.segment_workers import ProcessPool
+from rlhf_audit_kit.store import open_store
+
+from test_snapshot_verify import SIGNER, events  # noqa: E402 - shared fixtures
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A bundle of 4 segments (67 events)."""
+    d = tmp_path_factory.mktemp("segments")
+    with open_store(d / "a.duckdb", pseudonymize=False, origin="audit.example/log") as store:
+        for i in range(4):
+            store.extend(events(2 * i) + events(2 * i + 1))
+            store.snapshot(SIGNER).export(d / "bundle").close()
+    return d / "bundle"
+
+
+# ---------------------------------------------------------------- tasks
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 400_000), max_size=40), st.integers(1, 64))
+def test_tasks_are_consecutive_segments_each_just_reaching_the_target(sizes, workers):
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    segs = [SimpleNamespace(start=a, end=b) for a, b in zip(bounds, bounds[1:])]
+    groups = segment_verify.task_groups(segs, workers)
+    assert [s for g in groups for s in g] == segs  # every segment once, in order
+    target = max(segment_verify.MIN_TASK_EVENTS, min(segment_verify.MAX_TASK_EVENTS, -(-bounds[-1] // (
+        segment_verify.TASKS_PER_WORKER * workers))))
+    for k, g in enumerate(groups):
+        events = g[-1].end - g[0].start
+        assert all(a.end == b.start for a, b in zip(g, g[1:]))
+        if k < len(groups) - 1:
+            assert events >= target  # a task ends as soon as it reaches the target ...
+        assert events - (g[-1].end - g[-1].start) < target  # ... and not before
+
+
+def test_a_minimum_above_the_log_makes_one_task():
+    segs = [SimpleNamespace(start=i, end=i + 1) for i in range(1000)]
+    old = segment_verify.MIN_TASK_EVENTS
+    segment_verify.MIN_TASK_EVENTS = 10 ** 18
+    try:
+        assert segment_verify.task_groups(segs, 64) == [segs]
+    finally:
+        segment_verify.MIN_TASK_EVENTS = old
+
+
+# ---------------------------------------------------------------- worker processes
+def test_pool_returns_results_and_raises_the_callers_exceptions():
+    with ProcessPool(2) as pool:
+        futures = [pool.submit(pow, 3, k) for k in range(20)]
+        assert [f.result() for f in futures] == [3 ** k for k in range(20)]
+        with pytest.raises(ValueError, match="invalid literal"):
+            pool.submit(int, "x").result()
+        assert pool.submit(os.getpid).result() != os.getpid()  # really another process
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(pow, 2, 2)
+
+
+def test_a_worker_that_dies_fails_its_task_with_its_exit_code_and_nothing_waits_forever():
+    with ProcessPool(1) as pool:
+        dying = pool.submit(os._exit, 7)
+        queued = [pool.submit(pow, 2, k) for k in range(3)]
+        with pytest.raises(AuditKitError, match="exit code 7"):
+            dying.result(timeout=60)
+        for f in queued:
+            with pytest.raises(BaseException):
+                f.result(timeout=60)
+
+
+def test_closing_the_pool_ends_a_busy_worker():
+    import time
+    pool = ProcessPool(1)
+    busy = pool.submit(time.sleep, 600)
+    t0 = time.perf_counter()
+    pool.close()
+    assert time.perf_counter() - t0 < 30
+    with pytest.raises(BaseException):
+        busy.result(timeout=30)
+    assert all(p.poll() is not None for p in pool._procs)
+
+
+# ---------------------------------------------------------------- as a user runs it
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(bundle, tmp_path):
+    """multiprocessing's spawn would re-import the script in each worker and run its side effects twice."""
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "audit_script.py"
+    script.write_text(textwrap.dedent(f"""
+        from rlhf_audit_kit import open_bundle, segment_verify
+        with open({str(marker)!r}, "a") as fh:
+            fh.write("ran\\n")  # a side effect at module level, no __main__ guard
+        segment_verify.MIN_TASK_EVENTS = 1
+        with open_bundle({str(bundle)!r}) as b:
+            r = b.verify({SIGNER.verifier.vkey!r}, workers=2)
+        print(r.ok, "segments" in r.timings, r.events)
+    """))
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["True", "True", "67"]
+    assert marker.read_text() == "ran\n"
+
+
+def test_default_uses_worker_processes_only_for_a_large_bundle(bundle, monkeypatch):
+    started = []
+
+    class Spy(ProcessPool):
+        def __init__(self, n, **kw):
+            started.append(n)
+            super().__init__(n, **kw)
+    monkeypatch.setattr("rlhf_audit_kit.segment_workers.ProcessPool", Spy)
+    monkeypatch.setattr(segment_verify, "MIN_TASK_EVENTS", 1)
+    with open_bundle(bundle) as b:
+        assert b.size == 67
+        small = b.verify(SIGNER.verifier)  # 67 events: split, but derived here (workers cost ~1 s to start)
+        assert small.ok and "segments" in small.timings and started == []
+        monkeypatch.setattr(segment_verify, "POOL_MIN_EVENTS", 10)
+        big = b.verify(SIGNER.verifier)
+        assert big.ok and started == [min(os.cpu_count() or 1, 4)]
+        one = b.verify(SIGNER.verifier, workers=1)  # this process, one task at a time
+        assert one.ok and "segments" in one.timings and len(started) == 1
+    assert (small.signed_root, small.findings) == (big.signed_root, big.findings) == (one.signed_root, one.findings)
+
+
+def test_a_memory_url_bundle_is_verified_in_this_process(bundle, monkeypatch):
+    """Worker processes cannot see this process's memory:// file system: the tasks run here."""
+    import fsspec
+    fs = fsspec.filesystem("memory")
+    url = "memory://segment-verify-test/bundle"
+    for p in sorted(bundle.rglob("*")):
+        if p.is_file():
+            fs.pipe_file(f"{url}/{p.relative_to(bundle).as_posix()}", p.read_bytes())
+    monkeypatch.setattr(segment_verify, "MIN_TASK_EVENTS", 1)
+    try:
+        with open_bundle(url) as b:
+            r = b.verify(SIGNER.verifier, workers=2)
+        assert r.ok and "segments" in r.timings and r.events == 67
+    finally:
+        fs.rm(url, recursive=True)
+
+
+def test_progress_bar_counts_events_of_a_long_run(bundle, monkeypatch, capsys):
+    monkeypatch.setattr(segment_verify, "MIN_TASK_EVENTS", 1)
+    with open_bundle(bundle) as b:
+        assert b.verify(SIGNER.verifier, workers=0, progress=True).ok
+        err = capsys.readouterr().err
+        assert "verify" in err and "67" in err, err
+        assert b.verify(SIGNER.verifier, workers=0).ok  # 67 events: no bar by default
+        assert capsys.readouterr().err == ""
