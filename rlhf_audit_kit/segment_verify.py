@@ -329,12 +329,13 @@ def _wanted(sizes: set[int], start: int, end: int, trusted: tuple[int, bytes] | 
 class LocalBackend:
     """Tasks run on this machine: in worker processes (:class:`~rlhf_audit_kit.segment_workers.ProcessPool`,
     started at the first task and ended by :meth:`close`) or, with ``workers`` <= 1, in this process one
-    after the other. Each derived range comes back whole (its nodes: 64 bytes per event)."""
+    after the other. Each derived range comes back whole; its nodes (64 bytes per event) wait in a
+    temporary file until the report is made."""
 
     name = "segments"
 
     def __init__(self, files: Any, workers: int | None = None):
-        self.files, self.workers, self.pool = files, workers, None
+        self.files, self.workers, self.pool, self.tmp = files, workers, None, None
 
     def parallelism(self) -> int:
         return (os.cpu_count() or 1) if self.workers is None else max(1, self.workers)
@@ -359,7 +360,30 @@ class LocalBackend:
         return as_completed(handles)
 
     def summaries(self, handles: Sequence[Future]) -> list[_Piece]:
-        return [h.result().summary() for h in handles]
+        return [self._spill(h.result()).summary() for h in handles]
+
+    def _spill(self, piece: _Piece) -> _Piece:
+        """The range's nodes (64 bytes per event) to a temporary file, read back only for the few nodes
+        asked: this process holds no per-event memory, whatever the bundle's size."""
+        if not piece.levels or isinstance(next(iter(piece.levels.values()))[1], np.memmap):
+            return piece
+        if self.tmp is None:
+            import tempfile
+            self.tmp = tempfile.TemporaryDirectory(prefix="rlhf-audit-verify-")
+        path = os.path.join(self.tmp.name, f"{piece.start}.nodes")
+        order = sorted(piece.levels)
+        with open(path, "wb") as fh:
+            for level in order:
+                piece.levels[level][1].tofile(fh)
+        rows = sum(len(piece.levels[level][1]) for level in order)
+        if rows:
+            data = np.memmap(path, dtype=np.uint8, mode="r", shape=(rows, 32))
+            at = 0
+            for level in order:
+                first, arr = piece.levels[level]
+                piece.levels[level] = (first, data[at:at + len(arr)])
+                at += len(arr)
+        return piece
 
     def nodes(self, asks: Iterable[tuple[Future, Sequence[Node]]]) -> dict[Node, bytes]:
         return {nd: h.result().node(nd) for h, wanted in asks for nd in wanted}
@@ -372,6 +396,9 @@ class LocalBackend:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
 
 
 class SegmentRunner:
