@@ -408,3 +408,18 @@ def test_position_bias_leaves_out_unknown_display_order_and_label_times_are_thei
     assert (g["ab_labels"], g["order_unknown"], g["share_first_shown"]) == (50, 30, 0.75)
     assert "Labels were made from 2026-01-01 12:01:00 to 2026-01-01 12:01:19 UTC." in gov.markdown
     assert "30 label(s) have no time of their own" in gov.markdown
+
+
+def test_training_chart_leaves_out_missing_values_and_breaks_its_line_there():
+    """A metric not logged at every step (None) or NaN must not stop the notebook: the point is left out,
+    the line broken there, and the range in the legend is the logged values'."""
+    import re
+
+    from rlhf_audit_kit.report.sections import svg_lines
+    svg = svg_lines({"kl": ([0, 1, 2, 3, 4, 5], [0.1, None, 0.3, float("nan"), 0.5, 0.6]),
+                     "reward": ([0, 1, 2], [None, None, None])}, title="t")
+    lines = re.findall(r'<polyline [^>]*points="([^"]*)"', svg)
+    assert [len(p.split()) for p in lines] == [2]  # 4..5 joined; 0 and 2 are lone points
+    assert svg.count("<circle ") == 2
+    assert "kl (0.1 to 0.6)" in svg and "reward" not in svg
+    assert svg_lines({"kl": ([0, 1], [None, None])}, title="t") == ""

@@ -384,3 +384,64 @@ def test_an_object_replaced_after_opening_is_never_read_as_the_checked_one(s3, b
         assert b.sql("SELECT count(*) AS n FROM log")["n"][0] == before  # DuckDB keeps what it read and checked
         report = b.verify(SIGNER.verifier, workers=0)
     assert not report.ok and "manifest-mismatch" in {f.damage for f in report.findings}
+
+
+# ---------------------------------------------------------------- witnesses and the compliance notebook
+def test_witness_cosignatures_and_a_compliance_notebook_of_a_bundle_on_s3(s3, base, tmp_path, monkeypatch):
+    """A cosigned note in the bundle's cosignatures/ counts on S3 as locally; the compliance notebook names
+    the bundle by its URL, and its kernel opens it with a profile from its own config file: no secret
+    enters the notebook, and secret-like variables are not passed to the kernel."""
+    import s3fs
+
+    from rlhf_audit_kit.ledger.witness import Witness, bundle_cosignatures, write_cosigned_note
+    from rlhf_audit_kit.report.compliance import export_compliance_notebook
+    from rlhf_audit_kit.witness_keys import init_witness_keys, load_witness_signer
+    d, _, _ = base
+    local = tmp_path / "bundle"
+    shutil.copytree(d / "local", local)
+    init_witness_keys(tmp_path / "w1", "witness.example/w1", no_passphrase=True)
+    w1 = Witness(tmp_path / "w1" / "state", load_witness_signer(tmp_path / "w1"))
+    write_cosigned_note(local, w1.observe_bundle(local, SIGNER.verifier.vkey), w1.signer)
+    url = upload(s3, local)
+    with open_bundle(local) as b:
+        on_disk = [c.vkey for c in bundle_cosignatures(b, [w1.signer.verifier])[0]]
+    with open_bundle(url, storage_options=s3.options) as b:
+        cosigned, findings = bundle_cosignatures(b, [w1.signer.verifier])
+        assert not findings and [c.vkey for c in cosigned] == on_disk == [w1.signer.vkey]
+        assert b.verify(SIGNER.verifier).ok  # the cosignature is no unlisted file
+    # the kernel's credentials: a profile in an AWS config file (AWS_SECRET_ACCESS_KEY would not reach it)
+    config = tmp_path / "aws-config"
+    config.write_text(f"[profile auditor]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"
+                      f"region = us-east-1\nendpoint_url = {s3.endpoint}\n")
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in {"AWS_CONFIG_FILE": str(config), "AWS_PROFILE": "auditor",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        out = tmp_path / "report" / "evidence.ipynb"
+        with open_bundle(url) as b:
+            p = export_compliance_notebook(b, out, verifier=SIGNER.verifier.vkey, witnesses=[w1.signer.vkey],
+                                           html=False)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    text = p.read_text(encoding="utf-8")
+    assert SECRET not in text and KEY_ID not in text and s3.endpoint not in text
+    import nbformat
+    nb = nbformat.read(p, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert f"BUNDLE = {url!r}" in first.source
+    printed = "".join(o.get("text", "") for o in first.outputs)
+    assert printed.startswith("Verified: OK") and "cosigned by the pinned witness witness.example/w1" in printed
+
+
+def test_a_memory_bundle_has_no_compliance_notebook(base, tmp_path):
+    """A kernel is another process: it cannot open this process's memory:// file system."""
+    from rlhf_audit_kit.report.compliance import export_compliance_notebook
+    d, _, snaps = base
+    url = f"memory://compliance-{uuid.uuid4().hex[:8]}/bundle"
+    snaps[-1].export(url).close()
+    with open_bundle(url) as b, pytest.raises(AuditKitError, match="memory.*export the snapshot to a folder"):
+        export_compliance_notebook(b, tmp_path / "n.ipynb", verifier=SIGNER.verifier.vkey, html=False)
+    assert not (tmp_path / "n.ipynb").exists()

@@ -332,23 +332,31 @@ def read_cosigned_notes(bundle: Bundle) -> list[tuple[str, str]]:
     """
     from ..bundle_files import check_name, read_small
     from ..errors import BundleError
-    root = Path(os.path.realpath(bundle.path))
-    sub = root / COSIGNATURE_DIR
-    try:
-        if not stat.S_ISDIR(os.lstat(sub).st_mode):
-            raise BundleError(f"{COSIGNATURE_DIR} is not a folder; refused without reading it", damage="unsafe-file",
-                              file=COSIGNATURE_DIR)
-    except FileNotFoundError:
-        return []
-    with os.scandir(sub) as it:
-        names = sorted(e.name for e in it if e.name.endswith(".note") and not e.name.startswith("."))
+    files = getattr(bundle, "files", None)
+    if files is not None and not files.local:  # object storage: the objects under cosignatures/
+        prefix = COSIGNATURE_DIR + "/"
+        names = sorted(n[len(prefix):] for n in files.list_files() if n.startswith(prefix) and n.endswith(".note")
+                       and "/" not in n[len(prefix):] and not n[len(prefix):].startswith("."))
+        root = None
+    else:
+        root = Path(os.path.realpath(bundle.path))
+        sub = root / COSIGNATURE_DIR
+        try:
+            if not stat.S_ISDIR(os.lstat(sub).st_mode):
+                raise BundleError(f"{COSIGNATURE_DIR} is not a folder; refused without reading it",
+                                  damage="unsafe-file", file=COSIGNATURE_DIR)
+        except FileNotFoundError:
+            return []
+        with os.scandir(sub) as it:
+            names = sorted(e.name for e in it if e.name.endswith(".note") and not e.name.startswith("."))
     if len(names) > MAX_COSIGNED_NOTES:
         raise BundleError(f"{COSIGNATURE_DIR}/ holds {len(names):,} notes, more than {MAX_COSIGNED_NOTES:,}; refused",
                           damage="oversized", file=COSIGNATURE_DIR)
     out = []
     for name in names:
         rel = check_name(f"{COSIGNATURE_DIR}/{name}")
-        raw = read_small(root, rel, bundle.limits.max_text_bytes)
+        raw = (read_small(root, rel, bundle.limits.max_text_bytes) if root is not None
+               else files.read_small(rel, bundle.limits.max_text_bytes))
         try:
             out.append((rel, raw.decode("utf-8")))
         except UnicodeDecodeError:

@@ -148,14 +148,17 @@ for c in cosigned:
 
 
 def _first_cell(rel_bundle: str, vkey: str, origin: str, size: int, root: str, pinned: bool = True,
-                witnesses: list[str] | tuple = (), quorum: int | None = None) -> str:
+                witnesses: list[str] | tuple = (), quorum: int | None = None, remote: bool = False) -> str:
     key_comment = ("the verifier key you pinned" if pinned else
                    "NOT PINNED: the key shipped in the bundle itself, which proves only self-consistency")
     verified = "Verified" if pinned else "Self-consistent only (NO key was pinned)"
+    where = ("the snapshot bundle's URL; its file system finds credentials in this kernel's own config (a profile, "
+             "a role), never here" if remote else
+             "the snapshot bundle, relative to this notebook (change it if you moved the bundle)")
     return _SYS_PATH_GUARD + f'''
 # Binding and verification: this cell stops the notebook if anything does not match.
 # Only public values are pinned here (the verifier key is a public key); no secret is needed.
-BUNDLE = {rel_bundle!r}  # the snapshot bundle, relative to this notebook (change it if you moved the bundle)
+BUNDLE = {rel_bundle!r}  # {where}
 PINNED_VKEY = {vkey!r}  # {key_comment}
 PINNED_ORIGIN = {origin!r}
 PINNED_SIZE = {size!r}
@@ -200,8 +203,13 @@ def build_compliance_notebook(bundle, *, notebook_dir: str | os.PathLike, vkey: 
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {', '.join(sorted(TEMPLATES))}")
     cp = bundle.checkpoint
-    ref = bundle_ref if bundle_ref is not None else Path(
-        os.path.relpath(Path(bundle.path).resolve(), Path(notebook_dir).resolve())).as_posix()
+    remote = not bundle.files.local
+    if bundle_ref is not None:
+        ref = bundle_ref
+    elif remote:  # the URL as shown: without a user:password part; storage options are never written
+        ref = bundle.files.shown
+    else:
+        ref = Path(os.path.relpath(Path(bundle.path).resolve(), Path(notebook_dir).resolve())).as_posix()
     title = ("# Compliance evidence notebook\n\n" + ("" if pinned else NOT_PINNED + "\n\n")
              + f"Snapshot of {md_code(cp.origin)}: {cp.size:,} events, root "
              f"`{cp.root_hash.hex()}`. Template: {template} ({TEMPLATES[template]}).\n\n"
@@ -209,7 +217,8 @@ def build_compliance_notebook(bundle, *, notebook_dir: str | os.PathLike, vkey: 
     md, code = new_markdown_cell, new_code_cell
     cells = [
         md(title.strip()),
-        code(_first_cell(ref, vkey, cp.origin, cp.size, cp.root_hash.hex(), pinned, witnesses, witness_quorum)),
+        code(_first_cell(ref, vkey, cp.origin, cp.size, cp.root_hash.hex(), pinned, witnesses, witness_quorum,
+                         remote)),
         code("from rlhf_audit_kit.report import sections as S\n\nS.section_identity(bundle, report"
              + ("" if pinned else ", pinned=False")
              + (", cosigned=cosigned, witnesses=len(PINNED_WITNESSES), quorum=WITNESS_QUORUM" if witnesses else "")
@@ -359,7 +368,10 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
         exported first, to ``bundle_folder`` or ``<notebook name>.bundle`` next to the notebook;
         an existing bundle of the same checkpoint there is reused).
     path
-        The ``.ipynb`` to write. The first code cell names the bundle by its path relative to it.
+        The ``.ipynb`` to write. The first code cell names the bundle by its path relative to it, or
+        by its URL for a bundle on object storage (``s3://...``), which the kernel opens with the
+        file system's own config: a profile or a role, since secret-like environment variables are
+        not passed to it (:func:`kernel_environment`); ``storage_options`` are never written.
     template
         A key of :data:`TEMPLATES`.
     verifier
@@ -433,7 +445,11 @@ def export_compliance_notebook(bundle_or_snapshot: Any, path: str | os.PathLike,
     else:
         raise TypeError(f"expected a Bundle, a bundle folder or a Snapshot, got {type(bundle_or_snapshot).__name__}")
     try:
-        _check_outside_bundle(path.parent, Path(bundle.path))
+        if bundle.files.local:
+            _check_outside_bundle(path.parent, Path(bundle.path))
+        elif bundle.files.url.startswith("memory://"):
+            raise AuditKitError(f"{bundle.files.shown} lives in this process's memory, where a notebook's kernel "
+                                "cannot open it: export the snapshot to a folder or to object storage first")
         if verifier is None and not trust_bundle_key:
             raise KeysError("a compliance notebook needs the verifier key you trust: pass verifier= (a vkey "
                             "string or file, or a keys folder); the key shipped in a bundle proves nothing "

@@ -189,7 +189,10 @@ def svg_lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, tit
     """
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     pad_l, pad_r, pad_t, pad_b = 10, 10, 28, 22
-    xs_all = [x for xs, _ in series.values() for x in xs]
+    # a point without a value (a metric not logged at that step, NaN) is left out, and its line broken there
+    series = {name: [(float(x), float(y)) if _finite(x) and _finite(y) else None for x, y in zip(xs, ys)]
+              for name, (xs, ys) in series.items()}
+    xs_all = [p[0] for pts in series.values() for p in pts if p is not None]
     if not xs_all:
         return ""
     x0, x1 = min(xs_all), max(xs_all)
@@ -207,21 +210,40 @@ def svg_lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, tit
         parts.append(f'<line x1="{px(m):.1f}" y1="{pad_t}" x2="{px(m):.1f}" y2="{pad_t + h}" '
                      'stroke="#888" stroke-dasharray="4 3"/>')
     legend_x = pad_l + 4
-    for i, (name, (xs, ys)) in enumerate(series.items()):
-        ys = [float(y) for y in ys]
+    for i, (name, points) in enumerate(series.items()):
+        ys = [p[1] for p in points if p is not None]
         if not ys:
             continue
         lo, hi = min(ys), max(ys)
         span = (hi - lo) or 1.0
-        pts = " ".join(f"{px(float(x)):.1f},{pad_t + h - (y - lo) / span * h:.1f}" for x, y in zip(xs, ys))
         c = colors[i % len(colors)]
-        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>')
+        runs: list[list[tuple[float, float]]] = [[]]
+        for p in points:
+            if p is None:
+                runs.append([])
+            else:
+                runs[-1].append(p)
+        for run in runs:
+            if len(run) == 1:  # a lone point between gaps: a dot
+                x, y = run[0]
+                parts.append(f'<circle cx="{px(x):.1f}" cy="{pad_t + h - (y - lo) / span * h:.1f}" r="1.5" '
+                             f'fill="{c}"/>')
+            elif run:
+                pts = " ".join(f"{px(x):.1f},{pad_t + h - (y - lo) / span * h:.1f}" for x, y in run)
+                parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>')
         label = f"{name} ({lo:.3g} to {hi:.3g})"
         parts.append(f'<text x="{legend_x}" y="{pad_t + 14 + 13 * i}" fill="{c}">{_esc(label)}</text>')
     parts.append(f'<text x="{pad_l}" y="{height - 6}">{x0:g}</text>')
     parts.append(f'<text x="{pad_l + w}" y="{height - 6}" text-anchor="end">{x1:g}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def _esc(s: str) -> str:
