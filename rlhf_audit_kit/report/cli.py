@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     from .compliance import TEMPLATES
     s = subparsers.add_parser("export-notebook",
                               help="write a compliance notebook bound to a snapshot bundle, executed")
-    s.add_argument("bundle", help="snapshot bundle folder")
+    s.add_argument("bundle", help="snapshot bundle folder, or its URL (s3://bucket/bundle, gs://...: the notebook's "
+                                  "kernel reads it with the file system's own config, e.g. AWS_PROFILE)")
     s.add_argument("--out", required=True, help="notebook to write (PATH.ipynb), outside the bundle folder")
     s.add_argument("--vkey", "--verifier", dest="vkey", metavar="VKEY", default=None,
                    help="verifier key you trust, pinned in the notebook: vkey string or .vkey file "
