@@ -21,7 +21,7 @@ from __future__ import annotations
 from ._lazy import lazy_getattr
 from .artifacts import hash_artifact
 from .errors import (AuditKitError, BudgetExceededError, BundleError, ForkError, IntegrityError, KeysError,
-                     SignatureError, StoreInUseError, StoreLockedError, ValidationError)
+                     ManifestSizeWarning, SignatureError, StoreInUseError, StoreLockedError, ValidationError)
 from .schema import KINDS
 from .store import AuditStore, open_store
 
@@ -42,6 +42,6 @@ _SUBMODULES = ("analysis", "apps", "demo", "ingest", "keys", "ledger", "privacy"
 
 __all__ = ["AuditStore", "open_store", "hash_artifact", "KINDS", "AuditKitError", "BudgetExceededError",
            "IntegrityError", "KeysError", "SignatureError", "ValidationError", "BundleError", "ForkError",
-           "StoreInUseError", "StoreLockedError", *_LAZY]
+           "StoreInUseError", "StoreLockedError", "ManifestSizeWarning", *_LAZY]
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals(), _SUBMODULES)

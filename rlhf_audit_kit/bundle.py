@@ -231,6 +231,12 @@ class Bundle(RecordReader):
                                                                                 self.limits.max_manifest_bytes)
         except FileNotFoundError:
             raise BundleError(f"{self.path} is not a snapshot bundle (no {MANIFEST_FILE})") from None
+        except BundleError as e:
+            if e.damage != "oversized":
+                raise
+            raise BundleError(f"{e}; a bundle of many segments (~2 KB each) may be genuine: open it with "
+                              f"limits=Limits(max_manifest_bytes=...) if you expect that many",
+                              damage="oversized", file=MANIFEST_FILE) from None
         self.manifest: dict[str, Any] = _parse_manifest(raw)
         self.format: str = self.manifest["format"]
         self.segments: list[Segment] = parse_segments(self.manifest)

@@ -152,3 +152,8 @@ class StoreInUseError(AuditKitError):
     def __reduce__(self):
         import functools
         return (functools.partial(type(self), path=self.path, holder=self.holder), (str(self),))
+
+
+class ManifestSizeWarning(UserWarning):
+    """A bundle's ``manifest.json`` nears the size readers accept by default (each segment adds ~2 KB):
+    publish less often, or readers pass a larger :class:`~rlhf_audit_kit.bundle_files.Limits`."""

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle_files import BundleFiles, show_name
-from .errors import BundleError
+from .bundle_files import BundleFiles, Limits, show_name
+from .errors import BundleError, ManifestSizeWarning
 from .ledger.tree import compact_range_nodes
 from .schema import KINDS
 
@@ -241,7 +241,18 @@ def write_atomic(path: Path, data: bytes, staging: Path) -> None:
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+    """The manifest as written; warns (:class:`~rlhf_audit_kit.errors.ManifestSizeWarning`) past half the
+    size readers accept by default, so a publisher learns it long before its readers refuse the bundle."""
+    data = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+    limit = Limits().max_manifest_bytes
+    if len(data) > limit // 2:
+        import warnings
+        n = len(manifest.get("segments") or ())
+        warnings.warn(f"the bundle's manifest.json is {len(data) / 2**20:.1f} MiB ({n:,} segments, ~2 KB each); "
+                      f"readers refuse one over {limit >> 20} MiB unless they pass open_bundle(..., "
+                      "limits=Limits(max_manifest_bytes=...)): publish less often (a larger every=, see "
+                      "docs/scaling.md)", ManifestSizeWarning, stacklevel=3)
+    return data
 
 
 def segment_entries(segments: Sequence[Segment]) -> list[dict[str, Any]]:

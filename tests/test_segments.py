@@ -245,3 +245,30 @@ def test_an_export_that_fails_verification_publishes_nothing(store, tmp_path):
     assert digests(folder) == before
     with open_bundle(folder) as b:
         assert b.verify(SIGNER.verifier, workers=0).ok
+
+
+def test_a_growing_manifest_warns_the_publisher_and_the_reader_is_told_how_to_open_it(tmp_path, monkeypatch):
+    """Each segment adds ~2 KB to manifest.json; past half the readers' default limit the exporter warns,
+    and a reader refusing a large manifest names the option that opens it."""
+    from rlhf_audit_kit import segments
+    from rlhf_audit_kit.bundle_files import Limits
+    from rlhf_audit_kit.errors import BundleError, ManifestSizeWarning
+    monkeypatch.setattr(segments, "Limits", lambda: Limits(max_manifest_bytes=8000))  # as if 8 KB were the default
+    with open_store(tmp_path / "a.duckdb", pseudonymize=False, origin="audit.example/log") as store:
+        store.extend(events(0))
+        with warnings_as_list() as seen:
+            store.snapshot(SIGNER).export(tmp_path / "b").close()
+        assert not [w for w in seen if issubclass(w.category, ManifestSizeWarning)]  # one segment: 3.3 KB
+        store.extend(events(1))
+        with pytest.warns(ManifestSizeWarning, match=r"segments, ~2 KB each\); readers refuse one over .*every="):
+            store.snapshot(SIGNER).export(tmp_path / "b").close()
+    with pytest.raises(BundleError, match=r"limits=Limits\(max_manifest_bytes=") as e:
+        open_bundle(tmp_path / "b", limits=Limits(max_manifest_bytes=1000))
+    assert e.value.damage == "oversized"
+    with open_bundle(tmp_path / "b", limits=Limits(max_manifest_bytes=1 << 20)) as b:
+        assert b.verify(SIGNER.verifier).ok
+
+
+def warnings_as_list():
+    import warnings
+    return warnings.catch_warnings(record=True)
