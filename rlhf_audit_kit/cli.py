@@ -79,9 +79,10 @@ def _store_of_command(path, **kw):
 
 def _origin_arg(value: str) -> str:
     """``init --origin``: one line without spaces or '+' (C2SP tlog-checkpoint; the signing key is named after it)."""
-    if not value or any(c.isspace() or c == "+" or not c.isprintable() for c in value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not an origin: one line without spaces or '+', "
-                                         "e.g. example.org/my-lab/rlhf (C2SP tlog-checkpoint)")
+    from .ledger.checkpoint import origin_problem
+    problem = origin_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

@@ -188,12 +188,13 @@ class Recorder:
         """Raise what the writer met (the condition's lock is held)."""
         if self._fatal is not None:
             lost = self._logged - self._done
-            raise AuditKitError(f"recording stopped: the writer failed ({self._fatal!r}); {lost} events logged "
-                                f"since the last successful commit were not written") from self._fatal
+            raise AuditKitError(f"recording stopped: the writer failed ({self._fatal!r}); {lost} "
+                                f"event{'' if lost == 1 else 's'} logged since the last successful commit "
+                                f"{'was' if lost == 1 else 'were'} not written") from self._fatal
         if self._refused:
             first, more = self._refused[0], len(self._refused) - 1
             self._refused.clear()
-            also = f"; {more} more events were refused too" if more else ""
+            also = (f"; {more} more event{' was' if more == 1 else 's were'} refused too") if more else ""
             raise ValidationError(first.row, first.field, f"{first.reason} (event not recorded; every other "
                                                           f"event was{also}; raised by {where})")
 

@@ -1060,6 +1060,11 @@ def open_store(path: str | os.PathLike, *, keys: str | os.PathLike | None = None
     1
     >>> reader.close(); a.close()
     """
+    if origin is not None:
+        from .ledger.checkpoint import origin_problem
+        problem = origin_problem(origin, strict=False)  # (spaces or '+' only make the key's name a choice)
+        if problem:  # before any file is made: no checkpoint could ever carry it
+            raise AuditKitError(f"origin= {problem}")
     with _OPEN_LOCK:
         if not read_only:
             writer = next((s for s in _open_here(os.path.realpath(path)) if not s.read_only), None)

@@ -121,3 +121,15 @@ def test_cli_flow_init_keys_snapshot_verify_has_matching_names(tmp_path, capsys)
     assert note.startswith(ORIGIN + "\n") and f"\n\u2014 {ORIGIN} " in note  # origin line and signature name
     assert main(["verify", str(path), "--vkey", str(folder / "verifier.vkey")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_open_store_refuses_an_origin_no_checkpoint_can_carry_before_making_a_file(tmp_path):
+    """The command line refused these already (init --origin); from Python too, with nothing written."""
+    from rlhf_audit_kit.errors import AuditKitError
+    from rlhf_audit_kit.store import open_store
+    for bad in ("a\nb", "", "tab\there", "end\r", "bell\x07"):
+        with pytest.raises(AuditKitError, match="is not an origin: one non-empty line of printable"):
+            open_store(tmp_path / "s.duckdb", origin=bad, pseudonymize=False)
+        assert not (tmp_path / "s.duckdb").exists()
+    with open_store(tmp_path / "s.duckdb", origin="example.org/lab/rlhf", pseudonymize=False) as store:
+        assert store.origin == "example.org/lab/rlhf"

@@ -156,7 +156,7 @@ def test_a_writer_failure_is_raised_by_every_later_call(tmp_path):
     rec.log(step(1))
     with pytest.raises(AuditKitError, match="recording stopped") as e:
         rec.flush()
-    assert e.value.__cause__ is not None and "1 events" in str(e.value)
+    assert e.value.__cause__ is not None and "; 1 event logged since the last successful commit was not" in str(e.value)
     with pytest.raises(AuditKitError, match="recording stopped"):
         rec.log(step(2))
     with pytest.raises(AuditKitError, match="recording stopped"):

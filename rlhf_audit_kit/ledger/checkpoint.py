@@ -79,6 +79,23 @@ def validate_key_name(name: str) -> None:
         raise KeysError(f"invalid key name {name!r}: not valid Unicode") from None
 
 
+def origin_problem(origin: object, *, strict: bool = True) -> str | None:
+    """Why ``origin`` cannot be a log's checkpoint origin, or None. It MUST be one non-empty printable
+    line (a checkpoint's first line), and SHOULD (C2SP tlog-checkpoint) hold no space and no '+' (the
+    signing key is named after it, and a key name may hold neither); ``strict=False`` checks only the MUST.
+
+    >>> origin_problem("example.org/lab/rlhf") is None, origin_problem("a b", strict=False) is None
+    (True, True)
+    >>> origin_problem("a b")
+    "'a b' is not an origin: one line without spaces or '+', e.g. example.org/my-lab/rlhf (C2SP tlog-checkpoint)"
+    """
+    if isinstance(origin, str) and origin and origin.isprintable() and (
+            not strict or not any(c.isspace() or c == "+" for c in origin)):
+        return None
+    what = "one line without spaces or '+'" if strict else "one non-empty line of printable characters"
+    return f"{origin!r} is not an origin: {what}, e.g. example.org/my-lab/rlhf (C2SP tlog-checkpoint)"
+
+
 def key_name_warning(key_name: str, origin: str) -> str | None:
     """Why a log's key name is unusual, or None: C2SP tlog-checkpoint says it SHOULD equal the origin.
 

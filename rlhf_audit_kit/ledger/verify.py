@@ -180,7 +180,8 @@ class VerifyReport:
                          f"; nothing new after seq {start - 1:,} (earlier segments not re-read)")
             if self.later_files:
                 tail += f"; {len(self.later_files)} file(s) of a later publication not read"
-            return (f"OK: {self.events:,} events, {self.checkpoints_verified} signed checkpoint(s) "
+            events = f"{self.events:,} event{'' if self.events == 1 else 's'}"
+            return (f"OK: {events}, {self.checkpoints_verified} signed checkpoint(s) "
                     f"verified, signed size {self.signed_size:,}{tail}")
         where = f"seq {f.seq}" if f.seq is not None else (
             f"checkpoint size {f.checkpoint}" if f.checkpoint is not None else "record")
