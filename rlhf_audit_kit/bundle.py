@@ -577,7 +577,8 @@ class Bundle(RecordReader):
                 run: Any = None) -> VerifyReport:
         """Verify ``segments`` (all by default) through ``con``'s views, then the manifest's files of them.
 
-        ``run``: what re-derives them, called as :func:`verify_source` (default; Dask: :mod:`.bundle_dask`).
+        ``run``: what re-derives them, called as :func:`verify_source` (the default: the whole range at once;
+        apart: :class:`~rlhf_audit_kit.segment_verify.SegmentRunner`).
         """
         full = con is None
         src = DuckSource(self._con if full else con, origin=self.origin, description=f"bundle {self.path}",

@@ -692,7 +692,8 @@ def derive_range(source: Source, *, start: int = 0, workers: int | None = None,
     entries, leaf hashes against the stored ones, and the tree's hashes; nothing signed is checked.
 
     The per-range half of :func:`verify_source`; a range's results depend on its rows only, so
-    ranges can be derived apart (the segments of a bundle on Dask: :mod:`rlhf_audit_kit.bundle_dask`).
+    ranges can be derived apart (a bundle's segments, in worker processes or on Dask:
+    :mod:`rlhf_audit_kit.segment_verify`).
     ``workers``: hashing processes (see :func:`verify_source`).
     """
     timings: dict[str, float] = {}
