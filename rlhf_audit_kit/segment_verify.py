@@ -338,13 +338,18 @@ class LocalBackend:
         self.files, self.workers, self.pool, self.tmp = files, workers, None, None
 
     def parallelism(self) -> int:
-        return (os.cpu_count() or 1) if self.workers is None else max(1, self.workers)
+        if self.workers is not None:
+            return max(1, self.workers)
+        env = os.environ.get("RLHF_AUDIT_VERIFY_WORKERS")  # as for the hashing processes (ledger.levels)
+        return max(1, int(env)) if env and env.strip().isdigit() else (os.cpu_count() or 1)
 
     def start(self, events: int, tasks: int) -> None:
         """Start the pool if it pays: more than one task, more than one worker, files it can open."""
+        import sys
         n = min(self.parallelism(), tasks)
         remote_memory = str(getattr(self.files, "url", "")).startswith("memory://")  # this process's only
-        if n > 1 and not remote_memory and (self.workers is not None or events >= POOL_MIN_EVENTS):
+        if n > 1 and not remote_memory and sys.executable and (self.workers is not None
+                                                                or events >= POOL_MIN_EVENTS):
             from .segment_workers import ProcessPool
             self.pool = ProcessPool(n, env={"POLARS_MAX_THREADS": "1"})  # the pool is the parallelism
 

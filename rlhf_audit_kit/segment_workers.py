@@ -54,6 +54,10 @@ def _write(stream, obj: Any) -> None:
 
 def serve() -> None:
     """A worker's loop: read ``(fn, args)``, answer ``(True, result)`` or ``(False, exception)``; end at EOF."""
+    import signal
+    # Ctrl-C reaches the whole process group: the caller handles it (and ends this worker), so a
+    # worker must not print a KeyboardInterrupt traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever the called code prints must not break the protocol
     while True:

@@ -167,3 +167,21 @@ def test_progress_bar_counts_events_of_a_long_run(bundle, monkeypatch, capsys):
         assert "verify" in err and "67" in err, err
         assert b.verify(SIGNER.verifier, workers=0).ok  # 67 events: no bar by default
         assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_is_the_callers_a_worker_neither_dies_of_it_nor_prints_a_traceback():
+    import signal
+    import time
+    with ProcessPool(1) as pool:
+        assert pool.submit(pow, 2, 3).result() == 8  # the worker is up and serving
+        os.kill(pool._procs[0].pid, signal.SIGINT)  # as the terminal sends it to the process group
+        time.sleep(0.2)
+        assert pool._procs[0].poll() is None and pool.submit(pow, 2, 4).result() == 16
+
+
+def test_the_verify_workers_variable_sets_the_default_number_of_workers(monkeypatch):
+    from rlhf_audit_kit.segment_verify import LocalBackend
+    monkeypatch.setenv("RLHF_AUDIT_VERIFY_WORKERS", "3")
+    assert LocalBackend(None).parallelism() == 3 and LocalBackend(None, workers=2).parallelism() == 2
+    monkeypatch.delenv("RLHF_AUDIT_VERIFY_WORKERS")
+    assert LocalBackend(None).parallelism() == (os.cpu_count() or 1)
