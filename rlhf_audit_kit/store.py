@@ -163,15 +163,24 @@ def _fixed32(hashes: list[bytes]) -> pa.Array:
 
 # ------------------------------------------------------------------ one writer per file per process
 # DuckDB hands every connection of one process the same database, so its file lock cannot keep a second
-# store object of this process off the file: this registry does. Keys are real paths (two spellings of
-# a path are one file); values hold every store object open on that file here.
-_OPEN: dict[str, weakref.WeakSet] = {}
+# store object of this process off the file: this registry does. Keys are the file's identity (device and
+# inode: two spellings of a path, a symbolic or a hard link are one file), or its real path while it does
+# not exist yet; values hold every store object open on that file here.
+_OPEN: dict[object, weakref.WeakSet] = {}
 _OPEN_LOCK = threading.RLock()
 _LOCK_HOLDER = re.compile(r"lock is held in (?P<prog>.*?) \(PID (?P<pid>\d+)\)")
 
 
-def _open_here(real: str) -> list["AuditStore"]:
-    return [s for s in list(_OPEN.get(real, ())) if s._con is not None]
+def _file_key(path: str | os.PathLike) -> object:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
+
+
+def _open_here(key: object) -> list["AuditStore"]:
+    return [s for s in list(_OPEN.get(key, ())) if s._con is not None]
 
 
 def _connect(path: Path, real: str, read_only: bool):
@@ -222,7 +231,9 @@ class AuditStore(RecordReader):
         self._tls = threading.local()
         self._con = None
         with _OPEN_LOCK:
-            here = _open_here(self._real)
+            here = _open_here(_file_key(self._real))
+            if here:  # the file is open here by another name (a link): DuckDB shares a database by its path
+                self._real = here[0]._real
             # _rw_db: this object's DuckDB database is open for writing (a writer, or a reader beside one)
             self._rw_db = not read_only or any(s._rw_db for s in here)
             # a second writer, or a writer beside a read-only DuckDB connection (readers beside a writer are fine)
@@ -240,7 +251,8 @@ class AuditStore(RecordReader):
                 self._con.close()
                 self._con = None
                 raise
-            _OPEN.setdefault(self._real, weakref.WeakSet()).add(self)
+            self._key = _file_key(self._real)  # the file exists now
+            _OPEN.setdefault(self._key, weakref.WeakSet()).add(self)
         self.keys_folder = _keys_of(keys)
         self._options = (None if self.keys_folder is None else os.path.realpath(self.keys_folder),
                          bool(pseudonymize), memory_limit)
@@ -996,7 +1008,7 @@ class AuditStore(RecordReader):
                     self._con.close()
                     self._con = None
             with _OPEN_LOCK:  # a closed store leaves the registry: the next open_store opens anew
-                _OPEN.get(self._real, weakref.WeakSet()).discard(self)
+                _OPEN.get(self._key, weakref.WeakSet()).discard(self)
 
     def __enter__(self) -> "AuditStore":
         return self
@@ -1037,7 +1049,8 @@ def open_store(path: str | os.PathLike, *, keys: str | os.PathLike | None = None
     events in bounded memory; larger-than-memory queries spill to disk). ``None`` leaves DuckDB's default
     of 80% of RAM, faster for heavy analysis on a big machine.
 
-    One writer per file per process (paths are compared after ``os.path.realpath``):
+    One writer per file per process (a file is known by its device and inode, so a link to it is the
+    same file):
 
     * opening a file that is already open for writing in this process returns *that* store object
       when the options match (re-running ``store = open_store(p, keys=k)`` in a notebook is harmless),
@@ -1067,7 +1080,7 @@ def open_store(path: str | os.PathLike, *, keys: str | os.PathLike | None = None
             raise AuditKitError(f"origin= {problem}")
     with _OPEN_LOCK:
         if not read_only:
-            writer = next((s for s in _open_here(os.path.realpath(path)) if not s.read_only), None)
+            writer = next((s for s in _open_here(_file_key(path)) if not s.read_only), None)
             if writer is not None:
                 return writer._same_options(path, keys, origin, pseudonymize, memory_limit)
         return AuditStore(path, keys=keys, read_only=read_only, origin=origin, pseudonymize=pseudonymize,

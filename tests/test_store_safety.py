@@ -364,3 +364,25 @@ def test_cli_on_a_locked_store_prints_one_line_and_fails(held_store, keys_dir, t
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"process {pid}" in lines[0] and str(path) in lines[0]
+
+
+def test_a_link_to_an_open_store_is_the_same_file(tmp_path):
+    """A hard or symbolic link names the same file: one writer object, and a reader through the link
+    shares the writer's database (two DuckDB databases on one file in one process would diverge)."""
+    a = open_store(tmp_path / "a.duckdb", pseudonymize=False)
+    try:
+        a.append({"kind": "dataset", "name": "x", "version": "1"})
+        os.link(tmp_path / "a.duckdb", tmp_path / "hard.duckdb")
+        os.symlink(tmp_path / "a.duckdb", tmp_path / "soft.duckdb")
+        assert open_store(tmp_path / "hard.duckdb", pseudonymize=False) is a
+        assert open_store(tmp_path / "soft.duckdb", pseudonymize=False) is a
+        with pytest.raises(StoreInUseError, match="already open for writing"):
+            open_store(tmp_path / "hard.duckdb", pseudonymize=True)  # other options: refused, not a 2nd writer
+        reader = open_store(tmp_path / "hard.duckdb", read_only=True, pseudonymize=False)
+        a.append({"kind": "dataset", "name": "y", "version": "1"})
+        assert reader.size == a.size == 2
+        reader.close()
+    finally:
+        a.close()
+    with open_store(tmp_path / "hard.duckdb", pseudonymize=False) as b:
+        assert b.size == 2
