@@ -149,8 +149,9 @@ def _local_child(folder: str, whole: bool) -> tuple:
     """(events, wall s, CPU s incl. its worker or hashing processes, peak RSS GB of this process or one of
     them, load, (findings, root)) of one local verification; ``whole``: the log as one range."""
     from rlhf_audit_kit import segment_verify
-    if whole:
-        segment_verify.MIN_TASK_EVENTS = 10 ** 18
+    from rlhf_audit_kit.ledger import verify as ledger_verify
+    if whole:  # one task, and that task not cut in seq ranges either
+        segment_verify.MIN_TASK_EVENTS = ledger_verify.RANGE_EVENTS = 10 ** 18
     c0, t0, load = cpu(), time.perf_counter(), os.getloadavg()[0]
     with open_bundle(folder) as b:
         r = b.verify(SIGNER.verifier, progress=False)

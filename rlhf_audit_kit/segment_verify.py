@@ -37,7 +37,8 @@ import polars as pl
 from .ledger import merkle
 from .ledger.checkpoint import Checkpoint, Verifier
 from .ledger.tree import compact_range_nodes
-from .ledger.verify import DuckSource, Finding, VerifyReport, conclude, derive_range, verify_source
+from .ledger.verify import (DuckSource, Finding, VerifyReport, combine_findings, conclude, derive_range,
+                            verify_source)
 from .schema import KINDS
 from .segments import complete_subtree
 
@@ -277,23 +278,8 @@ def _combinable(summaries: list[_Piece]) -> bool:
 
 
 def _combine(summaries: list[_Piece]) -> list[Finding]:
-    """The findings one derivation of the whole range gives, from those of exact pieces.
-
-    Each check reports its smallest bad seq once per kind; a kind whose rows do not encode
-    reports only that.
-    """
-    unencodable = {g[:-1] for s in summaries for g in s.groups if g.endswith("!")}
-    best: dict[tuple[str, str], Finding] = {}
-    for s in summaries:
-        for f, g in zip(s.findings, s.groups):
-            if g.rstrip("!") in unencodable and not g.endswith("!"):
-                continue
-            key = (g.rstrip("!"), f.damage)
-            if key not in best or (f.seq is not None and (best[key].seq is None or f.seq < best[key].seq)):
-                best[key] = f
-    order = {"": -1, **{k: i for i, k in enumerate(KINDS)}}
-    return [f for (g, d), f in sorted(best.items(), key=lambda kv: (kv[0][1] == "leaf-hash-mismatch",
-                                                                    order.get(kv[0][0], 99)))]
+    """The findings one derivation of the whole range gives, from those of exact pieces."""
+    return combine_findings((s.findings, s.groups) for s in summaries)
 
 
 def _note_sizes(notes: Iterable[str], snapshots: pl.DataFrame | None) -> set[int]:

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from rlhf_audit_kit import open_bundle
+from rlhf_audit_kit.ledger import verify as ledger_verify
 from rlhf_audit_kit.ledger.checkpoint import Signer
 from rlhf_audit_kit.schema import KINDS, USER_KINDS
 from rlhf_audit_kit.store import open_store
@@ -84,8 +85,27 @@ def copy(base, tmp_path):
 
 
 def verify(path, key=SIGNER.verifier):
+    """The store's report, checked to be the same when its 66 events are derived in ranges of 29 (what a
+    store of more than 400,000 events gets: bounded memory) as in one range."""
     with open_store(path, read_only=True, pseudonymize=False) as store:
-        return store.verify(key, workers=0)
+        whole = store.verify(key, workers=0)
+        old = ledger_verify.RANGE_EVENTS
+        ledger_verify.RANGE_EVENTS = 29  # odd: a leaf pair straddles each boundary
+        try:
+            ranged = store.verify(key, workers=0)
+        finally:
+            ledger_verify.RANGE_EVENTS = old
+    assert "ranges" not in whole.timings
+    assert_same_report(whole, ranged)
+    return whole
+
+
+def assert_same_report(a, b):
+    key = lambda f: (f.damage, f.seq is None, f.seq or 0, f.checkpoint or 0, f.message)  # noqa: E731
+    assert sorted(map(key, a.findings)) == sorted(map(key, b.findings)), (a.findings, b.findings)
+    for attr in ("ok", "first_bad_seq", "damage", "message", "events", "signed_size", "signed_root",
+                 "checkpoints_verified", "covered"):
+        assert getattr(a, attr) == getattr(b, attr), attr
 
 
 def rows_of(con, table):
@@ -95,6 +115,13 @@ def rows_of(con, table):
 def test_untouched_store_verifies(copy):
     r = verify(copy)
     assert r.ok and r.checkpoints_verified == 2, r.message
+
+
+def test_a_large_store_is_derived_in_ranges(copy, monkeypatch):
+    monkeypatch.setattr(ledger_verify, "RANGE_EVENTS", 7)
+    with open_store(copy, read_only=True, pseudonymize=False) as store:
+        r = store.verify(SIGNER.verifier, workers=0)
+        assert r.ok and r.timings["ranges"] == -(-store.size // 7), r.timings
 
 
 @pytest.mark.parametrize("table, op, col, pos", CASES)

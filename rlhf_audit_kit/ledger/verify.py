@@ -64,7 +64,7 @@ from ..schema import KINDS
 from ..store import fetch_nodes
 from . import merkle
 from .checkpoint import SIG_PREFIX, Checkpoint, Verifier, _b64decode, key_name_warning, verify_checkpoint
-from .levels import TreeLevels, _binary, _TreeJob, compute_tree, stored_node_bounds
+from .levels import TreeLevels, _binary, _finish_levels, _TreeJob, compute_tree, stored_node_bounds
 from .tree import ExtendedTree, TreeReader
 
 __all__ = ["Finding", "VerifyReport", "DuckSource", "verify_source", "derive_range", "Derived", "conclude",
@@ -258,23 +258,44 @@ class DuckSource:
     """
 
     def __init__(self, con, *, origin: str, description: str, kinds: Iterable[str] | None = None,
-                 has_nodes: bool = True):
+                 has_nodes: bool = True, seqs: tuple[int, int] | None = None):
         self.con, self.origin, self.description = con, origin, description
         self.kinds = set(KINDS if kinds is None else kinds)
         self.has_nodes = has_nodes
+        self.seqs = seqs  # only the rows of seq lo <= seq < hi (a range: see verify_source)
+        self._where = "" if seqs is None else f" WHERE seq >= {int(seqs[0])} AND seq < {int(seqs[1])}"
 
     def log(self) -> pa.Table:
-        return self.con.sql("SELECT seq, kind, ts, entry, leaf_hash FROM log").to_arrow_table()
+        return self.con.sql(f"SELECT seq, kind, ts, entry, leaf_hash FROM log{self._where}").to_arrow_table()
 
     def typed(self, kind: str) -> pl.DataFrame:
         if kind not in self.kinds:
             return pl.DataFrame()
-        return self.con.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)}").pl()
+        return self.con.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)}{self._where}").pl()
 
     def nodes(self) -> pa.Table | None:
-        if not self.has_nodes:
+        if not self.has_nodes or self.seqs is not None:
             return None
         return self.con.sql("SELECT level, idx, hash FROM merkle_node ORDER BY level, idx").to_arrow_table()
+
+    def in_range(self, lo: int, hi: int) -> DuckSource:
+        """The rows of seq ``lo <= seq < hi`` only (no stored nodes)."""
+        return DuckSource(self.con, origin=self.origin, description=self.description, kinds=self.kinds,
+                          has_nodes=False, seqs=(lo, hi))
+
+    def exact_seqs(self) -> int | None:
+        """n if the log's seqs are exactly 0..n-1 and every typed row's seq lies in that range, else None:
+        then ranges of seq derived apart give what one derivation gives (see :func:`verify_source`)."""
+        n, distinct, lo, hi = self.con.sql("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM log"
+                                           ).fetchall()[0]
+        if not n or distinct != n or lo != 0 or hi != n - 1:
+            return None
+        for kind in sorted(self.kinds):
+            out, = self.con.sql(f"SELECT count(*) FROM {_quote(kind)} WHERE seq IS NULL OR seq < 0 OR seq >= {int(n)}"
+                                ).fetchall()[0]
+            if out:
+                return None
+        return int(n)
 
     def get_nodes(self, wanted):  # TreeReader oracle over the stored nodes
         return fetch_nodes(self.con, wanted)
@@ -432,6 +453,28 @@ def _check_joined(kind_name: str, lk: pl.DataFrame, t_side: pl.DataFrame, findin
     bad = both.filter((pl.col("ts") != pl.col("t_ts")).fill_null(True))
     if bad.height:
         findings.append(Finding("log-ts-mismatch", "log ts differs from the typed row's ts", int(bad["seq"].min())))
+
+
+def combine_findings(parts: Iterable[tuple[Sequence[Finding], Sequence[str]]]) -> list[Finding]:
+    """The findings one derivation of a whole seq range gives, from those of its parts derived apart
+    (``(findings, groups)`` of each, see :func:`derive_range`; parts that hold exactly their seqs).
+
+    Each check reports its smallest bad seq once per kind; a kind whose rows do not encode
+    reports only that.
+    """
+    parts = [(list(f), list(g)) for f, g in parts]
+    unencodable = {g[:-1] for _, groups in parts for g in groups if g.endswith("!")}
+    best: dict[tuple[str, str], Finding] = {}
+    for findings, groups in parts:
+        for f, g in zip(findings, groups):
+            if g.rstrip("!") in unencodable and not g.endswith("!"):
+                continue
+            key = (g.rstrip("!"), f.damage)
+            if key not in best or (f.seq is not None and (best[key].seq is None or f.seq < best[key].seq)):
+                best[key] = f
+    order = {"": -1, **{k: i for i, k in enumerate(KINDS)}}
+    return [f for (g, d), f in sorted(best.items(), key=lambda kv: (kv[0][1] == "leaf-hash-mismatch",
+                                                                    order.get(kv[0][0], 99)))]
 
 
 def _check_nodes(stored: pa.Table, tree: TreeLevels, leaf_bad: np.ndarray, findings: list[Finding]) -> None:
@@ -766,6 +809,10 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
     """
     verifiers = resolve_verifiers(verifier)
     t_start = time.perf_counter()
+    n = source.exact_seqs() if not start and hasattr(source, "in_range") and _large(source) else None
+    if n is not None and n > 2 * RANGE_EVENTS:
+        return _verify_in_ranges(source, verifiers, n, extra_notes=extra_notes, workers=workers,
+                                 check_tree=check_tree, t_start=t_start)
     d = derive_range(source, start=start, workers=workers, leaves_only=bool(start))
     t0 = time.perf_counter()
     tree: Mapping[tuple[int, int], bytes] = d.levels
@@ -778,6 +825,56 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
     return conclude(source, verifiers, d.findings, d.frames.get("snapshot"), tree, start=start, n=d.n, bad=d.bad,
                     extra_notes=extra_notes, trusted=trusted, check_tree=check_tree, timings=d.timings,
                     stored_nodes=d.stored_nodes, stored_leaves=d.stored_leaves, t_start=t_start)
+
+
+#: a log of more than twice this many events is derived this many at a time (memory: ~5 KB per event
+#: of a range, 200 B per event of the whole log), see :func:`verify_source`
+RANGE_EVENTS = 200_000
+
+
+def _large(source: Source) -> bool:
+    n, = source.con.sql("SELECT count(*) FROM log").fetchall()[0]
+    return n > 2 * RANGE_EVENTS
+
+
+def _verify_in_ranges(source: Source, verifiers: list[Verifier], n: int, *, extra_notes: Sequence[str],
+                      workers: int | None, check_tree, t_start: float) -> VerifyReport:
+    """:func:`verify_source` of a log whose seqs are exactly 0..n-1 (``source.exact_seqs()``), derived
+    ``RANGE_EVENTS`` at a time: only the leaf hashes (and the stored ones) of the whole log are kept,
+    the tree is built from them, and the stored nodes and signed roots are checked as for one range."""
+    timings: dict[str, float] = {}
+    parts, frames = [], []
+    levels = TreeLevels(n, bytearray(TreeLevels.size_for(n)))
+    leaf_bad = np.zeros(n, dtype=bool)
+    stored_leaves = np.zeros((n, 32), dtype=np.uint8)
+    for lo in range(0, n, RANGE_EVENTS):
+        hi = min(n, lo + RANGE_EVENTS)
+        d = derive_range(source.in_range(lo, hi), start=lo, workers=workers, leaves_only=True)
+        parts.append((d.findings, d.groups))
+        if d.frames.get("snapshot") is not None:
+            frames.append(d.frames["snapshot"])
+        levels.buf[32 * lo:32 * hi] = d.levels.level_array(0).tobytes()
+        leaf_bad[lo:hi] = d.leaf_bad
+        if d.stored_leaves is not None:
+            stored_leaves[lo:hi] = d.stored_leaves
+        for k, t in d.timings.items():
+            timings[k] = timings.get(k, 0.0) + t
+    t0 = time.perf_counter()
+    _finish_levels(levels, 0)
+    timings["tree"] = time.perf_counter() - t0
+    findings = combine_findings(parts)
+    t0 = time.perf_counter()
+    stored_nodes = source.nodes()
+    timings["read-nodes"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if stored_nodes is not None:
+        _check_nodes(stored_nodes, levels, leaf_bad, findings)
+    timings["compare-hashes"] = timings.get("compare-hashes", 0.0) + time.perf_counter() - t0
+    timings["ranges"] = len(parts)
+    snapshots = pl.concat(frames, how="diagonal_relaxed") if frames else None
+    return conclude(source, verifiers, findings, snapshots, levels, start=0, n=n, bad=None,
+                    extra_notes=extra_notes, check_tree=check_tree, timings=timings,
+                    stored_nodes=stored_nodes, stored_leaves=stored_leaves, t_start=t_start)
 
 
 def conclude(source: Source, verifiers: list[Verifier], findings: list[Finding], snapshots: pl.DataFrame | None,
