@@ -38,6 +38,9 @@ class DaskBackend:
     def start(self, events: int, tasks: int) -> None:
         pass
 
+    def processes(self) -> int:
+        return self.parallelism()
+
     def derive(self, tables: Mapping, start: int, end: int | None):
         return self.client.submit(derive_segment, self.files, tables, start, end, pure=False)
 

@@ -39,7 +39,6 @@ from .ledger.checkpoint import Checkpoint, Verifier
 from .ledger.tree import compact_range_nodes
 from .ledger.verify import (DuckSource, Finding, VerifyReport, combine_findings, conclude, derive_range,
                             verify_source)
-from .schema import KINDS
 from .segments import complete_subtree
 
 __all__ = ["SegmentRunner", "LocalBackend", "derive_segment", "task_groups"]
@@ -321,13 +320,21 @@ class LocalBackend:
     name = "segments"
 
     def __init__(self, files: Any, workers: int | None = None):
+        import itertools
+        import threading
         self.files, self.workers, self.pool, self.tmp = files, workers, None, None
+        self._lock, self._names = threading.Lock(), itertools.count()
 
     def parallelism(self) -> int:
         if self.workers is not None:
             return max(1, self.workers)
         env = os.environ.get("RLHF_AUDIT_VERIFY_WORKERS")  # as for the hashing processes (ledger.levels)
-        return max(1, int(env)) if env and env.strip().isdigit() else (os.cpu_count() or 1)
+        if env and env.strip().isdigit():
+            return max(1, int(env))
+        try:
+            return max(1, len(os.sched_getaffinity(0)))  # the cores this process may use (taskset, cgroups)
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
 
     def start(self, events: int, tasks: int) -> None:
         """Start the pool if it pays: more than one task, more than one worker, files it can open."""
@@ -341,40 +348,54 @@ class LocalBackend:
 
     def derive(self, tables: Mapping, start: int, end: int | None) -> Future:
         if self.pool is not None:
-            return self.pool.submit(derive_segment, self.files, tables, start, end)
-        fut: Future = Future()
-        fut.set_result(derive_segment(self.files, tables, start, end))
+            fut = self.pool.submit(derive_segment, self.files, tables, start, end)
+            fut.add_done_callback(self._spilled)  # as each task ends, not when all have
+            return fut
+        fut = Future()
+        fut.set_result(self._spill(derive_segment(self.files, tables, start, end)))
         return fut
+
+    def processes(self) -> int:
+        return 0 if self.pool is None else len(self.pool)
+
+    def _spilled(self, fut: Future) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._spill(fut.result())
 
     def as_completed(self, handles: Sequence[Future]) -> Iterator[Future]:
         from concurrent.futures import as_completed
         return as_completed(handles)
 
     def summaries(self, handles: Sequence[Future]) -> list[_Piece]:
-        return [self._spill(h.result()).summary() for h in handles]
+        return [self._spill(h.result()).summary() for h in handles]  # (_spill: done already, or waits)
 
     def _spill(self, piece: _Piece) -> _Piece:
         """The range's nodes (64 bytes per event) to a temporary file, read back only for the few nodes
-        asked: this process holds no per-event memory, whatever the bundle's size."""
-        if not piece.levels or isinstance(next(iter(piece.levels.values()))[1], np.memmap):
+        asked: this process holds no per-event memory, whatever the bundle's size. (A file that cannot
+        be written leaves them in memory.)"""
+        with self._lock:
+            if not piece.levels or isinstance(next(iter(piece.levels.values()))[1], np.memmap):
+                return piece
+            try:
+                if self.tmp is None:
+                    import tempfile
+                    self.tmp = tempfile.TemporaryDirectory(prefix="rlhf-audit-verify-")
+                path = os.path.join(self.tmp.name, f"{next(self._names)}.nodes")
+                order = sorted(piece.levels)
+                with open(path, "wb") as fh:
+                    for level in order:
+                        piece.levels[level][1].tofile(fh)
+            except OSError:
+                return piece
+            rows = sum(len(piece.levels[level][1]) for level in order)
+            if rows:
+                data = np.memmap(path, dtype=np.uint8, mode="r", shape=(rows, 32))
+                at = 0
+                for level in order:
+                    first, arr = piece.levels[level]
+                    piece.levels[level] = (first, data[at:at + len(arr)])
+                    at += len(arr)
             return piece
-        if self.tmp is None:
-            import tempfile
-            self.tmp = tempfile.TemporaryDirectory(prefix="rlhf-audit-verify-")
-        path = os.path.join(self.tmp.name, f"{piece.start}.nodes")
-        order = sorted(piece.levels)
-        with open(path, "wb") as fh:
-            for level in order:
-                piece.levels[level][1].tofile(fh)
-        rows = sum(len(piece.levels[level][1]) for level in order)
-        if rows:
-            data = np.memmap(path, dtype=np.uint8, mode="r", shape=(rows, 32))
-            at = 0
-            for level in order:
-                first, arr = piece.levels[level]
-                piece.levels[level] = (first, data[at:at + len(arr)])
-                at += len(arr)
-        return piece
 
     def nodes(self, asks: Iterable[tuple[Future, Sequence[Node]]]) -> dict[Node, bytes]:
         return {nd: h.result().node(nd) for h, wanted in asks for nd in wanted}
@@ -418,9 +439,13 @@ class SegmentRunner:
         t_start = time.perf_counter()
         segments = [s for s in self.bundle.segments if s.start >= start]
         groups = task_groups(segments, self.backend.parallelism())
-        if len(groups) < 2 and self.backend.name != "dask":  # nothing to split: the whole verification
-            return verify_source(source, verifiers, extra_notes=extra_notes, workers=workers, start=start,
-                                 compact_range=compact_range, trusted=trusted, check_tree=check_tree)
+        local = self.backend.name != "dask"
+
+        def whole() -> VerifyReport:  # ("workers" 0 or 1: this process, so no hashing process either)
+            return verify_source(source, verifiers, extra_notes=extra_notes, workers=0 if workers == 1 else workers,
+                                 start=start, compact_range=compact_range, trusted=trusted, check_tree=check_tree)
+        if len(groups) < 2 and local:  # nothing to split: the whole verification
+            return whole()
         table_files = self.bundle._table_files
         pieces: list = []
         try:
@@ -431,6 +456,9 @@ class SegmentRunner:
             summaries = self.backend.summaries(pieces)
             if len(summaries) > 1 and not _combinable(summaries):  # the result depends on the whole log: one range
                 self.backend.cancel(pieces)
+                if local:  # here, with hashing processes (a worker would hash alone, and send every node)
+                    pieces = []
+                    return whole()
                 pieces = [self.backend.derive(table_files(segments), start, None)]
                 summaries = self.backend.summaries(pieces)
             if summaries and summaries[0].error is not None:
@@ -450,6 +478,7 @@ class SegmentRunner:
                 for k, t in s.timings.items():
                     timings[k] = timings.get(k, 0.0) + t
             timings[self.backend.name] = time.perf_counter() - t_start
+            timings["processes"] = self.backend.processes()  # deriving in parallel (0: this process)
             bad = summaries[0].bad if len(summaries) == 1 else None
             return conclude(source, verifiers, findings, snapshots, tree, start=start, n=n, bad=bad,
                             extra_notes=extra_notes, trusted=trusted, check_tree=check_tree, timings=timings,
