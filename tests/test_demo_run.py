@@ -165,7 +165,7 @@ def test_readme_first_screen_has_exactly_two_commands_and_the_suite_time():
     assert len(blocks) == 2 and all(b.count("\n") == 1 for b in blocks), blocks
     assert blocks[0].startswith("pip install") and "rlhf-audit demo" in blocks[0]
     assert blocks[1].rstrip().endswith("python -m pytest")
-    assert "12 minutes on 2 cores" in first and "](#tests)" in first
+    assert "13 minutes on 2 cores" in first and "](#tests)" in first
 
 
 def test_readme_test_command_works_as_root_without_sudo_and_as_a_user(tmp_path):
