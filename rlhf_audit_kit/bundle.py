@@ -483,7 +483,7 @@ class Bundle(RecordReader):
         (:func:`rlhf_audit_kit.bundle_dask.verify_on_dask`; needs the ``dask`` extra).
 
         ``progress``: a progress bar while segments are re-derived apart (default: for 200,000
-        events or more).
+        events or more, in a terminal or a notebook).
         """
         v = resolve_verifiers(verifier if verifier is not None else self.verifier)
         trusted = None if since is None else self._trusted(since, v)

@@ -413,6 +413,15 @@ class LocalBackend:
             self.tmp = None
 
 
+def _watched() -> bool:
+    """Someone sees a progress bar: a terminal, or a notebook (not a log file or a pipe)."""
+    import sys
+    try:
+        return sys.stderr.isatty() or "ipykernel" in sys.modules
+    except (AttributeError, ValueError):
+        return False
+
+
 class SegmentRunner:
     """The deriver :meth:`Bundle._verify` calls (as it calls :func:`verify_source`): the bundle's
     segments from ``start`` on, grouped into tasks (:func:`task_groups`) run by ``backend``, their
@@ -423,9 +432,9 @@ class SegmentRunner:
 
     def _wait(self, pieces: Sequence, events: Sequence[int]) -> None:
         """Wait for the tasks, with a progress bar (tqdm) for a long run: ``progress`` None shows it from
-        ``POOL_MIN_EVENTS`` events on."""
+        ``POOL_MIN_EVENTS`` events on, to a terminal or in a notebook."""
         total = sum(events)
-        if not (self.progress or (self.progress is None and total >= POOL_MIN_EVENTS)):
+        if not (self.progress or (self.progress is None and total >= POOL_MIN_EVENTS and _watched())):
             return
         from tqdm.auto import tqdm
         size = dict(zip(map(id, pieces), events))

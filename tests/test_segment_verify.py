@@ -204,6 +204,12 @@ def test_progress_bar_counts_events_of_a_long_run(bundle, monkeypatch, capsys):
         assert "verify" in err and "67" in err, err
         assert b.verify(SIGNER.verifier, workers=0).ok  # 67 events: no bar by default
         assert capsys.readouterr().err == ""
+        monkeypatch.setattr(segment_verify, "POOL_MIN_EVENTS", 10)
+        assert b.verify(SIGNER.verifier, workers=0).ok  # long enough, but stderr is no terminal (a log)
+        assert capsys.readouterr().err == ""
+        monkeypatch.setattr(segment_verify, "_watched", lambda: True)
+        assert b.verify(SIGNER.verifier, workers=0).ok  # a terminal or a notebook: the bar
+        assert "verify" in capsys.readouterr().err
 
 
 def test_ctrl_c_is_the_callers_a_worker_neither_dies_of_it_nor_prints_a_traceback():
