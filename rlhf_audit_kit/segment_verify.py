@@ -417,9 +417,13 @@ def _watched() -> bool:
     """Someone sees a progress bar: a terminal, or a notebook (not a log file or a pipe)."""
     import sys
     try:
-        return sys.stderr.isatty() or "ipykernel" in sys.modules
+        if sys.stderr.isatty():
+            return True
     except (AttributeError, ValueError):
-        return False
+        pass
+    ipython = sys.modules.get("IPython")  # a notebook: a running IPython kernel (not merely imported)
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None
 
 
 class SegmentRunner:
