@@ -965,9 +965,16 @@ class AuditStore(RecordReader):
         with self._lock:
             cur = self._con.cursor()
             try:
+                # one snapshot of the file for every query: a writer beside this store (another store
+                # object, e.g. a reader's) may commit between them
+                cur.execute("BEGIN TRANSACTION")
                 src = DuckSource(cur, origin=self.origin, description=f"store {self.path}")
                 return verify_source(src, verifier_key, extra_notes=list(checkpoints), workers=workers)
             finally:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
                 cur.close()
 
     def inclusion_proof(self, seq: int, size: int | None = None) -> list[bytes]:

@@ -386,3 +386,29 @@ def test_a_link_to_an_open_store_is_the_same_file(tmp_path):
         a.close()
     with open_store(tmp_path / "hard.duckdb", pseudonymize=False) as b:
         assert b.size == 2
+
+
+def test_a_reader_verifies_one_snapshot_while_the_writer_commits(tmp_path, monkeypatch):
+    """A verification reads the log, then each kind's table: a batch the writer commits in between
+    must not look like typed rows without log entries."""
+    from rlhf_audit_kit.ledger import verify as V
+    from test_snapshot_verify import SIGNER
+    writer = open_store(tmp_path / "a.duckdb", pseudonymize=False)
+    try:
+        writer.extend([{"kind": "dataset", "name": f"d{i}", "version": "1"} for i in range(5)])
+        writer.snapshot(SIGNER)
+        reader = open_store(tmp_path / "a.duckdb", read_only=True, pseudonymize=False)
+        log = V.DuckSource.log
+
+        def log_then_a_commit(self):
+            table = log(self)
+            writer.extend([{"kind": "dataset", "name": "late", "version": "1"}])  # committed meanwhile
+            return table
+        monkeypatch.setattr(V.DuckSource, "log", log_then_a_commit)
+        r = reader.verify(SIGNER.verifier, workers=0)
+        assert r.ok and r.events == 6, r.findings
+        monkeypatch.undo()
+        assert reader.verify(SIGNER.verifier, workers=0).events == 7  # the next one sees it
+        reader.close()
+    finally:
+        writer.close()
