@@ -16,9 +16,9 @@ at a time in each process instead of the whole log) or a Dask cluster
 
 Two things depend on the whole log, not on one range: the seq column (a row moved into another
 segment's range, a short segment), and typed rows filed in another segment's range. When a task
-finds either, the log is re-derived as one range in one task, as a whole verification does.
+finds either, the log is verified as one range: in this process (locally), or in one task (Dask).
 
->>> # open_bundle("run-7").verify(key, workers=2).timings["segments"]
+>>> # r = open_bundle("run-7").verify(key); r.timings["segments"], r.timings["processes"]
 """
 from __future__ import annotations
 
