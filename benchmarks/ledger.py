@@ -80,6 +80,20 @@ def median_ms(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def _verify_child(path: str, workers, ranges) -> tuple[float, float, int]:
+    """(wall s, peak RSS GB of this child and its hashing processes, ranges) of one store verification."""
+    from rlhf_audit_kit.ledger import verify as ledger_verify
+    if ranges is not None:
+        ledger_verify.RANGE_EVENTS = ranges
+    with open_store(path, read_only=True, pseudonymize=False) as s:
+        t0 = time.perf_counter()
+        r = s.verify(SIGNER.verifier, workers=workers)
+        t = time.perf_counter() - t0
+    assert r.ok, r.message
+    rss = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1e6
+    return t, rss, int(r.timings.get("ranges", 1))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -128,6 +142,15 @@ def main(argv=None) -> int:
     rows.append(("  verify phases (s)", "", ", ".join(f"{k} {v:.2f}" for k, v in parts.items())))
     kinds = {k[6:]: v for k, v in report.timings.items() if k.startswith("typed:")}
     rows.append(("  re-encode + compare per kind (s)", "", ", ".join(f"{k} {v:.2f}" for k, v in kinds.items())))
+    # peak memory of one verification, in a fresh forked child each: in seq ranges (the default for
+    # a store this large) and as one range (the reference)
+    import multiprocessing as mp
+    store.close()
+    for label, ranges in (("seq ranges of 200k (default)", None), ("one range (reference)", 10 ** 18)):
+        with mp.get_context("spawn").Pool(1) as pool:  # (spawn: no copy of this process's threads)
+            t, rss, k = pool.apply(_verify_child, (args.store, args.workers, ranges))
+        rows.append((f"  verify peak RSS, {label}", f"{rss:.2f} GB", f"{t:.2f} s wall, {k} range(s)"))
+    store = open_store(path, pseudonymize=False)
 
     # 3. root after append, proofs at full size
     def append_and_root():
