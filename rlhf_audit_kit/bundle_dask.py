@@ -42,7 +42,7 @@ class DaskBackend:
         return self.parallelism()
 
     def derive(self, tables: Mapping, start: int, end: int | None):
-        return self.client.submit(derive_segment, self.files, tables, start, end, pure=False)
+        return self.client.submit(derive_segment, self.files, tables, start, end, 0, 1, pure=False)
 
     def as_completed(self, handles: Sequence) -> Iterator:
         from dask.distributed import as_completed

@@ -146,11 +146,13 @@ def _range_levels(leaves: np.ndarray, start: int) -> dict[int, tuple[int, np.nda
 
 
 def derive_segment(files: Any, tables: Mapping[str, list[tuple[str, tuple[str, ...]]]], start: int,
-                   end: int | None, workers: int = 0) -> _Piece:
+                   end: int | None, workers: int = 0, threads: int | None = None) -> _Piece:
     """Derive the rows of one seq range of a bundle (a task): ``files`` the bundle's
     :class:`~rlhf_audit_kit.bundle_files.BundleFiles` (or its local folder), ``tables`` table ->
     [(path, columns)] as :meth:`Bundle._table_files` gives them; ``end`` None: whatever rows are there.
-    ``workers``: hashing processes (0 where the tasks themselves are the parallelism)."""
+    ``workers``: hashing processes (0 where the tasks themselves are the parallelism); ``threads``:
+    DuckDB's threads for this task (1 where each worker thread runs one task: a Dask worker's
+    ``threads_per_worker`` then means cores, not cores times DuckDB's threads)."""
     import duckdb
 
     from .bundle import _DECODE_ERRORS, _create_views, _sql_str
@@ -161,6 +163,8 @@ def derive_segment(files: Any, tables: Mapping[str, list[tuple[str, tuple[str, .
             files.list_files()  # DuckDB's fsspec glob finds no remote file by its exact name without a listing
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")  # a worker's stdout is no terminal
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
         for table, paths in tables.items():  # the types the files hold (one view over all files casts to one)
             types = piece.types.setdefault(table, {})
             for path, _ in paths:
@@ -348,7 +352,7 @@ class LocalBackend:
 
     def derive(self, tables: Mapping, start: int, end: int | None) -> Future:
         if self.pool is not None:
-            fut = self.pool.submit(derive_segment, self.files, tables, start, end)
+            fut = self.pool.submit(derive_segment, self.files, tables, start, end, 0, 1)  # a core a worker
             fut.add_done_callback(self._spilled)  # as each task ends, not when all have
             return fut
         fut = Future()
