@@ -42,6 +42,8 @@ class DaskBackend:
         return self.parallelism()
 
     def derive(self, tables: Mapping, start: int, end: int | None):
+        # workers=0 (no hashing processes), threads=1 (a task a core), positional: submit's own workers=
+        # keyword means worker restrictions
         return self.client.submit(derive_segment, self.files, tables, start, end, 0, 1, pure=False)
 
     def as_completed(self, handles: Sequence) -> Iterator:

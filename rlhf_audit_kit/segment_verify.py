@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -36,6 +39,7 @@ import polars as pl
 
 from .ledger import merkle
 from .ledger.checkpoint import Checkpoint, Verifier
+from .ledger.levels import env_workers
 from .ledger.tree import compact_range_nodes
 from .ledger.verify import (DuckSource, Finding, VerifyReport, combine_findings, conclude, derive_range,
                             verify_source)
@@ -324,17 +328,15 @@ class LocalBackend:
     name = "segments"
 
     def __init__(self, files: Any, workers: int | None = None):
-        import itertools
-        import threading
         self.files, self.workers, self.pool, self.tmp = files, workers, None, None
         self._lock, self._names = threading.Lock(), itertools.count()
 
     def parallelism(self) -> int:
         if self.workers is not None:
             return max(1, self.workers)
-        env = os.environ.get("RLHF_AUDIT_VERIFY_WORKERS")  # as for the hashing processes (ledger.levels)
-        if env and env.strip().isdigit():
-            return max(1, int(env))
+        env = env_workers()  # as for the hashing processes
+        if env is not None:
+            return max(1, env)
         try:
             return max(1, len(os.sched_getaffinity(0)))  # the cores this process may use (taskset, cgroups)
         except (AttributeError, OSError):
@@ -342,7 +344,6 @@ class LocalBackend:
 
     def start(self, events: int, tasks: int) -> None:
         """Start the pool if it pays: more than one task, more than one worker, files it can open."""
-        import sys
         n = min(self.parallelism(), tasks)
         remote_memory = str(getattr(self.files, "url", "")).startswith("memory://")  # this process's only
         if n > 1 and not remote_memory and sys.executable and (self.workers is not None
@@ -419,7 +420,6 @@ class LocalBackend:
 
 def _watched() -> bool:
     """Someone sees a progress bar: a terminal, or a notebook (not a log file or a pipe)."""
-    import sys
     try:
         if sys.stderr.isatty():
             return True

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,7 +247,6 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     data = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
     limit = Limits().max_manifest_bytes
     if len(data) > limit // 2:
-        import warnings
         n = len(manifest.get("segments") or ())
         warnings.warn(f"the bundle's manifest.json is {len(data) / 2**20:.1f} MiB ({n:,} segments, ~2 KB each); "
                       f"readers refuse one over {limit >> 20} MiB unless they pass open_bundle(..., "

@@ -149,10 +149,17 @@ def _finish_levels(levels: TreeLevels, from_level: int) -> None:
         levels.buf[o:o + 32 * m] = b"".join(cur)
 
 
+def env_workers() -> int | None:
+    """``RLHF_AUDIT_VERIFY_WORKERS`` (a count of processes a verification may use), or None if unset or
+    not a number."""
+    env = os.environ.get("RLHF_AUDIT_VERIFY_WORKERS", "").strip()
+    return int(env) if env.isdigit() else None
+
+
 def _default_workers() -> int:
-    env = os.environ.get("RLHF_AUDIT_VERIFY_WORKERS")
-    if env:
-        return max(0, int(env))
+    env = env_workers()
+    if env is not None:
+        return env
     return max(1, (os.cpu_count() or 1) - 1) if hasattr(os, "fork") else 0
 
 

@@ -262,7 +262,7 @@ class DuckSource:
         self.con, self.origin, self.description = con, origin, description
         self.kinds = set(KINDS if kinds is None else kinds)
         self.has_nodes = has_nodes
-        self.seqs = seqs  # only the rows of seq lo <= seq < hi (a range: see verify_source)
+        # only the rows of seq lo <= seq < hi (a range: see verify_source)
         self._where = "" if seqs is None else f" WHERE seq >= {int(seqs[0])} AND seq < {int(seqs[1])}"
 
     def log(self) -> pa.Table:
@@ -274,7 +274,7 @@ class DuckSource:
         return self.con.sql(f"SELECT {typed_select_list(KINDS[kind])} FROM {_quote(kind)}{self._where}").pl()
 
     def nodes(self) -> pa.Table | None:
-        if not self.has_nodes or self.seqs is not None:
+        if not self.has_nodes:
             return None
         return self.con.sql("SELECT level, idx, hash FROM merkle_node ORDER BY level, idx").to_arrow_table()
 
@@ -283,18 +283,18 @@ class DuckSource:
         return DuckSource(self.con, origin=self.origin, description=self.description, kinds=self.kinds,
                           has_nodes=False, seqs=(lo, hi))
 
-    def exact_seqs(self) -> int | None:
-        """n if the log's seqs are exactly 0..n-1 and every typed row's seq lies in that range, else None:
-        then ranges of seq derived apart give what one derivation gives (see :func:`verify_source`)."""
+    def exact_seqs(self, more_than: int = 0) -> int | None:
+        """n if the log holds more than ``more_than`` events, its seqs are exactly 0..n-1 and every typed
+        row's seq lies in that range, else None: then ranges of seq derived apart give what one
+        derivation gives (see :func:`verify_source`). One query over the log, one over the typed tables."""
         n, distinct, lo, hi = self.con.sql("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM log"
                                            ).fetchall()[0]
-        if not n or distinct != n or lo != 0 or hi != n - 1:
+        if n <= more_than or distinct != n or lo != 0 or hi != n - 1:
             return None
-        for kind in sorted(self.kinds):
-            out, = self.con.sql(f"SELECT count(*) FROM {_quote(kind)} WHERE seq IS NULL OR seq < 0 OR seq >= {int(n)}"
-                                ).fetchall()[0]
-            if out:
-                return None
+        outside = " + ".join(f"(SELECT count(*) FROM {_quote(k)} WHERE seq IS NULL OR seq < 0 OR seq >= {int(n)})"
+                             for k in sorted(self.kinds))
+        if outside and self.con.sql(f"SELECT {outside}").fetchall()[0][0]:
+            return None
         return int(n)
 
     def get_nodes(self, wanted):  # TreeReader oracle over the stored nodes
@@ -809,8 +809,8 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
     """
     verifiers = resolve_verifiers(verifier)
     t_start = time.perf_counter()
-    n = source.exact_seqs() if not start and hasattr(source, "in_range") and _large(source) else None
-    if n is not None and n > 2 * RANGE_EVENTS:
+    n = source.exact_seqs(2 * RANGE_EVENTS) if not start and hasattr(source, "in_range") else None
+    if n is not None:
         return _verify_in_ranges(source, verifiers, n, extra_notes=extra_notes, workers=workers,
                                  check_tree=check_tree, t_start=t_start)
     d = derive_range(source, start=start, workers=workers, leaves_only=bool(start))
@@ -830,11 +830,6 @@ def verify_source(source: Source, verifier: Any, *, extra_notes: Sequence[str] =
 #: a log of more than twice this many events is derived this many at a time (memory: ~5 KB per event
 #: of a range, 200 B per event of the whole log), see :func:`verify_source`
 RANGE_EVENTS = 200_000
-
-
-def _large(source: Source) -> bool:
-    n, = source.con.sql("SELECT count(*) FROM log").fetchall()[0]
-    return n > 2 * RANGE_EVENTS
 
 
 def _verify_in_ranges(source: Source, verifiers: list[Verifier], n: int, *, extra_notes: Sequence[str],
